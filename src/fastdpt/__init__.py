@@ -1,0 +1,14 @@
+"""fastdpt: online monocular depth estimation with efficient Dense Prediction Transformers."""
+
+from .api import create_model, load
+from .config import ModelConfig, get_config, list_models
+from .errors import FastDPTError
+from .models import DPT
+from .predict import DepthResult, Predictor
+from .weights import save_checkpoint, warm_start
+
+__version__ = "0.1.0"
+__all__ = [
+    "DPT", "DepthResult", "FastDPTError", "ModelConfig", "Predictor", "create_model", "get_config",
+    "list_models", "load", "save_checkpoint", "warm_start",
+]

@@ -1,0 +1,112 @@
+"""Multi-head self-attention over one shared qkv projection: exact softmax or FAVOR+ (Performer).
+
+Both kernels use the same ``qkv`` (dim -> 3 dim) and ``proj`` (dim -> dim) linear layers with the
+key names of timm / the official DPT checkpoints, so official weights warm-start either kernel
+and the number of heads changes no parameter count.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def gaussian_orthogonal_matrix(rows: int, cols: int, generator: torch.Generator) -> torch.Tensor:
+    """``rows x cols`` block-orthogonal Gaussian matrix (FAVOR+ "ORF").
+
+    Each block of ``cols`` rows is the Q factor of a square Gaussian matrix; every row is then
+    rescaled by the norm of a fresh Gaussian vector so that rows are marginally Gaussian.
+    """
+    blocks = []
+    for _ in range(math.ceil(rows / cols)):
+        q, _ = torch.linalg.qr(torch.randn(cols, cols, generator=generator, dtype=torch.float64, device="cpu"))
+        blocks.append(q.T)
+    w = torch.cat(blocks)[:rows]
+    norms = torch.randn(rows, cols, generator=generator, dtype=torch.float64, device="cpu").norm(dim=1)
+    return (norms[:, None] * w).float()
+
+
+def favor_features(x: torch.Tensor, projection: torch.Tensor, is_query: bool, eps: float = 1e-4) -> torch.Tensor:
+    """Positive random features phi(x) of the softmax kernel, (..., N, d) -> (..., N, m).
+
+    phi(x) = m^-1/2 (exp(W x' - |x'|^2 / 2 - c) + eps), x' = x d^-1/4, with a detached stabiliser c:
+    the row max for queries (cancels in the normalisation) and the max over all keys of a head.
+    """
+    d = x.shape[-1]
+    m = projection.shape[0]
+    x = x * d**-0.25
+    wx = x @ projection.to(x.dtype).T
+    sq = 0.5 * (x * x).sum(-1, keepdim=True)
+    if is_query:
+        c = wx.amax(dim=-1, keepdim=True)
+    else:
+        c = wx.amax(dim=(-1, -2), keepdim=True)
+    return m**-0.5 * (torch.exp(wx - sq - c.detach()) + eps)
+
+
+def favor_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, projection: torch.Tensor) -> torch.Tensor:
+    """Non-causal FAVOR+: D^-1 phi(Q) (phi(K)^T V), D = phi(Q) (phi(K)^T 1). Inputs (B, H, N, d)."""
+    qf = favor_features(q, projection, is_query=True)
+    kf = favor_features(k, projection, is_query=False)
+    kv = kf.transpose(-2, -1) @ v  # (B, H, m, d)
+    denom = qf @ kf.sum(dim=-2).unsqueeze(-1)  # (B, H, N, 1)
+    return (qf @ kv) / denom
+
+
+class Attention(nn.Module):
+    """Replaces the ``attn`` of a timm ``Block``; same parameter names as timm's ``Attention``.
+
+    Args:
+        dim: token width.
+        num_heads: heads; ``dim`` must be divisible by it.
+        kernel: ``softmax`` or ``performer``.
+        nb_features: Performer random features per head (``None``: int(d ln d)).
+        seed: seeds the Performer projection buffer (no global RNG is touched).
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int = 12,
+        qkv_bias: bool = True,
+        proj_bias: bool = True,
+        kernel: str = "softmax",
+        nb_features: int | None = None,
+        seed: int = 0,
+        device=None,
+        dtype=None,
+    ) -> None:
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.kernel = kernel
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias, device=device, dtype=dtype)
+        self.proj = nn.Linear(dim, dim, bias=proj_bias, device=device, dtype=dtype)
+        if kernel == "performer":
+            d = self.head_dim
+            m = nb_features or max(1, int(d * math.log(d)) if d > 1 else 1)
+            g = torch.Generator(device="cpu").manual_seed(seed)
+            proj = gaussian_orthogonal_matrix(m, d, g)
+            if device is not None:
+                proj = proj.to(device)
+            self.register_buffer("projection", proj)
+        elif kernel != "softmax":
+            raise ValueError(f"unknown attention kernel {kernel!r}")
+
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False) -> torch.Tensor:
+        # timm's Block passes these; DPT never masks
+        if attn_mask is not None or is_causal:
+            raise ValueError("fastdpt Attention is bidirectional and unmasked")
+        b, n, c = x.shape
+        qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+        if self.kernel == "softmax":
+            out = F.scaled_dot_product_attention(q, k, v)
+        else:
+            out = favor_attention(q, k, v, self.projection)
+        return self.proj(out.transpose(1, 2).reshape(b, n, c))
