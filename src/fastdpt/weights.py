@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+import pickle
 import re
+import warnings
 import tempfile
 import urllib.error
 import urllib.request
@@ -157,7 +159,9 @@ def read_state_dict(path: str | os.PathLike) -> StateDict:
         if _is_safetensors(path):
             sd = load_file(str(path))
         else:
-            obj = torch.load(str(path), map_location="cpu", weights_only=True)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)  # pickle-protocol notes from the safe unpickler
+                obj = torch.load(str(path), map_location="cpu", weights_only=True)
             if isinstance(obj, Mapping) and not _all_tensors(obj):
                 obj = obj.get("model", obj.get("state_dict", obj))
             if not isinstance(obj, Mapping) or not _all_tensors(obj):
@@ -165,9 +169,10 @@ def read_state_dict(path: str | os.PathLike) -> StateDict:
             sd = dict(obj)
     except WeightsError:
         raise
-    except (SafetensorError, RuntimeError, EOFError, ValueError, zipfile.BadZipFile, OSError) as e:
+    except (SafetensorError, RuntimeError, EOFError, ValueError, zipfile.BadZipFile, OSError,
+            pickle.UnpicklingError) as e:
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        if "weights_only" in str(e) or "Unsupported global" in str(e):
+        if isinstance(e, pickle.UnpicklingError) or "Weights only load failed" in str(e):
             msg = "it contains pickled objects other than tensors, which fastdpt refuses to unpickle"
         raise WeightsError(f"cannot read weights from {path}: {msg}") from None
     if sd and all(k.startswith("module.") for k in sd):

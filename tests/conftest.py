@@ -1,0 +1,173 @@
+"""Shared fixtures: tiny configs, and a synthetic checkpoint with exactly the official DPT-Hybrid
+keys and shapes (written from the key table of REFERENCE.md section 2, not from fastdpt's mapping)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from fastdpt.config import ModelConfig
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+if not SHARED.is_dir():  # CI clones the repo next to a copy of shared/
+    SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+
+TINY = ModelConfig(hooks=(0, 1), heads=12, features=32, input_size=(64, 96))
+TINY_EFF = ModelConfig(backbone="effb0", hooks=(0, 1), heads=4, features=32, input_size=(64, 96),
+                       metric=(0.00006016, 0.00579))
+
+
+@pytest.fixture(autouse=True)
+def _threads():
+    torch.set_num_threads(2)
+    torch.manual_seed(0)
+
+
+def official_state_dict(seed: int = 0) -> dict[str, torch.Tensor]:
+    """368 tensors, 123,146,985 values, float32, in the official key layout.
+
+    Values are scaled so that a forward pass stays in a sensible range: conv weights behind
+    weight standardisation are unit Gaussians, other weights ~ 1/sqrt(fan_in), norms ~ 1.
+    """
+    g = torch.Generator().manual_seed(seed)
+    sd: dict[str, torch.Tensor] = {}
+
+    def rnd(*shape, std=1.0, mean=0.0):
+        return torch.randn(*shape, generator=g) * std + mean
+
+    def lin(key, out, inp, k=1, std_w=None):
+        shape = (out, inp, k, k) if k else (out, inp)
+        fan_in = inp * (k * k if k else 1)
+        sd[key + ".weight"] = rnd(*shape, std=std_w or 1 / math.sqrt(fan_in))
+        sd[key + ".bias"] = rnd(out, std=0.02)
+
+    def norm(key, n):
+        sd[key + ".weight"] = rnd(n, std=0.1, mean=1.0)
+        sd[key + ".bias"] = rnd(n, std=0.1)
+
+    p = "pretrained.model."
+    sd[p + "cls_token"] = rnd(1, 1, 768, std=0.02)
+    sd[p + "pos_embed"] = rnd(1, 577, 768, std=0.02)
+    b = p + "patch_embed.backbone."
+    sd[b + "stem.conv.weight"] = rnd(64, 3, 7, 7)
+    norm(b + "stem.norm", 64)
+    cin = 64
+    for s, (nblocks, out) in enumerate([(3, 256), (4, 512), (9, 1024)]):
+        mid = out // 4
+        for i in range(nblocks):
+            k = f"{b}stages.{s}.blocks.{i}."
+            inp = cin if i == 0 else out
+            if i == 0:
+                sd[k + "downsample.conv.weight"] = rnd(out, inp, 1, 1)
+                norm(k + "downsample.norm", out)
+            sd[k + "conv1.weight"] = rnd(mid, inp, 1, 1)
+            sd[k + "conv2.weight"] = rnd(mid, mid, 3, 3)
+            sd[k + "conv3.weight"] = rnd(out, mid, 1, 1)
+            norm(k + "norm1", mid)
+            norm(k + "norm2", mid)
+            # the residual branch's last norm starts small, as trained ResNets do
+            sd[k + "norm3.weight"] = rnd(out, std=0.05, mean=0.2)
+            sd[k + "norm3.bias"] = rnd(out, std=0.05)
+        cin = out
+    lin(p + "patch_embed.proj", 768, 1024, 1)
+    for i in range(12):
+        k = f"{p}blocks.{i}."
+        norm(k + "norm1", 768)
+        norm(k + "norm2", 768)
+        lin(k + "attn.qkv", 2304, 768, 0)
+        lin(k + "attn.proj", 768, 768, 0, std_w=0.3 / math.sqrt(768))
+        lin(k + "mlp.fc1", 3072, 768, 0)
+        lin(k + "mlp.fc2", 768, 3072, 0, std_w=0.3 / math.sqrt(3072))
+    norm(p + "norm", 768)
+    lin(p + "head", 1000, 768, 0)
+    for h in (3, 4):
+        lin(f"pretrained.act_postprocess{h}.0.project.0", 768, 1536, 0)
+        lin(f"pretrained.act_postprocess{h}.3", 768, 768, 1)
+    lin("pretrained.act_postprocess4.4", 768, 768, 3)
+    for i, c in enumerate([256, 512, 768, 768], 1):
+        sd[f"scratch.layer{i}_rn.weight"] = rnd(256, c, 3, 3, std=1 / math.sqrt(9 * c))
+    for r in range(1, 5):
+        lin(f"scratch.refinenet{r}.out_conv", 256, 256, 1)
+        for u in (1, 2):
+            for c in (1, 2):
+                lin(f"scratch.refinenet{r}.resConfUnit{u}.conv{c}", 256, 256, 3, std_w=0.3 / math.sqrt(9 * 256))
+    lin("scratch.output_conv.0", 128, 256, 3)
+    lin("scratch.output_conv.2", 32, 128, 3)
+    lin("scratch.output_conv.4", 1, 32, 1)
+    sd["scratch.output_conv.4.bias"] = torch.tensor([1.0])  # keep the non-negative head mostly active
+    return sd
+
+
+def official_to_hf(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The same weights in Hugging Face transformers' naming (REFERENCE.md section 3)."""
+    import re
+
+    out = {}
+    for k, v in sd.items():
+        if k.startswith("pretrained.model.head."):
+            continue
+        m = re.match(r"pretrained\.model\.blocks\.(\d+)\.(.*)", k)
+        if m:
+            i, rest = m.groups()
+            base = f"dpt.encoder.layer.{i}."
+            if rest.startswith("attn.qkv."):
+                kind = rest.rsplit(".", 1)[1]
+                q, kk, vv = v.chunk(3)
+                for name, t in (("query", q), ("key", kk), ("value", vv)):
+                    out[f"{base}attention.attention.{name}.{kind}"] = t
+                continue
+            rest = (rest.replace("norm1.", "layernorm_before.").replace("norm2.", "layernorm_after.")
+                    .replace("attn.proj.", "attention.output.dense.").replace("mlp.fc1.", "intermediate.dense.")
+                    .replace("mlp.fc2.", "output.dense."))
+            out[base + rest] = v
+            continue
+        new = k
+        for a, b in [
+            ("pretrained.model.cls_token", "dpt.embeddings.cls_token"),
+            ("pretrained.model.pos_embed", "dpt.embeddings.position_embeddings"),
+            ("pretrained.model.patch_embed.backbone.stem.conv.", "dpt.embeddings.backbone.bit.embedder.convolution."),
+            ("pretrained.model.patch_embed.backbone.stem.norm.", "dpt.embeddings.backbone.bit.embedder.norm."),
+            ("pretrained.model.patch_embed.backbone.stages.", "dpt.embeddings.backbone.bit.encoder.stages."),
+            ("pretrained.model.patch_embed.proj.", "dpt.embeddings.projection."),
+            ("pretrained.model.norm.", "dpt.layernorm."),
+            ("scratch.output_conv.", "head.head."),
+        ]:
+            if new.startswith(a):
+                new = b + new[len(a):]
+        new = re.sub(r"(bit\.encoder\.stages\.\d+)\.blocks\.", r"\1.layers.", new)
+        m = re.match(r"pretrained\.act_postprocess(\d)\.(0\.project\.0|3|4)\.(.*)", new)
+        if m:
+            h, part, rest = m.groups()
+            j = int(h) - 1
+            new = {"0.project.0": f"neck.reassemble_stage.readout_projects.{j}.0.",
+                   "3": f"neck.reassemble_stage.layers.{j}.projection.",
+                   "4": f"neck.reassemble_stage.layers.{j}.resize."}[part] + rest
+        m = re.match(r"scratch\.layer(\d)_rn\.(.*)", new)
+        if m:
+            new = f"neck.convs.{int(m[1]) - 1}.{m[2]}"
+        m = re.match(r"scratch\.refinenet(\d)\.(.*)", new)
+        if m:
+            rest = (m[2].replace("out_conv.", "projection.").replace("resConfUnit", "residual_layer")
+                    .replace(".conv", ".convolution"))
+            new = f"neck.fusion_stage.layers.{4 - int(m[1])}.{rest}"
+        out[new] = v
+    return out
+
+
+def hf_hybrid_model():
+    from transformers import DPTConfig, DPTForDepthEstimation
+
+    cfg = DPTConfig(is_hybrid=True, image_size=384, patch_size=16, hidden_size=768, num_hidden_layers=12,
+                    num_attention_heads=12, intermediate_size=3072, layer_norm_eps=1e-6,
+                    backbone_out_indices=[2, 5, 8, 11], neck_hidden_sizes=[256, 512, 768, 768],
+                    reassemble_factors=[1, 1, 1, 0.5], fusion_hidden_size=256, readout_type="project",
+                    backbone_featmap_shape=[1, 1024, 24, 24], neck_ignore_stages=[0, 1])
+    return DPTForDepthEstimation(cfg).eval()
+
+
+@pytest.fixture(scope="session")
+def official_sd():
+    return official_state_dict()

@@ -1,0 +1,70 @@
+import pytest
+
+from fastdpt.config import ATTENTIONS, BACKBONES, PRESETS, ModelConfig, get_config, list_models, resolve_names
+from fastdpt.errors import ConfigError
+
+
+@pytest.mark.parametrize("name", list(PRESETS))
+def test_every_preset_name_round_trips(name):
+    cfg = PRESETS[name].config
+    assert ModelConfig.from_name(cfg.name) == cfg
+    assert ModelConfig.from_name(cfg.name).name == cfg.name
+    assert get_config(name) == cfg
+
+
+@pytest.mark.parametrize("cfg", [
+    ModelConfig(attention="performer", performer_features=128, heads=24, features=64, input_size=(192, 640)),
+    ModelConfig(metric=(1.5e-05, 0.25), keep_aspect=True),
+    ModelConfig(metric=(2.0, -0.5), backbone="effb0", hooks=(3, 7)),
+])
+def test_custom_configs_round_trip(cfg):
+    assert ModelConfig.from_name(cfg.name) == cfg
+
+
+def test_official_preset_names():
+    assert get_config("dpt-hybrid-midas").name == "r50.h8-11.heads12.softmax.f256@384x384-keep"
+    kitti = get_config("dpt-hybrid-kitti")
+    assert kitti.name == "r50.h8-11.heads12.softmax.f256.kitti@352x1216-keep"
+    assert kitti.metric == (0.00006016, 0.00579)
+    assert get_config("dpt-hybrid-nyu").input_size == (480, 640)
+
+
+def test_study_grid_is_complete():
+    study = [get_config(n) for n in list_models("study")]
+    assert len(study) == 72 and len(set(study)) == 72
+    for size in ((352, 1216), (192, 640)):
+        group = [get_config(n) for n in list_models(f"study@{size[0]}x{size[1]}")]
+        assert len(group) == 36
+        axes = {(c.backbone, c.hooks, c.attention, c.heads) for c in group}
+        assert axes == {(b, h, a, n) for b in BACKBONES for h in ((0, 1), (2, 5), (8, 11))
+                        for a in ATTENTIONS for n in (1, 12, 24)}
+        assert all(c.input_size == size and not c.keep_aspect and c.metric == (0.00006016, 0.00579) for c in group)
+
+
+def test_resolve_names_expands_groups_and_globs():
+    assert len(resolve_names(["study@192x640", "dpt-hybrid-kitti"])) == 37
+    assert resolve_names(["dpt-hybrid-*"]) == ["dpt-hybrid-midas", "dpt-hybrid-kitti", "dpt-hybrid-nyu"]
+    with pytest.raises(ConfigError):
+        resolve_names(["nothing-*"])
+
+
+@pytest.mark.parametrize("kwargs", [
+    dict(heads=7), dict(hooks=(5, 3)), dict(hooks=(0, 12)), dict(input_size=(100, 320)),
+    dict(backbone="vgg"), dict(attention="linear"), dict(performer_features=64), dict(features=0),
+    dict(metric=(float("nan"), 0.0)),
+])
+def test_invalid_configs_are_rejected(kwargs):
+    with pytest.raises(ConfigError):
+        ModelConfig(**kwargs)
+
+
+@pytest.mark.parametrize("name", ["dpt-hybrid", "r50.h8-11.heads12.softmax@384x384", "r50.h8-11.heads12.softmax.f256@384"])
+def test_bad_names_say_how_to_list(name):
+    with pytest.raises(ConfigError, match="fastdpt models"):
+        get_config(name)
+
+
+def test_derived_fields():
+    c = ModelConfig(hooks=(2, 5), heads=24, attention="performer")
+    assert c.depth == 6 and c.head_dim == 32 and c.num_features == int(32 * __import__("math").log(32))
+    assert ModelConfig(attention="performer").num_features == 266

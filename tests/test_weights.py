@@ -1,0 +1,167 @@
+import hashlib
+import pickle
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+import fastdpt
+from conftest import TINY, TINY_EFF, hf_hybrid_model, official_to_hf
+from fastdpt.errors import WeightsError, WeightsNotFoundError
+from fastdpt.weights import (OFFICIAL_WEIGHTS, WeightSource, download, load_weights, read_checkpoint_config,
+                             read_state_dict, resolve_weights, save_checkpoint, warm_start)
+
+
+def test_synthetic_checkpoint_matches_reference_table(official_sd):
+    assert len(official_sd) == 368
+    assert sum(v.numel() for v in official_sd.values()) == 123_146_985
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("wrap", [False, True])
+def test_official_checkpoint_loads_key_for_key(official_sd, tmp_path, wrap):
+    path = tmp_path / "dpt_hybrid-midas-501f0c75.pt"
+    torch.save({"model": official_sd} if wrap else official_sd, path)
+    model = fastdpt.load("dpt-hybrid-midas", weights=path)
+    report = model.load_report
+    assert not report.new and not report.mismatched
+    assert len(report.loaded) == 360
+    assert sorted(report.ignored) == sorted(
+        k for k in official_sd if k.startswith(("pretrained.model.head.", "pretrained.model.norm.",
+                                                "scratch.refinenet4.resConfUnit1.")))
+    own = model.state_dict()
+    assert torch.equal(own["encoder.blocks.11.attn.qkv.weight"], official_sd["pretrained.model.blocks.11.attn.qkv.weight"])
+    assert torch.equal(own["decoder.fusion.3.rcu2.conv1.weight"], official_sd["scratch.refinenet4.resConfUnit2.conv1.weight"])
+    assert sum(p.numel() for p in model.parameters()) == 123_146_985 - 768_000 - 1_000 - 1_536 - 1_180_160
+
+
+@pytest.mark.slow
+def test_outputs_match_hugging_face_dpt(official_sd):
+    """Same weights, mapped to transformers' DPTForDepthEstimation (hybrid, 384x384)."""
+    ours = fastdpt.create_model("dpt-hybrid-midas").eval()
+    load_weights(ours, official_sd)
+    hf = hf_hybrid_model()
+    missing, unexpected = hf.load_state_dict(official_to_hf(official_sd), strict=False)
+    assert not missing and not unexpected
+    x = torch.rand(2, 3, 384, 384) * 2 - 1
+    with torch.no_grad():
+        a = ours(x)
+        b = hf(pixel_values=x).predicted_depth
+    assert (b > 0).float().mean() > 0.1  # not a degenerate all-zero output
+    assert ((a - b).abs().max() / b.abs().max()).item() < 1e-4
+    # and the Hugging Face layout loads directly
+    again = fastdpt.create_model("dpt-hybrid-midas").eval()
+    load_weights(again, hf.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(again(x), a, rtol=0, atol=0)
+
+
+def test_safetensors_checkpoint_rebuilds_variant(tmp_path):
+    model = fastdpt.create_model(TINY_EFF.replace(attention="performer")).eval()
+    path = save_checkpoint(model, tmp_path / "run" / "best.safetensors", {"epoch": 3})
+    assert read_checkpoint_config(path) == model.config
+    loaded = fastdpt.load(path)
+    assert loaded.config == model.config
+    x = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))
+    assert not list(path.parent.glob("*.part"))
+
+
+def test_wrong_variant_weights_list_the_keys(tmp_path):
+    path = save_checkpoint(fastdpt.create_model(TINY.replace(hooks=(0, 3))), tmp_path / "a.safetensors")
+    with pytest.raises(WeightsError, match=r"unexpected 2.*encoder\.blocks\.2.*warm-start"):
+        fastdpt.load(TINY.name, weights=path)
+    other = save_checkpoint(fastdpt.create_model(TINY.replace(features=64)), tmp_path / "b.safetensors")
+    with pytest.raises(WeightsError, match=r"shape mismatch .*decoder\.layer_rn\.0\.weight \(64, 256, 3, 3\) vs \(32, 256, 3, 3\)"):
+        fastdpt.load(TINY.name, weights=other)
+
+
+def test_corrupt_and_unsafe_files(tmp_path):
+    good = tmp_path / "good.pt"
+    torch.save(fastdpt.create_model(TINY).state_dict(), good)
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(good.read_bytes()[:5000])
+    garbage = tmp_path / "garbage.safetensors"
+    garbage.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all")
+    for bad in (truncated, garbage):
+        with pytest.raises(WeightsError, match="cannot read weights"):
+            read_state_dict(bad)
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("this must never run",))
+
+    evil = tmp_path / "evil.pt"
+    with open(evil, "wb") as f:
+        pickle.dump({"model": Evil()}, f)
+    with pytest.raises(WeightsError, match="refuses to unpickle|cannot read"):
+        read_state_dict(evil)
+    notsd = tmp_path / "list.pt"
+    torch.save([torch.zeros(1)], notsd)
+    with pytest.raises(WeightsError, match="not a state dict"):
+        read_state_dict(notsd)
+    with pytest.raises(WeightsNotFoundError, match="not found"):
+        fastdpt.load("dpt-hybrid-kitti", weights=tmp_path / "missing.pt")
+    odd = tmp_path / "odd.safetensors"
+    save_file({"foo.bar": torch.zeros(2)}, str(odd))
+    with pytest.raises(WeightsError, match="unrecognised weight layout"):
+        fastdpt.load(TINY.name, weights=odd)
+
+
+def test_preset_offline_without_cache_says_how_to_get_weights(tmp_path):
+    with pytest.raises(WeightsNotFoundError) as e:
+        fastdpt.load("dpt-hybrid-kitti", cache=tmp_path, allow_download=False)
+    msg = str(e.value)
+    assert OFFICIAL_WEIGHTS["dpt-hybrid-kitti"].url in msg and "--weights" in msg and str(tmp_path) in msg
+    with pytest.raises(WeightsNotFoundError, match="no published weights"):
+        fastdpt.load("effb0.h0-1.heads1.performer.f256.kitti@192x640")
+
+
+def test_preset_found_in_cache(tmp_path, monkeypatch):
+    src = OFFICIAL_WEIGHTS["dpt-hybrid-nyu"]
+    (tmp_path / src.file).write_bytes(b"x")
+    assert resolve_weights("dpt-hybrid-nyu", cache=tmp_path, allow_download=False) == tmp_path / src.file
+    monkeypatch.setenv("FASTDPT_CACHE", str(tmp_path))
+    assert resolve_weights("dpt-hybrid-nyu", allow_download=False) == tmp_path / src.file
+
+
+def test_download_checks_sha256_prefix(tmp_path):
+    payload = tmp_path / "remote.bin"
+    payload.write_bytes(b"official bytes" * 1000)
+    digest = hashlib.sha256(payload.read_bytes()).hexdigest()
+    ok = download(payload.as_uri(), tmp_path / "cache" / "w.pt", sha256_prefix=digest[:8])
+    assert ok.read_bytes() == payload.read_bytes()
+    with pytest.raises(WeightsError, match="sha256"):
+        download(payload.as_uri(), tmp_path / "cache" / "bad.pt", sha256_prefix="00000000")
+    assert not (tmp_path / "cache" / "bad.pt").exists()
+    assert not list((tmp_path / "cache").glob("*.part"))
+    assert WeightSource("dpt_hybrid_kitti-cb926ef4.pt").sha256_prefix == "cb926ef4"
+
+
+@pytest.mark.slow
+def test_warm_start_study_variants_from_official(official_sd):
+    m = fastdpt.create_model("r50.h0-1.heads1.performer.f256.kitti@192x640", init=None)
+    r = warm_start(m, official_sd)
+    assert not r.mismatched
+    assert r.new == [f"encoder.blocks.{i}.attn.projection" for i in (0, 1)]  # only the FAVOR+ buffers
+    assert any("pruned blocks 2+" in n for n in r.notes)
+    e = fastdpt.create_model("effb0.h8-11.heads24.softmax.f256.kitti@192x640")
+    r = warm_start(e, official_sd)
+    assert sorted(r.mismatched) == ["decoder.layer_rn.0.weight", "decoder.layer_rn.1.weight", "encoder.proj.weight"]
+    assert all(k.startswith(("encoder.cnn.", "encoder.proj.", "decoder.layer_rn.")) for k in r.new)
+    assert any("randomly initialised" in n for n in r.notes)
+    assert torch.equal(e.state_dict()["encoder.blocks.11.mlp.fc2.weight"], official_sd["pretrained.model.blocks.11.mlp.fc2.weight"])
+
+
+def test_warm_start_takes_backbone_imagenet_weights(tmp_path):
+    import timm
+
+    ref = timm.create_model("efficientnet_b0", num_classes=0, global_pool="")
+    path = tmp_path / "effb0.safetensors"
+    save_file({k: v.contiguous() for k, v in ref.state_dict().items()}, str(path))
+    donor = fastdpt.create_model(TINY)  # an r50 model: nothing of the CNN fits effb0
+    m = fastdpt.create_model(TINY_EFF)
+    r = warm_start(m, donor.state_dict(), backbone_weights=path)
+    assert any("from ImageNet weights" in n for n in r.notes)
+    assert torch.equal(m.encoder.cnn.model.conv_head.weight, ref.conv_head.weight)
