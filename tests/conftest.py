@@ -4,16 +4,10 @@ keys and shapes (written from the key table of REFERENCE.md section 2, not from 
 from __future__ import annotations
 
 import math
-from pathlib import Path
-
 import pytest
 import torch
 
 from fastdpt.config import ModelConfig
-
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-if not SHARED.is_dir():  # CI clones the repo next to a copy of shared/
-    SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 
 TINY = ModelConfig(hooks=(0, 1), heads=12, features=32, input_size=(64, 96))
 TINY_EFF = ModelConfig(backbone="effb0", hooks=(0, 1), heads=4, features=32, input_size=(64, 96),
