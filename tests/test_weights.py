@@ -103,6 +103,8 @@ def test_corrupt_and_unsafe_files(tmp_path):
         read_state_dict(notsd)
     with pytest.raises(WeightsNotFoundError, match="not found"):
         fastdpt.load("dpt-hybrid-kitti", weights=tmp_path / "missing.pt")
+    with pytest.raises(WeightsError, match="name the variant"):
+        fastdpt.load(good)
     odd = tmp_path / "odd.safetensors"
     save_file({"foo.bar": torch.zeros(2)}, str(odd))
     with pytest.raises(WeightsError, match="unrecognised weight layout"):

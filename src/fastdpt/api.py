@@ -9,7 +9,7 @@ from typing import Callable
 import torch
 
 from .config import PRESETS, ModelConfig, get_config
-from .errors import WeightsNotFoundError
+from .errors import WeightsError, WeightsNotFoundError
 from .models import DPT
 from .weights import LoadReport, load_weights, read_checkpoint_config, resolve_weights, warm_start
 
@@ -40,6 +40,9 @@ def load(name_or_path: str | os.PathLike, weights: str | os.PathLike | None = No
         weights = path
     elif path.suffix == ".safetensors" and not path.is_file():
         raise WeightsNotFoundError(f"checkpoint not found: {path}")
+    elif path.is_file():
+        raise WeightsError(f"{path} carries no fastdpt config (an official or Hugging Face file?): "
+                           "name the variant and pass the file as weights, e.g. --model dpt-hybrid-kitti --weights FILE")
     else:
         cfg = get_config(str(name_or_path))
         preset = str(name_or_path) if str(name_or_path) in PRESETS else _preset_of(cfg)
