@@ -4,10 +4,14 @@ keys and shapes (written from the key table of REFERENCE.md section 2, not from 
 from __future__ import annotations
 
 import math
+from pathlib import Path
 import pytest
 import torch
 
 from fastdpt.config import ModelConfig
+
+# the split lists live in ../shared beside the checkout (and beside CI's clone); never in the repo
+SPLITS_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "kitti_splits"
 
 TINY = ModelConfig(hooks=(0, 1), heads=12, features=32, input_size=(64, 96))
 TINY_EFF = ModelConfig(backbone="effb0", hooks=(0, 1), heads=4, features=32, input_size=(64, 96),

@@ -198,6 +198,216 @@ def warm_start_cmd(
     out.print(str(save_checkpoint(m, output, {"init": str(init)})), highlight=False)
 
 
+data_app = typer.Typer(no_args_is_help=True, help="KITTI-format data: synthetic scenes and split checks.")
+app.add_typer(data_app, name="data")
+
+
+@data_app.command("synth")
+def data_synth(
+    out_dir: Path = typer.Option(..., "--out", help="folder to write the KITTI-format tree into"),
+    drives: int = typer.Option(4, "--drives"),
+    frames: int = typer.Option(40, "--frames", help="frames per drive (the first and last 5 get no GT)"),
+    size: str = typer.Option("375x1242", "--size", help="image size HxW"),
+    seed: int = typer.Option(0, "--seed"),
+    workers: Optional[int] = typer.Option(None, "--workers", help="render processes (default: up to 2)"),
+) -> None:
+    """Render procedural driving sequences in KITTI's on-disk format."""
+    from rich.progress import Progress
+
+    from .data.synthetic import synth
+
+    try:
+        with Progress(console=console, transient=True) as bar:
+            task = bar.add_task("rendering", total=drives * frames)
+            res = synth(out_dir, drives, frames, _size(size), seed, workers,
+                        progress=lambda done, total: bar.update(task, completed=done))
+    except (FastDPTError, ValueError) as e:
+        _fail(e)
+    out.print(f"{res.frames} frames ({res.annotated} annotated) in {res.seconds:.1f} s -> {res.out}", highlight=False)
+    for split, names in res.drives.items():
+        out.print(f"  {split}: {', '.join(names)}  ({res.out / 'splits' / (split + '_files_with_gt.txt')})", highlight=False)
+
+
+@data_app.command("check")
+def data_check(
+    raw_root: Path = typer.Option(..., "--raw-root"),
+    gt_root: Path = typer.Option(..., "--gt-root"),
+    split: Optional[List[str]] = typer.Option(None, "--split", help="named split (fetched/cached), repeatable"),
+    split_file: Optional[List[Path]] = typer.Option(None, "--split-file", help="split list path, repeatable"),
+    write_filtered: Optional[Path] = typer.Option(None, "--write-filtered", help="write the usable lines here"),
+    json_out: Optional[Path] = typer.Option(None, "--json"),
+) -> None:
+    """Count listed frames, missing images, missing annotations and usable frames per split."""
+    from .data.kitti import check_split, read_split, split_format, split_path, write_split
+
+    sources: list[tuple[str, Path]] = []
+    try:
+        for name in split or []:
+            sources.append((name, split_path(name)))
+        for f in split_file or []:
+            sources.append((f.stem, f))
+        if not sources:
+            sources = [(n, split_path(n)) for n in ("eigen_full_train", "eigen_full_val", "eigen_test")]
+        rows = []
+        for name, path in sources:
+            res = check_split(name, read_split(path), raw_root, gt_root)
+            rows.append(res.row())
+            if write_filtered:
+                write_split(res.usable, write_filtered / f"{name}_filtered.txt", split_format(path))
+    except FastDPTError as e:
+        _fail(e)
+    table = Table(title="split check")
+    for col in ("split", "listed", "images not found", "annotations not found", "usable"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(r["split"], str(r["listed"]), str(r["images_missing"]), str(r["annotations_missing"]), str(r["usable"]))
+    out.print(table)
+    if json_out:
+        json_out.write_text(json.dumps(rows, indent=1))
+
+
+def _crop(garg: bool, eigen: bool) -> Optional[str]:
+    if garg and eigen:
+        raise typer.BadParameter("choose one of --garg-crop and --eigen-crop")
+    return "garg" if garg else "eigen" if eigen else None
+
+
+@app.command("train")
+def train_cmd(
+    model: str = typer.Option(..., "--model", "-m", help="variant to train (a metric .kitti head)"),
+    data_root: Optional[Path] = typer.Option(None, "--data-root", help="KITTI-format root (e.g. from `data synth`)"),
+    raw_root: Optional[Path] = typer.Option(None, "--raw-root"),
+    gt_root: Optional[Path] = typer.Option(None, "--gt-root"),
+    train_split: Optional[Path] = typer.Option(None, "--train-split"),
+    val_split: Optional[Path] = typer.Option(None, "--val-split"),
+    out_dir: Path = typer.Option(..., "--out", help="run directory"),
+    init: Optional[Path] = typer.Option(None, "--init", help="warm-start weights (official, HF or fastdpt)"),
+    backbone_weights: Optional[str] = typer.Option(None, "--backbone-weights"),
+    epochs: int = typer.Option(20, "--epochs"),
+    batch_size: int = typer.Option(1, "--batch-size"),
+    accumulate: int = typer.Option(1, "--accumulate"),
+    lr: float = typer.Option(1e-5, "--lr"),
+    weight_decay: float = typer.Option(0.01, "--weight-decay"),
+    clip_value: float = typer.Option(0.5, "--clip-value", help="clip gradients by value (0: off)"),
+    silog_lambda: float = typer.Option(0.5, "--silog-lambda"),
+    precision: str = typer.Option("fp32", "--precision", help="fp32 | fp16 | bf16 (mixed; GPU only)"),
+    workers: int = typer.Option(2, "--workers"),
+    seed: int = typer.Option(0, "--seed"),
+    monitor: str = typer.Option("abs_rel", "--monitor", help="validation metric that picks best.safetensors"),
+    kb_crop: bool = typer.Option(True, "--kb-crop/--no-kb-crop"),
+    random_crop: Optional[str] = typer.Option(None, "--random-crop", help="HxW"),
+    rotate: float = typer.Option(0.0, "--rotate", help="max rotation, degrees"),
+    color: bool = typer.Option(False, "--color-jitter"),
+    limit_train_batches: float = typer.Option(1.0, "--limit-train-batches"),
+    checkpoint_every: int = typer.Option(0, "--checkpoint-every", help="also save the resume state every N steps"),
+    tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help="MLflow server (default: SQLite in the run)"),
+    resume: bool = typer.Option(False, "--resume", help="continue the run in --out"),
+) -> None:
+    """Train a variant with the masked SILog loss (the study's recipe by default)."""
+    from .training import TrainConfig, train
+
+    cfg = TrainConfig(
+        model=model, out=str(out_dir), data_root=_opt(data_root), raw_root=_opt(raw_root), gt_root=_opt(gt_root),
+        train_split=_opt(train_split), val_split=_opt(val_split), init=_opt(init), backbone_weights=backbone_weights,
+        epochs=epochs, batch_size=batch_size, accumulate=accumulate, lr=lr, weight_decay=weight_decay,
+        clip_value=clip_value or None, silog_lambda=silog_lambda, precision=precision, workers=workers, seed=seed,
+        monitor=monitor, kb_crop=kb_crop, random_crop=_size(random_crop) if random_crop else None, rotate_deg=rotate,
+        color=color, limit_train_batches=int(limit_train_batches) if limit_train_batches > 1 else limit_train_batches,
+        checkpoint_every=checkpoint_every, tracking_uri=tracking_uri,
+    )
+    try:
+        res = train(cfg, resume=resume)
+    except FastDPTError as e:
+        _fail(e)
+    out.print(json.dumps(res, indent=1))
+
+
+def _opt(p: Optional[Path]) -> Optional[str]:
+    return str(p) if p is not None else None
+
+
+@app.command("eval")
+def eval_cmd(
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="variant (omit for a fastdpt checkpoint)"),
+    weights: Path = typer.Option(..., "--weights", "-w"),
+    data_root: Optional[Path] = typer.Option(None, "--data-root"),
+    raw_root: Optional[Path] = typer.Option(None, "--raw-root"),
+    gt_root: Optional[Path] = typer.Option(None, "--gt-root"),
+    split_file: Optional[Path] = typer.Option(None, "--split-file", help="default: <data-root>/splits/test_files_with_gt.txt"),
+    garg_crop: bool = typer.Option(False, "--garg-crop"),
+    eigen_crop: bool = typer.Option(False, "--eigen-crop"),
+    kb_crop: bool = typer.Option(False, "--kb-crop"),
+    json_out: Optional[Path] = typer.Option(None, "--json"),
+    save_png: Optional[Path] = typer.Option(None, "--save-png", help="write uint16 predictions here"),
+    device: str = typer.Option("cpu", "--device"),
+    threads: Optional[int] = typer.Option(None, "--threads"),
+) -> None:
+    """Score a metric model on a KITTI-format split with the BTS protocol; reports FPS too."""
+    import torch
+
+    from . import api
+    from .data.kitti import read_split
+    from .evaluation import evaluate
+    from .predict import Predictor
+
+    if threads:
+        torch.set_num_threads(threads)
+    crop = _crop(garg_crop, eigen_crop)
+    try:
+        raw, gt, split = _eval_paths(data_root, raw_root, gt_root, split_file)
+        m = api.load(model, weights, device=device) if model else api.load(weights, device=device)
+        with console.status("evaluating"):
+            res = evaluate(Predictor(m, device=device), read_split(split), raw, gt, crop, kb_crop,
+                           str(save_png) if save_png else None)
+    except (FastDPTError, ValueError) as e:
+        _fail(e)
+    _print_metrics(res, json_out)
+
+
+@app.command("eval-pngs")
+def eval_pngs_cmd(
+    pred_dir: Path = typer.Option(..., "--pred-dir"),
+    gt_root: Path = typer.Option(..., "--gt-root"),
+    split_file: Path = typer.Option(..., "--split-file"),
+    garg_crop: bool = typer.Option(False, "--garg-crop"),
+    eigen_crop: bool = typer.Option(False, "--eigen-crop"),
+    kb_crop: bool = typer.Option(False, "--kb-crop"),
+    json_out: Optional[Path] = typer.Option(None, "--json"),
+) -> None:
+    """Score prediction PNGs (depth x 256) named after the split's RGB paths, as BTS's eval_with_pngs."""
+    from .data.kitti import read_split
+    from .evaluation import eval_pngs
+
+    try:
+        res = eval_pngs(pred_dir, gt_root, read_split(split_file), _crop(garg_crop, eigen_crop), kb_crop)
+    except (FastDPTError, ValueError) as e:
+        _fail(e)
+    _print_metrics(res, json_out)
+
+
+def _eval_paths(data_root, raw_root, gt_root, split_file):
+    if data_root is not None:
+        raw_root = raw_root or data_root / "raw"
+        gt_root = gt_root or data_root / "data_depth_annotated"
+        split_file = split_file or data_root / "splits" / "test_files_with_gt.txt"
+    if raw_root is None or gt_root is None or split_file is None:
+        raise FastDPTError("give --data-root, or --raw-root, --gt-root and --split-file")
+    return raw_root, gt_root, split_file
+
+
+def _print_metrics(res: dict, json_out: Optional[Path]) -> None:
+    from .evaluation import METRIC_KEYS
+
+    table = Table(title=f"KITTI metrics over {res['images']} images ({res['skipped']} without GT skipped)")
+    keys = [*METRIC_KEYS, *(["fps"] if "fps" in res else [])]
+    for k in keys:
+        table.add_column(k)
+    table.add_row(*(f"{res[k]:.4f}" if k not in ("silog", "fps") else f"{res[k]:.3f}" for k in keys))
+    out.print(table)
+    if json_out:
+        json_out.write_text(json.dumps(res, indent=1))
+
+
 def main() -> None:  # pragma: no cover
     app()
 

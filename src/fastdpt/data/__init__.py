@@ -1,0 +1,1 @@
+"""Datasets: KITTI on disk and synthetic KITTI-format scenes."""

@@ -1,0 +1,350 @@
+"""KITTI on disk: split lists (monodepth2 and BTS formats), annotated depth, calibration, the
+study's split check, and a PyTorch dataset with training augmentation.
+
+Layout read (as distributed)::
+
+    <raw>/<date>/calib_cam_to_cam.txt
+    <raw>/<date>/<drive>/image_0{2,3}/data/<frame:010d>.png
+    <gt>/{train,val}/<drive>/proj_depth/groundtruth/image_0{2,3}/<frame:010d>.png   (or merged: <gt>/<drive>/...)
+
+Depth PNGs are uint16, metres = value / 256, 0 = no measurement. Sparse GT is never interpolated.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from ..errors import FastDPTError
+from ..evaluation import KB_H, KB_W, kb_crop_box
+
+
+class DataError(FastDPTError):
+    """Missing or malformed dataset files and split lists."""
+
+
+# -- split lists -------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class SplitSource:
+    url: str
+    sha256: str
+
+
+_MD2 = "https://raw.githubusercontent.com/nianticlabs/monodepth2/master/splits/"
+_ZOE = "https://raw.githubusercontent.com/isl-org/ZoeDepth/main/train_test_inputs/"
+SPLITS: dict[str, SplitSource] = {
+    "eigen_full_train": SplitSource(_MD2 + "eigen_full/train_files.txt",
+                                    "1b491141d87b7af9e6706609b7ce858c198c3a4ca61d180c7dc90815d5f2a986"),
+    "eigen_full_val": SplitSource(_MD2 + "eigen_full/val_files.txt",
+                                  "9c4446772ec58aaa60acbeef0fa6d1e8ef1b346ad4f78272d056d10cf1993af9"),
+    "eigen_test": SplitSource(_MD2 + "eigen/test_files.txt",
+                              "e226d4ca16e0e6e9695435014347dcf973588531330536fd8a68d298ef091a6b"),
+    "eigen_test_with_gt": SplitSource(_ZOE + "kitti_eigen_test_files_with_gt.txt",
+                                      "8d0499af9ab4c0d1cd7944d572b0e0e4412feab1e73f4003038426fde699b53a"),
+    "eigen_train_with_gt": SplitSource(_ZOE + "kitti_eigen_train_files_with_gt.txt",
+                                       "3655308ee4a017094dc620402db3fc587d769cfbfa9a16c6d0f8de6dcbe109ec"),
+}
+
+
+def split_path(name: str, cache: str | os.PathLike | None = None, allow_download: bool = True) -> Path:
+    """A split list by name: from the cache (sha256-verified) or fetched from its public origin."""
+    from ..weights import cache_dir, download
+
+    if name not in SPLITS:
+        raise DataError(f"unknown split {name!r}; known: {', '.join(SPLITS)} (or pass --split-file PATH)")
+    src = SPLITS[name]
+    target = cache_dir(cache) / "splits" / f"{name}.txt"
+    if target.is_file():
+        digest = hashlib.sha256(target.read_bytes()).hexdigest()
+        if digest == src.sha256:
+            return target
+        raise DataError(f"{target} does not match its pinned sha256; delete it to fetch it again")
+    if not allow_download or os.environ.get("FASTDPT_OFFLINE") == "1":
+        raise DataError(f"split {name!r} is not cached and downloads are off: save {src.url} as {target} "
+                        "or pass --split-file PATH")
+    try:
+        return download(src.url, target, sha256_prefix=src.sha256)
+    except OSError as e:
+        raise DataError(f"could not fetch split {name!r} from {src.url} ({e}): save it as {target} "
+                        "or pass --split-file PATH") from None
+
+
+@dataclass(frozen=True)
+class SplitEntry:
+    """One frame: ``rgb`` under the raw root, ``gt`` under the annotated-depth root (or None),
+    ``focal`` in pixels when the list gives it."""
+
+    rgb: str
+    gt: str | None
+    focal: float | None = None
+
+    @property
+    def date(self) -> str:
+        return self.rgb.split("/")[0]
+
+    @property
+    def camera(self) -> str:
+        m = re.search(r"image_0([23])", self.rgb)
+        return m.group(1) if m else "2"
+
+    @property
+    def frame_id(self) -> str:
+        """The BTS/eval-pngs file stem: the RGB path with '/' replaced by '_' (no extension)."""
+        return Path(self.rgb).with_suffix("").as_posix().replace("/", "_")
+
+
+_MD2_LINE = re.compile(r"^(\S+/\S+)\s+(\d+)\s+([lr])$")
+
+
+def parse_split_line(line: str) -> SplitEntry:
+    """A line of either format: monodepth2 ``<date>/<drive> <frame> <l|r>`` or BTS
+    ``<rgb> <gt|None> <focal>``."""
+    line = line.strip()
+    m = _MD2_LINE.match(line)
+    if m:
+        folder, frame, side = m.groups()
+        cam = "2" if side == "l" else "3"
+        name = f"{int(frame):010d}.png"
+        drive = folder.split("/")[-1]
+        return SplitEntry(f"{folder}/image_0{cam}/data/{name}", f"{drive}/proj_depth/groundtruth/image_0{cam}/{name}")
+    parts = line.split()
+    if len(parts) == 3:
+        rgb, gt, focal = parts
+        try:
+            return SplitEntry(rgb, None if gt == "None" else gt, float(focal))
+        except ValueError:
+            pass
+    raise DataError(f"unrecognised split line: {line!r}")
+
+
+def read_split(path: str | os.PathLike) -> list[SplitEntry]:
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"split file not found: {path}")
+    entries = []
+    for i, line in enumerate(path.read_text().splitlines(), 1):
+        if line.strip():
+            try:
+                entries.append(parse_split_line(line))
+            except DataError as e:
+                raise DataError(f"{path}:{i}: {e}") from None
+    return entries
+
+
+def write_split(entries: list[SplitEntry], path: str | os.PathLike, fmt: str = "bts") -> Path:
+    """Write a split list (``bts``: ``<rgb> <gt|None> <focal>``; ``monodepth2``: ``<folder> <frame> <l|r>``)."""
+    lines = []
+    for e in entries:
+        if fmt == "bts":
+            lines.append(f"{e.rgb} {e.gt or 'None'} {e.focal if e.focal is not None else 'None'}")
+        elif fmt == "monodepth2":
+            folder = "/".join(e.rgb.split("/")[:2])
+            lines.append(f"{folder} {int(Path(e.rgb).stem)} {'l' if e.camera == '2' else 'r'}")
+        else:
+            raise ValueError(f"unknown split format {fmt!r}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".part")
+    tmp.write_text("\n".join(lines) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def split_format(path: str | os.PathLike) -> str:
+    with open(path) as f:
+        first = f.readline()
+    return "monodepth2" if _MD2_LINE.match(first.strip()) else "bts"
+
+
+# -- files ------------------------------------------------------------------------------------------
+def find_gt(gt_root: str | os.PathLike, rel: str | None) -> Path | None:
+    """An annotation under G, G/train or G/val (as distributed or merged)."""
+    if rel is None:
+        return None
+    root = Path(gt_root)
+    for sub in ("", "train", "val"):
+        p = root / sub / rel
+        if p.is_file():
+            return p
+    return None
+
+
+@lru_cache(maxsize=64)
+def _calib(path: str) -> dict[str, np.ndarray]:
+    out = {}
+    with open(path) as f:
+        for line in f:
+            key, _, values = line.partition(":")
+            try:
+                out[key.strip()] = np.array([float(v) for v in values.split()])
+            except ValueError:
+                continue
+    return out
+
+
+def read_focal(raw_root: str | os.PathLike, date: str, camera: str = "2") -> float:
+    """fx of ``P_rect_0<camera>`` in ``<raw>/<date>/calib_cam_to_cam.txt``."""
+    path = Path(raw_root) / date / "calib_cam_to_cam.txt"
+    if not path.is_file():
+        raise DataError(f"calibration not found: {path}")
+    p = _calib(str(path)).get(f"P_rect_0{camera}")
+    if p is None or p.size != 12:
+        raise DataError(f"{path}: no valid P_rect_0{camera}")
+    return float(p[0])
+
+
+def read_depth_png(path: str | os.PathLike) -> np.ndarray:
+    """uint16 KITTI depth PNG -> float32 metres (0 = no measurement)."""
+    d = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if d is None or d.ndim != 2 or d.dtype != np.uint16:
+        raise DataError(f"not a 16-bit depth PNG: {path}")
+    return d.astype(np.float32) / 256.0
+
+
+def write_depth_png(path: str | os.PathLike, depth: np.ndarray) -> None:
+    """float metres -> uint16 PNG of depth x 256 (0 where not finite or <= 0)."""
+    d = np.nan_to_num(np.asarray(depth, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+    u16 = np.clip(np.round(d * 256.0), 0, 65535).astype(np.uint16)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.stem + ".part.png")
+    if not cv2.imwrite(str(tmp), u16):
+        raise DataError(f"could not write {path}")
+    os.replace(tmp, path)
+
+
+def read_rgb(path: str | os.PathLike) -> np.ndarray:
+    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if img is None:
+        raise DataError(f"cannot read image {path}")
+    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+
+# -- the study's split check -------------------------------------------------------------------------
+@dataclass
+class SplitCheck:
+    name: str
+    listed: int = 0
+    images_missing: int = 0
+    gt_missing: int = 0
+    usable: list[SplitEntry] = field(default_factory=list)
+
+    def row(self) -> dict:
+        return {"split": self.name, "listed": self.listed, "images_missing": self.images_missing,
+                "annotations_missing": self.gt_missing, "usable": len(self.usable)}
+
+
+def check_split(name: str, entries: list[SplitEntry], raw_root: str | os.PathLike,
+                gt_root: str | os.PathLike) -> SplitCheck:
+    """Count listed frames, missing images, missing annotations and usable frames (image and GT)."""
+    res = SplitCheck(name, listed=len(entries))
+    raw = Path(raw_root)
+    for e in entries:
+        has_img = (raw / e.rgb).is_file()
+        gt = find_gt(gt_root, e.gt)
+        res.images_missing += not has_img
+        res.gt_missing += gt is None
+        if has_img and gt is not None:
+            res.usable.append(e)
+    return res
+
+
+# -- dataset -----------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Augment:
+    """Training augmentation (BTS-style options). All image/depth geometry is applied to both."""
+
+    hflip: float = 0.5
+    kb_crop: bool = True
+    random_crop: tuple[int, int] | None = None
+    rotate_deg: float = 0.0
+    color: bool = False
+
+    @classmethod
+    def none(cls, kb_crop: bool = True) -> "Augment":
+        return cls(hflip=0.0, kb_crop=kb_crop)
+
+
+class KittiDepthDataset(Dataset):
+    """Frames with annotated depth. Items: ``image`` (3, H, W) float in [0, 1], ``depth`` (H, W)
+    metres (0 = none), ``mask`` (H, W) bool (depth > 0), ``focal`` (px), ``frame_id`` (str)."""
+
+    def __init__(self, entries: list[SplitEntry], raw_root: str | os.PathLike, gt_root: str | os.PathLike,
+                 augment: Augment | None = None, train: bool = False, skip_missing: bool = True) -> None:
+        self.raw_root, self.gt_root = Path(raw_root), Path(gt_root)
+        self.augment = augment or Augment.none()
+        self.train = train
+        self.items: list[tuple[SplitEntry, Path]] = []
+        for e in entries:
+            gt = find_gt(self.gt_root, e.gt)
+            if gt is None or not (self.raw_root / e.rgb).is_file():
+                if skip_missing:
+                    continue
+                raise DataError(f"missing image or annotation for {e.rgb}")
+            self.items.append((e, gt))
+        if not self.items:
+            raise DataError(f"no usable frame (image + annotation) under {self.raw_root} and {self.gt_root}")
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> dict:
+        entry, gt_path = self.items[index]
+        image = read_rgb(self.raw_root / entry.rgb).astype(np.float32) / 255.0
+        depth = read_depth_png(gt_path)
+        if depth.shape != image.shape[:2]:
+            raise DataError(f"{gt_path}: depth {depth.shape} and image {image.shape[:2]} differ in size")
+        focal = entry.focal if entry.focal is not None else read_focal(self.raw_root, entry.date, entry.camera)
+        a = self.augment
+        if a.kb_crop:
+            if depth.shape[0] < KB_H or depth.shape[1] < KB_W:
+                raise DataError(f"{entry.rgb}: {depth.shape[0]}x{depth.shape[1]} is smaller than the "
+                                f"{KB_H}x{KB_W} KB crop; train without it (--no-kb-crop)")
+            top, left = kb_crop_box(*depth.shape)
+            image, depth = image[top:top + KB_H, left:left + KB_W], depth[top:top + KB_H, left:left + KB_W]
+        if self.train:
+            image, depth = self._augment(image, depth)
+        image = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
+        depth = torch.from_numpy(np.ascontiguousarray(depth))
+        return {"image": image, "depth": depth, "mask": depth > 0, "focal": torch.tensor(focal, dtype=torch.float32),
+                "frame_id": entry.frame_id}
+
+    def _augment(self, image: np.ndarray, depth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        a = self.augment
+        if a.rotate_deg > 0:
+            angle = (torch.rand(()).item() * 2 - 1) * a.rotate_deg
+            h, w = depth.shape
+            m = cv2.getRotationMatrix2D((w / 2, h / 2), angle, 1.0)
+            image = cv2.warpAffine(image, m, (w, h), flags=cv2.INTER_LINEAR)
+            depth = cv2.warpAffine(depth, m, (w, h), flags=cv2.INTER_NEAREST)  # never interpolate sparse GT
+        if a.random_crop is not None:
+            ch, cw = a.random_crop
+            h, w = depth.shape
+            if ch > h or cw > w:
+                raise DataError(f"random crop {ch}x{cw} is larger than the image {h}x{w}")
+            top = int(torch.randint(0, h - ch + 1, ()).item())
+            left = int(torch.randint(0, w - cw + 1, ()).item())
+            image, depth = image[top:top + ch, left:left + cw], depth[top:top + ch, left:left + cw]
+        if a.hflip > 0 and torch.rand(()).item() < a.hflip:
+            image, depth = image[:, ::-1], depth[:, ::-1]
+        if a.color:
+            gamma = 0.9 + 0.2 * torch.rand(()).item()
+            brightness = 0.9 + 0.2 * torch.rand(()).item()
+            colors = 0.9 + 0.2 * torch.rand(3).numpy()
+            image = np.clip((image**gamma) * brightness * colors[None, None, :], 0, 1).astype(np.float32)
+        return image, depth
+
+
+def collate(batch: list[dict]) -> dict:
+    out = {k: torch.stack([b[k] for b in batch]) for k in ("image", "depth", "mask", "focal")}
+    out["frame_id"] = [b["frame_id"] for b in batch]
+    return out

@@ -1,0 +1,74 @@
+"""Training losses.
+
+``silog_loss``: the reference study's masked scale-invariant log loss,
+    g = ln(pred) - ln(gt) over the n valid pixels,  L = mean(g^2) - lambda * mean(g)^2  (lambda 0.5),
+computed per image and averaged over the batch. With lambda = 1 it is invariant to a global scale.
+
+``ssi_gradient_loss``: scale-and-shift-invariant loss with multi-scale gradient matching (MiDaS),
+for dense relative ground truth (e.g. the synthetic scenes' exact depth as inverse depth).
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def silog_loss(pred: torch.Tensor, gt: torch.Tensor, mask: torch.Tensor | None = None, lam: float = 0.5,
+               eps: float = 1e-6) -> torch.Tensor:
+    """pred, gt: (B, H, W) depths in metres at the same (GT) resolution; mask: valid GT pixels
+    (default gt > 0). Images without valid pixels are skipped."""
+    if mask is None:
+        mask = gt > 0
+    mask = mask & (gt > 0)
+    g = torch.log(pred.clamp_min(eps)) - torch.log(gt.clamp_min(eps))
+    g = torch.where(mask, g, torch.zeros_like(g))
+    n = mask.flatten(1).sum(1)
+    has = n > 0
+    if not has.any():
+        return pred.sum() * 0.0
+    n = n.clamp_min(1).to(g.dtype)
+    mean_g = g.flatten(1).sum(1) / n
+    mean_g2 = g.pow(2).flatten(1).sum(1) / n
+    per_image = mean_g2 - lam * mean_g.pow(2)
+    return per_image[has].mean()
+
+
+def _align_scale_shift(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor):
+    """Least-squares scale s and shift t per image so that s * pred + t ~ target on the mask."""
+    m = mask.to(pred.dtype)
+    a00 = (m * pred * pred).flatten(1).sum(1)
+    a01 = (m * pred).flatten(1).sum(1)
+    a11 = m.flatten(1).sum(1)
+    b0 = (m * pred * target).flatten(1).sum(1)
+    b1 = (m * target).flatten(1).sum(1)
+    det = a00 * a11 - a01 * a01
+    ok = det.abs() > 1e-12
+    s = torch.where(ok, (a11 * b0 - a01 * b1) / torch.where(ok, det, torch.ones_like(det)), torch.ones_like(det))
+    t = torch.where(ok, (-a01 * b0 + a00 * b1) / torch.where(ok, det, torch.ones_like(det)), torch.zeros_like(det))
+    return s, t
+
+
+def ssi_gradient_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None,
+                      alpha: float = 0.5, scales: int = 4) -> torch.Tensor:
+    """MiDaS-style loss on (B, H, W) relative (inverse-depth-like) maps: MSE after per-image
+    least-squares scale and shift alignment, plus ``alpha`` times the multi-scale gradient term."""
+    if mask is None:
+        mask = torch.isfinite(target) & (target > 0)
+    target = torch.where(mask, target, torch.zeros_like(target))
+    s, t = _align_scale_shift(pred, target, mask)
+    aligned = s[:, None, None] * pred + t[:, None, None]
+    m = mask.to(pred.dtype)
+    n = m.flatten(1).sum(1).clamp_min(1)
+    data = ((aligned - target).pow(2) * m).flatten(1).sum(1) / (2 * n)
+    loss = data.mean()
+    if alpha <= 0:
+        return loss
+    grad = pred.new_zeros(())
+    diff = (aligned - target) * m
+    for k in range(scales):
+        step = 2**k
+        d, mk = diff[:, ::step, ::step], m[:, ::step, ::step]
+        gx = (d[:, :, 1:] - d[:, :, :-1]).abs() * mk[:, :, 1:] * mk[:, :, :-1]
+        gy = (d[:, 1:, :] - d[:, :-1, :]).abs() * mk[:, 1:, :] * mk[:, :-1, :]
+        grad = grad + (gx.sum() + gy.sum()) / mk.sum().clamp_min(1)
+    return loss + alpha * grad / scales

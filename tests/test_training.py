@@ -1,0 +1,115 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+import fastdpt
+from fastdpt.data.kitti import find_gt, read_depth_png, read_split
+from fastdpt.data.synthetic import synth
+from fastdpt.evaluation import evaluate, score_image
+from fastdpt.predict import Predictor
+
+pytest.importorskip("lightning")
+pytest.importorskip("mlflow")
+
+from fastdpt.training import NonFiniteLossError, TrainConfig, train  # noqa: E402
+
+MODEL = "effb0.h0-1.heads4.softmax.f32.m0.01_0.0125@64x192"  # tiny; its metric head caps depth at 80 m at y = 0
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    out = tmp_path_factory.mktemp("synth")
+    synth(out, drives=6, frames=30, size=(128, 416), seed=1, workers=2)
+    return out
+
+
+def _cfg(data, out, **kw):
+    base = dict(model=MODEL, out=str(out), data_root=str(data), epochs=6, batch_size=4, lr=1e-3, workers=0,
+                kb_crop=False, progress=False, seed=0)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def best_constant_abs_rel(data, split):
+    gts = [read_depth_png(find_gt(data / "data_depth_annotated", e.gt)) for e in split if e.gt]
+    values = np.concatenate([g[g > 0] for g in gts])
+    candidates = np.quantile(values, np.linspace(0.01, 0.99, 99))
+    return min(np.mean([score_image(np.full_like(g, c), g, crop=None)["abs_rel"] for g in gts]) for c in candidates)
+
+
+def test_short_training_beats_best_constant(data, tmp_path):
+    run = tmp_path / "run"
+    res = train(_cfg(data, run))
+    assert res["global_step"] == 6 * 20  # 80 annotated training frames / batch 4 = 20 steps an epoch
+    for name in ("last.safetensors", "best.safetensors", "resume.ckpt", "mlflow.db", "train_config.json"):
+        assert (run / name).is_file(), name
+    model = fastdpt.load(run / "best.safetensors")
+    assert model.config.name == MODEL
+    test = read_split(data / "splits" / "test_files_with_gt.txt")
+    metrics = evaluate(Predictor(model), test, data / "raw", data / "data_depth_annotated", crop=None)
+    constant = best_constant_abs_rel(data, test)
+    assert metrics["images"] == 20
+    assert metrics["abs_rel"] < 0.7 * constant, (metrics["abs_rel"], constant)
+    # tracking: params, per-epoch validation metrics and artefacts in the run's SQLite store
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{run / 'mlflow.db'}")
+    (mrun,) = client.search_runs([client.get_experiment_by_name("fastdpt").experiment_id])
+    assert mrun.data.params["model"] == MODEL and mrun.data.params["seed"] == "0"
+    assert len(client.get_metric_history(mrun.info.run_id, "val/abs_rel")) == 6
+    arts = {a.path for a in client.list_artifacts(mrun.info.run_id, "checkpoints")}
+    assert "checkpoints/best.safetensors" in arts
+
+
+def test_non_finite_loss_stops_cleanly(data, tmp_path, monkeypatch):
+    import fastdpt.training as tr
+
+    calls = {"n": 0}
+    real = tr.silog_loss
+
+    def flaky(*a, **k):
+        calls["n"] += 1
+        loss = real(*a, **k)
+        return loss * float("nan") if calls["n"] > 25 else loss  # in the second epoch
+
+    monkeypatch.setattr(tr, "silog_loss", flaky)
+    run = tmp_path / "run"
+    with pytest.raises(NonFiniteLossError, match="nan at epoch 1"):
+        train(_cfg(data, run, epochs=3))
+    kept = fastdpt.load(run / "last.safetensors")  # the checkpoint of the last finished epoch survives
+    assert all(torch.isfinite(p).all() for p in kept.parameters())
+    with pytest.raises(fastdpt.FastDPTError, match="--resume"):
+        train(_cfg(data, run, epochs=3))
+
+
+def test_killed_run_resumes(data, tmp_path):
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "fastdpt.cli", "train", "--model", MODEL, "--data-root", str(data), "--out", str(run),
+           "--epochs", "3", "--batch-size", "4", "--lr", "1e-3", "--workers", "0", "--no-kb-crop",
+           "--checkpoint-every", "3"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    state = run / "resume.ckpt"
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if state.is_file():
+            step = torch.load(state, map_location="cpu", weights_only=False)["global_step"]
+            if 6 <= step < 18:  # mid-way through the first epoch
+                break
+        time.sleep(0.2)
+    assert proc.poll() is None, "training finished before it could be interrupted"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    saved = torch.load(state, map_location="cpu", weights_only=False)["global_step"]
+    assert saved >= 6 and not (run / "result.json").exists()
+    r = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    res = json.loads((run / "result.json").read_text())
+    assert res["global_step"] == 60 and res["epochs"] == 3
