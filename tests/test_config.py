@@ -43,6 +43,7 @@ def test_study_grid_is_complete():
 
 def test_resolve_names_expands_groups_and_globs():
     assert len(resolve_names(["study@192x640", "dpt-hybrid-kitti"])) == 37
+    assert resolve_names(["fast"]) == ["fast-effb0-f128-192x640", "fast-effb0-f64-192x640", "fast-effb0-f64-128x416"]
     assert resolve_names(["dpt-hybrid-*"]) == ["dpt-hybrid-midas", "dpt-hybrid-kitti", "dpt-hybrid-nyu"]
     with pytest.raises(ConfigError):
         resolve_names(["nothing-*"])

@@ -14,7 +14,6 @@ import resource
 import statistics
 import sys
 import time
-from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from typing import Callable
 
@@ -26,8 +25,6 @@ from .config import ModelConfig, get_config
 from .errors import ConfigError
 from .models import DPT
 from .predict import Predictor, network_size
-
-PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 @dataclass
@@ -48,6 +45,7 @@ class BenchRow:
     precision: str
     peak_mem_mb: float
     runs: int
+    backend: str = "torch"
     speedup: float | None = None
 
     def as_dict(self) -> dict:
@@ -123,10 +121,10 @@ def _timed(fn: Callable[[], object], device: torch.device, warmup: int, runs: in
 
 def bench_variant(name: str, input_size: tuple[int, int] = (352, 1216), batch_size: int = 1,
                   device: str = "cpu", precision: str = "fp32", runs: int = 10, warmup: int = 2,
-                  threads: int | None = None, model: torch.nn.Module | None = None) -> BenchRow:
-    """Benchmark one variant (random weights unless ``model`` is given) on frames of ``input_size``."""
-    if precision not in PRECISIONS:
-        raise ConfigError(f"precision must be one of {list(PRECISIONS)}, got {precision!r}")
+                  threads: int | None = None, model: torch.nn.Module | None = None,
+                  backend: str = "torch") -> BenchRow:
+    """Benchmark one variant (random weights unless ``model`` is given) on frames of ``input_size``
+    through a backend (``torch``, ``compile``, ``onnxruntime``; int8 through ONNX Runtime)."""
     if threads is not None:
         torch.set_num_threads(threads)
     dev = torch.device(device)
@@ -139,27 +137,20 @@ def bench_variant(name: str, input_size: tuple[int, int] = (352, 1216), batch_si
     if dev.type == "cuda":
         torch.backends.cudnn.benchmark = True
         torch.cuda.reset_peak_memory_stats(dev)
-    dtype = PRECISIONS[precision]
-    amp = torch.autocast(dev.type, dtype=dtype) if dtype is not None else nullcontext()
-    predictor = Predictor(model, device=dev)
+    predictor = Predictor(model, device=dev, backend=backend, precision=precision, threads=threads)
     frame = np.random.default_rng(0).integers(0, 256, (*input_size, 3), dtype=np.uint8)
+    predictor.predict(frame)  # builds lazily compiled / exported graphs outside the timed runs
 
-    def one_frame():
-        with torch.inference_mode(), amp:
-            y = model(predictor.preprocess(frame))
-            return predictor.postprocess(y, input_size)
-
-    lat = _timed(one_frame, dev, warmup, runs)
+    lat = _timed(lambda: predictor.predict(frame), dev, warmup, runs)
     med = statistics.median(lat)
     p90 = float(np.percentile(lat, 90))
-    if batch_size == 1:
+    if batch_size == 1 or backend == "onnxruntime":  # exported graphs take batch 1
         throughput = 1000.0 / med
     else:
         xb = torch.randn(batch_size, 3, *net, device=dev)
 
         def batch():
-            with torch.inference_mode(), amp:
-                return model(xb)
+            return predictor.backend(xb)
 
         bt = _timed(batch, dev, max(1, warmup // 2), max(2, runs // 2))
         throughput = batch_size * 1000.0 / statistics.median(bt)
@@ -167,7 +158,8 @@ def bench_variant(name: str, input_size: tuple[int, int] = (352, 1216), batch_si
         name=name, canonical=cfg.name, input_size=f"{input_size[0]}x{input_size[1]}", net_size=f"{net[0]}x{net[1]}",
         params=count_params(model), macs=count_macs(cfg, net), latency_ms_median=round(med, 2),
         latency_ms_p90=round(p90, 2), fps=round(1000.0 / med, 3), throughput=round(throughput, 3),
-        batch_size=batch_size, threads=torch.get_num_threads(), device=str(dev), precision=precision,
+        batch_size=batch_size if backend != "onnxruntime" else 1, threads=torch.get_num_threads(), device=str(dev),
+        precision=precision, backend=backend,
         peak_mem_mb=round(_peak_mem_mb(dev, rss_before), 1), runs=runs,
     )
 

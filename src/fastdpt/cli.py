@@ -71,38 +71,59 @@ def models(
 
 @app.command()
 def predict(
-    images: List[Path] = typer.Argument(..., help="image files"),
-    model: str = typer.Option("dpt-hybrid-midas", "--model", "-m", help="preset, canonical name or .safetensors checkpoint"),
+    inputs: List[str] = typer.Argument(..., help="image files, folders (recursive), globs or .txt lists"),
+    model: str = typer.Option("dpt-hybrid-midas", "--model", "-m", help="preset, canonical name, .safetensors or .onnx"),
     weights: Optional[Path] = typer.Option(None, "--weights", "-w", help="weight file (official .pt, HF or fastdpt)"),
     outdir: Path = typer.Option(Path("out"), "--outdir", "-o"),
+    formats: List[str] = typer.Option(["color"], "--format", "-f", help="color | png16 | npy | pfm | ply (repeatable)"),
     save_npy: bool = typer.Option(False, "--save-npy", help="also write <stem>.npy (float32, image size)"),
+    cmap: str = typer.Option("Spectral_r", "--cmap", help="Spectral_r | inferno | magma | turbo | viridis | gray"),
+    pred_only: bool = typer.Option(False, "--pred-only", help="colour map alone instead of beside the input"),
+    focal: Optional[float] = typer.Option(None, "--focal", help="focal length in pixels, for .ply"),
+    calib: Optional[Path] = typer.Option(None, "--calib", help="KITTI calib_cam_to_cam.txt, for .ply (P_rect_02)"),
+    backend: str = typer.Option("torch", "--backend", help="torch | compile | onnxruntime"),
+    precision: str = typer.Option("fp32", "--precision", help="fp32 | fp16 | bf16 | int8"),
     device: str = typer.Option("cpu", "--device"),
     threads: Optional[int] = typer.Option(None, "--threads"),
 ) -> None:
-    """Predict depth for images: a colour-mapped PNG per image (and .npy with --save-npy)."""
+    """Predict depth for images; an unreadable image is reported and skipped (exit code 1)."""
     import torch
+    from rich.progress import Progress
 
-    from . import api
-    from .predict import Predictor, write_outputs
+    from .io import collect_inputs, focal_from_calib
+    from .predict import Predictor, read_image, write_outputs
 
     if threads:
         torch.set_num_threads(threads)
     try:
-        predictor = Predictor(api.load(model, weights, device=device), device=device)
+        files, missing = collect_inputs(inputs)
+        if calib is not None:
+            focal = focal_from_calib(calib)
+        predictor = Predictor(model, weights, device=device, backend=backend, precision=precision, threads=threads)
     except FastDPTError as e:
         _fail(e)
-    failed = 0
-    for path in images:
-        try:
-            res = predictor.predict(path)
-        except FastDPTError as e:
-            console.print(f"[yellow]skipped:[/yellow] {e}", highlight=False)
-            failed += 1
-            continue
-        for f in write_outputs(res, path.stem, outdir, save_npy=save_npy):
-            out.print(str(f), highlight=False)
+    for m in missing:
+        console.print(f"[yellow]skipped:[/yellow] {m}", highlight=False)
+    failed = len(missing)
+    if not files:
+        _fail(FastDPTError("no image found in the given inputs"))
+    with Progress(console=console, transient=True, disable=len(files) < 2) as bar:
+        task = bar.add_task("predicting", total=len(files))
+        for path in files:
+            try:
+                image = read_image(path)
+                res = predictor.predict(image)
+                written = write_outputs(res, path.stem, outdir, save_npy, tuple(formats), image, cmap,
+                                        side_by_side=not pred_only, focal=focal)
+            except FastDPTError as e:
+                console.print(f"[yellow]skipped:[/yellow] {e}", highlight=False)
+                failed += 1
+            else:
+                for f in written:
+                    out.print(str(f), highlight=False)
+            bar.advance(task)
     if failed:
-        console.print(f"{failed} of {len(images)} images could not be read")
+        console.print(f"{failed} of {len(files) + len(missing)} inputs could not be used")
         raise typer.Exit(1)
 
 
@@ -113,7 +134,8 @@ def bench(
     batch_size: int = typer.Option(1, "--batch-size"),
     threads: Optional[int] = typer.Option(None, "--threads", help="torch threads (reported)"),
     device: str = typer.Option("cpu", "--device"),
-    precision: str = typer.Option("fp32", "--precision", help="fp32 | fp16 | bf16 (autocast)"),
+    precision: str = typer.Option("fp32", "--precision", help="fp32 | fp16 | bf16 (autocast) | int8 (onnxruntime)"),
+    backend: str = typer.Option("torch", "--backend", help="torch | compile | onnxruntime"),
     runs: int = typer.Option(10, "--runs"),
     warmup: int = typer.Option(2, "--warmup"),
     baseline: Optional[str] = typer.Option(None, "--baseline", help="report speed-up over this variant, measured in the same run"),
@@ -130,15 +152,13 @@ def bench(
             resolve_names([baseline])
     except FastDPTError as e:
         _fail(e)
-    if device == "cpu" and precision != "fp32":
-        console.print(f"[yellow]warning:[/yellow] {precision} on a CPU without native support is far slower than fp32")
     rows = []
     order = ([baseline] if baseline and baseline not in todo else []) + todo
     with console.status("benchmarking") as status:
         for i, name in enumerate(order, 1):
             status.update(f"[{i}/{len(order)}] {name}")
             try:
-                row = bench_variant(name, size, batch_size, device, precision, runs, warmup, threads)
+                row = bench_variant(name, size, batch_size, device, precision, runs, warmup, threads, backend=backend)
             except FastDPTError as e:
                 _fail(e)
             rows.append(row)
@@ -147,7 +167,8 @@ def bench(
         base = next(r for r in rows if r.name == baseline)
         for r in rows:
             r.speedup = round(base.latency_ms_median / r.latency_ms_median, 3)
-    table = Table(title=f"fastdpt bench: {size[0]}x{size[1]} frames, {device}, {precision}, {rows[0].threads} threads")
+    table = Table(title=f"fastdpt bench: {size[0]}x{size[1]} frames, {device}, {backend} {precision}, "
+                        f"{rows[0].threads} threads")
     for col in ("variant", "net", "params (M)", "GMACs", "latency ms (p50/p90)", "FPS", "throughput", "peak MB",
                 *(["speed-up"] if baseline else [])):
         table.add_column(col)
@@ -196,6 +217,188 @@ def warm_start_cmd(
         _fail(e)
     console.print(str(m.load_report), highlight=False)
     out.print(str(save_checkpoint(m, output, {"init": str(init)})), highlight=False)
+
+
+@app.command("export")
+def export_cmd(
+    model: str = typer.Argument(..., help="preset, canonical name or .safetensors checkpoint"),
+    weights: Optional[Path] = typer.Option(None, "--weights", "-w"),
+    fmt: str = typer.Option("onnx", "--format", help="onnx"),
+    int8: bool = typer.Option(False, "--int8", help="also quantise to int8 (ONNX Runtime dynamic quantisation)"),
+    output: Path = typer.Option(..., "--output", "-o", help="the .onnx file to write"),
+    input_size: Optional[str] = typer.Option(None, "--input-size", help="network input HxW (default: the variant's)"),
+    untrained: bool = typer.Option(False, "--untrained", help="export random weights (speed tests only)"),
+) -> None:
+    """Export to ONNX with the variant's name in the metadata; check it against PyTorch."""
+    from . import api
+    from .runtime import export_onnx, quantize_int8, verification_inputs, compare
+
+    if fmt != "onnx":
+        _fail(FastDPTError(f"unknown export format {fmt!r}; only onnx is supported"))
+    try:
+        m = api.create_model(model) if untrained else api.load(model, weights)
+        size = _size(input_size) if input_size else m.config.input_size
+        with console.status("exporting"):
+            path = export_onnx(m, output, size)
+        inputs = verification_inputs(size)
+        err = compare(m, path, inputs)
+        out.print(f"{path}: max abs error {err['max_abs']:.3g}, max rel error {err['max_rel']:.3g} "
+                  f"({len(inputs)} random and synthetic-scene inputs)", highlight=False)
+        if int8:
+            q = quantize_int8(path, path.with_name(path.stem + "-int8.onnx"))
+            err = compare(m, q, inputs)
+            out.print(f"{q}: int8 vs PyTorch fp32: max abs error {err['max_abs']:.3g}, "
+                      f"max rel error {err['max_rel']:.3g}", highlight=False)
+    except FastDPTError as e:
+        _fail(e)
+
+
+def _run_stream(source_factory, output, model, weights, backend, precision, device, threads, realtime,
+                pred_only, cmap, stats_path, max_frames=None):
+    import torch
+
+    from .predict import Predictor
+    from .stream import VideoSink, run_stream, write_stats
+
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        source = source_factory()
+        predictor = Predictor(model, weights, device=device, backend=backend, precision=precision, threads=threads)
+        sink = VideoSink(output, source.fps, side_by_side=not pred_only, cmap=cmap) if output else None
+        with console.status("starting") as status:
+            def live(st):
+                status.update(f"{st.frames_out} frames, {st.frames_out / max(st.wall_s, 1e-9):.1f} FPS, "
+                              f"{st.dropped} dropped")
+            stats = run_stream(source, predictor, sink, realtime=realtime, max_frames=max_frames, on_frame=live)
+    except FastDPTError as e:
+        _fail(e)
+    summary = stats.summary()
+    out.print(f"{summary['frames_out']} frames out of {summary['frames_in']} in {summary['wall_s']:.1f} s: "
+              f"{summary['effective_fps']:.2f} FPS end to end, {summary['inference_fps']:.2f} inferences/s, "
+              f"{summary['dropped']} dropped; latency p50/p90/p99 {summary['latency_ms_p50']:.0f}/"
+              f"{summary['latency_ms_p90']:.0f}/{summary['latency_ms_p99']:.0f} ms"
+              + (f" -> {output}" if output else ""), highlight=False)
+    if stats_path:
+        write_stats(stats, stats_path)
+
+
+@app.command("video")
+def video_cmd(
+    source: Path = typer.Argument(..., help="input video"),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="output .mp4 (side-by-side by default)"),
+    model: str = typer.Option("dpt-hybrid-midas", "--model", "-m"),
+    weights: Optional[Path] = typer.Option(None, "--weights", "-w"),
+    backend: str = typer.Option("torch", "--backend"),
+    precision: str = typer.Option("fp32", "--precision"),
+    device: str = typer.Option("cpu", "--device"),
+    threads: Optional[int] = typer.Option(None, "--threads"),
+    realtime: bool = typer.Option(False, "--realtime", help="keep the source rate; drop frames when behind"),
+    pred_only: bool = typer.Option(False, "--pred-only", help="depth only instead of side by side"),
+    cmap: str = typer.Option("Spectral_r", "--cmap"),
+    stats: Optional[Path] = typer.Option(None, "--stats", help="write latency/FPS/drops as JSON"),
+) -> None:
+    """Depth for every frame of a video, written as a video at the source frame rate."""
+    from .stream import VideoSource
+
+    _run_stream(lambda: VideoSource(str(source)), output, model, weights, backend, precision, device, threads,
+                realtime, pred_only, cmap, stats)
+
+
+@app.command("camera")
+def camera_cmd(
+    index: int = typer.Option(0, "--index"),
+    output: Optional[Path] = typer.Option(None, "--output", "-o"),
+    model: str = typer.Option("dpt-hybrid-midas", "--model", "-m"),
+    weights: Optional[Path] = typer.Option(None, "--weights", "-w"),
+    backend: str = typer.Option("torch", "--backend"),
+    precision: str = typer.Option("fp32", "--precision"),
+    device: str = typer.Option("cpu", "--device"),
+    threads: Optional[int] = typer.Option(None, "--threads"),
+    frames: Optional[int] = typer.Option(None, "--frames", help="stop after N frames"),
+    pred_only: bool = typer.Option(False, "--pred-only"),
+    cmap: str = typer.Option("Spectral_r", "--cmap"),
+    stats: Optional[Path] = typer.Option(None, "--stats"),
+) -> None:
+    """Depth from a camera, live (frames are dropped when inference is slower than the camera)."""
+    from .stream import VideoSource
+
+    _run_stream(lambda: VideoSource(index), output, model, weights, backend, precision, device, threads, True,
+                pred_only, cmap, stats, max_frames=frames)
+
+
+@app.command("stream")
+def stream_cmd(
+    folder: Path = typer.Argument(..., help="a folder of frames, e.g. a KITTI drive's image_02/data"),
+    fps: float = typer.Option(10.0, "--fps", help="replay rate"),
+    output: Optional[Path] = typer.Option(None, "--output", "-o"),
+    model: str = typer.Option("dpt-hybrid-midas", "--model", "-m"),
+    weights: Optional[Path] = typer.Option(None, "--weights", "-w"),
+    backend: str = typer.Option("torch", "--backend"),
+    precision: str = typer.Option("fp32", "--precision"),
+    device: str = typer.Option("cpu", "--device"),
+    threads: Optional[int] = typer.Option(None, "--threads"),
+    realtime: bool = typer.Option(False, "--realtime"),
+    pred_only: bool = typer.Option(False, "--pred-only"),
+    cmap: str = typer.Option("Spectral_r", "--cmap"),
+    stats: Optional[Path] = typer.Option(None, "--stats"),
+) -> None:
+    """Replay an image sequence at a frame rate through the online pipeline."""
+    from .stream import ImageSequence
+
+    _run_stream(lambda: ImageSequence(folder, fps), output, model, weights, backend, precision, device, threads,
+                realtime, pred_only, cmap, stats)
+
+
+@app.command("serve")
+def serve_cmd(
+    model: str = typer.Option("dpt-hybrid-midas", "--model", "-m", help="preset, canonical name, .safetensors or .onnx"),
+    weights: Optional[Path] = typer.Option(None, "--weights", "-w"),
+    host: str = typer.Option("127.0.0.1", "--host"),
+    port: int = typer.Option(8000, "--port"),
+    token: Optional[str] = typer.Option(None, "--token", envvar="FASTDPT_TOKEN", help="require this bearer token"),
+    max_mb: float = typer.Option(20.0, "--max-mb", help="upload size limit"),
+    backend: str = typer.Option("torch", "--backend"),
+    precision: str = typer.Option("fp32", "--precision"),
+    device: str = typer.Option("cpu", "--device"),
+    threads: Optional[int] = typer.Option(None, "--threads"),
+) -> None:
+    """Serve depth over HTTP (POST /v1/depth, GET /v1/models, /healthz, /metrics, and a web page at /)."""
+    import torch
+
+    from .predict import Predictor
+    from .serve import serve
+
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        predictor = Predictor(model, weights, device=device, backend=backend, precision=precision, threads=threads)
+    except FastDPTError as e:
+        _fail(e)
+    serve(predictor, host, port, token, int(max_mb * 2**20))
+
+
+@app.command("demo")
+def demo_cmd(
+    out_dir: Path = typer.Option(Path("demo"), "--out", help="folder for data, run, video and summary"),
+    minutes: float = typer.Option(3.0, "--minutes", help="training time on this machine"),
+    preset: str = typer.Option("fast-effb0-f64-128x416", "--preset"),
+    drives: int = typer.Option(4, "--drives"),
+    frames: int = typer.Option(40, "--frames"),
+    threads: Optional[int] = typer.Option(None, "--threads"),
+    force: bool = typer.Option(False, "--force", help="replace an earlier demo run in --out"),
+) -> None:
+    """Offline end to end: render synthetic drives, train the fastest preset, run it online on a held-out drive."""
+    import torch
+
+    from .demo import run_demo
+
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        run_demo(out_dir, minutes, preset, drives, frames, force=force, say=lambda m: out.print(m, highlight=False))
+    except FastDPTError as e:
+        _fail(e)
 
 
 data_app = typer.Typer(no_args_is_help=True, help="KITTI-format data: synthetic scenes and split checks.")

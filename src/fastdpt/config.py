@@ -210,6 +210,18 @@ def _build_registry() -> dict[str, Preset]:
                "Official DPT-Hybrid fine-tuned on NYUv2; metres",
                weights="dpt-hybrid-nyu", groups=("official",)),
     ]
+    # the project's own fast presets: the study's fastest layout (EfficientNet-B0, 2 blocks) with a
+    # slimmer decoder and, for the smallest, a smaller input
+    fast = _DPT.replace(backbone="effb0", hooks=(0, 1), metric=METRIC_HEADS["kitti"])
+    for name, cfg, text in [
+        ("fast-effb0-f128-192x640", fast.replace(features=128, input_size=(192, 640)),
+         "study's fastest layout, decoder width 128"),
+        ("fast-effb0-f64-192x640", fast.replace(features=64, input_size=(192, 640)),
+         "study's fastest layout, decoder width 64"),
+        ("fast-effb0-f64-128x416", fast.replace(features=64, input_size=(128, 416)),
+         "decoder width 64 at 128x416 input: the fastest preset"),
+    ]:
+        presets.append(Preset(name, cfg, text, groups=("fast",)))
     for size, backbone, hooks, attention, heads in product(
         STUDY_SIZES, BACKBONES, STUDY_HOOKS, ATTENTIONS, STUDY_HEADS
     ):

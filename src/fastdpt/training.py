@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -66,11 +66,11 @@ class TrainConfig:
     limit_train_batches: int | float = 1.0
     limit_val_batches: int | float = 1.0
     checkpoint_every: int = 0  # also save the resume state every N optimiser steps (0: epoch ends only)
+    max_time_s: float | None = None  # stop after this much training time (at a step boundary)
     tracking_uri: str | None = None
     accelerator: str = "auto"
     devices: int | str = "auto"
     progress: bool = True
-    extra: dict = field(default_factory=dict)
 
     def paths(self) -> tuple[Path, Path, Path, Path]:
         """(raw root, gt root, train split, val split), from data_root defaults or explicit paths."""
@@ -256,13 +256,11 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
         limit_train_batches=cfg.limit_train_batches, limit_val_batches=cfg.limit_val_batches,
         num_sanity_val_steps=0, log_every_n_steps=1, accelerator=cfg.accelerator, devices=cfg.devices,
         default_root_dir=str(run), deterministic=False,
+        max_time={"seconds": cfg.max_time_s} if cfg.max_time_s else None,
     )
     if not resume:
         logger.log_hyperparams({**asdict(cfg), "canonical_name": get_config(cfg.model).name})
-    try:
-        trainer.fit(module, train_dl, val_dl, ckpt_path=str(resume_path) if resume else None, weights_only=True)
-    except NonFiniteLossError:
-        raise
+    trainer.fit(module, train_dl, val_dl, ckpt_path=str(resume_path) if resume else None, weights_only=True)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     result = {"metrics": metrics, "last": str(run / "last.safetensors"), "best": str(run / "best.safetensors"),
               "epochs": trainer.current_epoch, "global_step": trainer.global_step}

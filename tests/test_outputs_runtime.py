@@ -1,0 +1,149 @@
+import threading
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+import fastdpt
+from conftest import TINY
+from fastdpt.cli import app
+from fastdpt.io import collect_inputs
+from fastdpt.predict import DepthResult, Predictor, read_pfm, write_outputs
+from fastdpt.weights import save_checkpoint
+
+runner = CliRunner()
+METRIC = TINY.replace(metric=(0.01, 0.0125))
+
+
+def _read_ply(path):
+    data = path.read_bytes()
+    head, _, body = data.partition(b"end_header\n")
+    n = int([line for line in head.decode().splitlines() if line.startswith("element vertex")][0].split()[-1])
+    rec = np.frombuffer(body, dtype=[("x", "<f4"), ("y", "<f4"), ("z", "<f4"), ("r", "u1"), ("g", "u1"), ("b", "u1")],
+                        count=n)
+    return rec
+
+
+@pytest.mark.parametrize("kind", ["metric", "relative"])
+def test_every_format_reads_back(tmp_path, kind):
+    rng = np.random.default_rng(0)
+    depth = rng.uniform(1, 79, (30, 50)).astype(np.float32)
+    image = rng.integers(0, 256, (30, 50, 3), dtype=np.uint8)
+    res = DepthResult(depth, kind)
+    formats = ("color", "png16", "npy", "pfm") + (("ply",) if kind == "metric" else ())
+    files = write_outputs(res, "f", tmp_path, formats=formats, image=image, focal=40.0)
+    assert [p.name for p in files] == ["f.png", "f_depth16.png", "f.npy", "f.pfm"] + (["f.ply"] if kind == "metric" else [])
+    assert np.array_equal(np.load(tmp_path / "f.npy"), depth)
+    assert np.array_equal(read_pfm(tmp_path / "f.pfm"), depth)
+    u16 = cv2.imread(str(tmp_path / "f_depth16.png"), cv2.IMREAD_UNCHANGED)
+    assert u16.dtype == np.uint16
+    if kind == "metric":
+        np.testing.assert_allclose(u16 / 256.0, depth, atol=0.5 / 256)
+        pts = _read_ply(tmp_path / "f.ply")
+        assert len(pts) == depth.size
+        v, u = 7, 11
+        p = pts[v * 50 + u]
+        assert p["z"] == pytest.approx(depth[v, u]) and p["x"] == pytest.approx((u - 24.5) * depth[v, u] / 40.0, rel=1e-5)
+        assert (p["r"], p["g"], p["b"]) == tuple(image[v, u])
+    else:
+        lo, hi = depth.min(), depth.max()
+        np.testing.assert_allclose(u16 / 65535.0, (depth - lo) / (hi - lo), atol=1e-5)
+        with pytest.raises(fastdpt.FastDPTError, match="metric"):
+            write_outputs(res, "g", tmp_path, formats=("ply",), image=image, focal=40.0)
+    side = np.asarray(Image.open(tmp_path / "f.png"))
+    assert side.shape == (30, 100, 3) and np.array_equal(side[:, :50], image)
+
+
+def test_collect_inputs(tmp_path):
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    for name in ("a/1.png", "a/b/2.jpg", "a/notes.md", "3.png"):
+        (tmp_path / name).write_bytes(b"x")
+    (tmp_path / "list.txt").write_text("3.png\na/b/2.jpg\nmissing.png\n")
+    files, missing = collect_inputs([str(tmp_path / "a"), str(tmp_path / "*.png"), str(tmp_path / "list.txt"),
+                                     str(tmp_path / "nope.png")])
+    assert [f.relative_to(tmp_path).as_posix() for f in files] == ["a/1.png", "a/b/2.jpg", "3.png"]
+    assert len(missing) == 2 and "missing.png" in missing[0] and "nope.png" in missing[1]
+
+
+def test_cli_predict_all_formats_and_bad_inputs(tmp_path):
+    ckpt = save_checkpoint(fastdpt.create_model(METRIC), tmp_path / "m.safetensors")
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    for i in range(2):
+        Image.fromarray(np.random.default_rng(i).integers(0, 256, (40, 70, 3), dtype=np.uint8)).save(imgs / f"{i}.png")
+    (imgs / "broken.png").write_bytes(b"\x89PNG not really")
+    out = tmp_path / "out"
+    r = runner.invoke(app, ["predict", str(imgs), "--model", str(ckpt), "-o", str(out), "-f", "color", "-f", "png16",
+                            "-f", "npy", "-f", "pfm", "-f", "ply", "--focal", "50", "--pred-only", "--cmap", "inferno"])
+    assert r.exit_code == 1 and "broken.png" in r.output
+    for i in range(2):
+        for suffix in (".png", "_depth16.png", ".npy", ".pfm", ".ply"):
+            assert (out / f"{i}{suffix}").is_file()
+        assert np.asarray(Image.open(out / f"{i}.png")).shape == (40, 70, 3)
+        np.testing.assert_array_equal(read_pfm(out / f"{i}.pfm"), np.load(out / f"{i}.npy"))
+
+
+def test_predictor_is_thread_safe():
+    pred = Predictor(fastdpt.create_model(TINY).eval())
+    images = [np.random.default_rng(i).integers(0, 256, (50, 80, 3), dtype=np.uint8) for i in range(4)]
+    ref = [pred.predict(im).depth for im in images]
+    out, errors = {}, []
+
+    def work(i):
+        try:
+            for _ in range(3):
+                out[i] = pred.predict(images[i]).depth
+        except Exception as e:  # noqa: BLE001
+            errors.append(e)
+
+    ts = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    [t.start() for t in ts]
+    [t.join() for t in ts]
+    assert not errors and all(np.array_equal(out[i], ref[i]) for i in range(4))
+
+
+def test_onnx_export_matches_pytorch_and_runs(tmp_path):
+    pytest.importorskip("onnxruntime")
+    from fastdpt.runtime import compare, export_onnx, onnx_config, quantize_int8, verification_inputs
+
+    model = fastdpt.create_model(METRIC).eval()
+    path = export_onnx(model, tmp_path / "m.onnx")
+    assert onnx_config(path) == METRIC
+    err = compare(model, path, verification_inputs(METRIC.input_size))
+    assert err["max_rel"] < 1e-4, err
+    # the .onnx file runs through the Predictor and gives the same depth as PyTorch
+    image = np.random.default_rng(3).integers(0, 256, (50, 80, 3), dtype=np.uint8)
+    ref = Predictor(model).predict(image).depth
+    got = Predictor(str(path), backend="onnxruntime").predict(image).depth
+    np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
+    q = quantize_int8(path, tmp_path / "m-int8.onnx")
+    assert onnx_config(q) == METRIC and q.stat().st_size < path.stat().st_size
+    import onnx
+
+    ops = {n.op_type for n in onnx.load(str(q)).graph.node}
+    assert {"DynamicQuantizeLinear", "MatMulInteger"} <= ops  # int8 weights, activations quantised on the fly
+    qerr = compare(model, q, verification_inputs(METRIC.input_size))
+    assert qerr["max_rel"] < 0.5  # int8 weights: close to, not equal to, fp32
+    # the backend exports on the fly from a torch model too
+    onnx_pred = Predictor(model, backend="onnxruntime").predict(image).depth
+    np.testing.assert_allclose(onnx_pred, ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
+
+
+def test_cli_export(tmp_path):
+    pytest.importorskip("onnxruntime")
+    ckpt = save_checkpoint(fastdpt.create_model(METRIC), tmp_path / "m.safetensors")
+    r = runner.invoke(app, ["export", str(ckpt), "--format", "onnx", "--int8", "-o", str(tmp_path / "e.onnx")])
+    assert r.exit_code == 0, r.output
+    assert "max rel error" in r.output and (tmp_path / "e-int8.onnx").is_file()
+
+
+def test_backend_errors():
+    with pytest.raises(fastdpt.FastDPTError, match="int8 runs through ONNX Runtime"):
+        Predictor(fastdpt.create_model(TINY), precision="int8")
+    with pytest.raises(fastdpt.FastDPTError, match="backend must be"):
+        Predictor(fastdpt.create_model(TINY), backend="tensorrt")
+    with pytest.raises(fastdpt.FastDPTError, match="far slower"):
+        Predictor(fastdpt.create_model(TINY), precision="bf16")

@@ -1,0 +1,86 @@
+import json
+
+import cv2
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+import fastdpt
+from conftest import TINY
+from fastdpt.cli import app
+from fastdpt.predict import Predictor
+from fastdpt.stream import ImageSequence, StreamError, VideoSink, VideoSource, run_stream
+from fastdpt.weights import save_checkpoint
+
+runner = CliRunner()
+
+
+def make_video(path, n=12, size=(48, 80), fps=10.0):
+    w = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (size[1], size[0]))
+    rng = np.random.default_rng(0)
+    for _ in range(n):
+        w.write(rng.integers(0, 256, (*size, 3), dtype=np.uint8))
+    w.release()
+    return path
+
+
+def count_frames(path):
+    cap = cv2.VideoCapture(str(path))
+    n = 0
+    while cap.read()[0]:
+        n += 1
+    return n, cap.get(cv2.CAP_PROP_FPS)
+
+
+def test_one_output_frame_per_input_frame(tmp_path):
+    video = make_video(tmp_path / "in.mp4")
+    pred = Predictor(fastdpt.create_model(TINY))
+    stats = run_stream(VideoSource(str(video)), pred, VideoSink(tmp_path / "out.mp4", 10.0))
+    assert stats.frames_in == stats.frames_out == stats.inferred == 12 and stats.dropped == 0
+    n, fps = count_frames(tmp_path / "out.mp4")
+    assert n == 12 and fps == pytest.approx(10.0)
+    cap = cv2.VideoCapture(str(tmp_path / "out.mp4"))
+    assert cap.get(cv2.CAP_PROP_FRAME_WIDTH) == 160  # side by side
+    s = stats.summary()
+    assert s["latency_ms_p50"] <= s["latency_ms_p90"] <= s["latency_ms_p99"]
+
+
+def test_realtime_drops_frames_and_keeps_the_rate(tmp_path):
+    video = make_video(tmp_path / "in.mp4", n=20, fps=200.0)  # far faster than the model
+    pred = Predictor(fastdpt.create_model(TINY))
+    stats = run_stream(VideoSource(str(video)), pred, VideoSink(tmp_path / "out.mp4", 200.0, side_by_side=False),
+                       realtime=True)
+    assert stats.dropped > 0 and stats.inferred + stats.dropped == 20
+    assert stats.frames_out == 20  # dropped frames are shown with the latest depth
+    assert count_frames(tmp_path / "out.mp4")[0] == 20
+
+
+def test_bad_videos_give_clear_errors(tmp_path):
+    with pytest.raises(StreamError, match="not found"):
+        VideoSource(str(tmp_path / "none.mp4"))
+    empty = tmp_path / "empty.mp4"
+    empty.write_bytes(b"")
+    with pytest.raises(StreamError):
+        VideoSource(str(empty))
+    good = make_video(tmp_path / "good.mp4", n=30)
+    truncated = tmp_path / "truncated.mp4"
+    truncated.write_bytes(good.read_bytes()[:300])
+    with pytest.raises(StreamError):
+        VideoSource(str(truncated))
+
+
+def test_cli_stream_folder_with_stats(tmp_path):
+    frames = tmp_path / "drive"
+    frames.mkdir()
+    for i in range(5):
+        cv2.imwrite(str(frames / f"{i:010d}.png"), np.full((40, 64, 3), i * 40, np.uint8))
+    ckpt = save_checkpoint(fastdpt.create_model(TINY), tmp_path / "m.safetensors")
+    r = runner.invoke(app, ["stream", str(frames), "--fps", "10", "--model", str(ckpt), "-o", str(tmp_path / "o.mp4"),
+                            "--stats", str(tmp_path / "s.json")])
+    assert r.exit_code == 0, r.output
+    s = json.loads((tmp_path / "s.json").read_text())
+    assert s["frames_in"] == s["frames_out"] == 5 and s["source_fps"] == 10.0
+    assert count_frames(tmp_path / "o.mp4")[0] == 5
+    assert len(ImageSequence(frames).files) == 5
+    r = runner.invoke(app, ["video", str(tmp_path / "nope.mp4"), "--model", str(ckpt)])
+    assert r.exit_code == 2 and "video not found" in r.output
