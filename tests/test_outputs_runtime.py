@@ -123,8 +123,12 @@ def test_onnx_export_matches_pytorch_and_runs(tmp_path):
     assert onnx_config(q) == METRIC and q.stat().st_size < path.stat().st_size
     import onnx
 
-    ops = {n.op_type for n in onnx.load(str(q)).graph.node}
-    assert {"DynamicQuantizeLinear", "MatMulInteger"} <= ops  # int8 weights, activations quantised on the fly
+    proto = onnx.load(str(q))
+    ops = {n.op_type for n in proto.graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear", "Conv", "MatMul"} <= ops  # static QDQ: int8 convs and matmuls
+    assert {p.key: p.value for p in proto.metadata_props}["fastdpt.int8"] == "static"
+    dyn = quantize_int8(path, tmp_path / "m-dyn.onnx", method="dynamic")
+    assert {"DynamicQuantizeLinear", "MatMulInteger"} <= {n.op_type for n in onnx.load(str(dyn)).graph.node}
     qerr = compare(model, q, verification_inputs(METRIC.input_size))
     assert qerr["max_rel"] < 0.5  # int8 weights: close to, not equal to, fp32
     # the backend exports on the fly from a torch model too

@@ -83,7 +83,8 @@ def test_cli_predict_writes_png_and_npy(tmp_path):
         depth = np.load(out / f"{p.stem}.npy")
         assert depth.dtype == np.float32 and depth.shape == arr.shape[:2]
         np.testing.assert_allclose(depth, pred.predict(arr).depth, rtol=1e-6, atol=1e-6)
-        assert np.asarray(Image.open(out / f"{p.stem}.png")).shape == (*arr.shape[:2], 3)
+        side = np.asarray(Image.open(out / f"{p.stem}.png"))
+        assert side.shape == (arr.shape[0], 2 * arr.shape[1], 3) and np.array_equal(side[:, : arr.shape[1]], arr)
 
 
 def test_cli_predict_without_weights_fails_clearly(tmp_path, monkeypatch):
@@ -142,3 +143,11 @@ def test_macs_count_against_hand_formula():
 def test_cli_bad_input_size():
     r = runner.invoke(app, ["bench", TINY.name, "--input-size", "big"])
     assert r.exit_code != 0 and "HxW" in r.output
+
+
+@pytest.mark.parametrize("name", ["effb0.h2-5.heads24.performer.f64.kitti@192x640", "r50.h0-1.heads1.softmax.f32@64x96",
+                                  "fast-effb0-f64-128x416"])
+def test_config_params_equals_a_real_build(name):
+    from fastdpt.bench import config_params
+
+    assert config_params(get_config(name)) == sum(p.numel() for p in fastdpt.create_model(name).parameters())

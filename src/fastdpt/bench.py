@@ -14,6 +14,7 @@ import resource
 import statistics
 import sys
 import time
+from functools import lru_cache
 from dataclasses import asdict, dataclass
 from typing import Callable
 
@@ -66,6 +67,19 @@ def count_macs(config: ModelConfig, net_size: tuple[int, int], batch: int = 1) -
 
 def count_params(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def config_params(config: ModelConfig) -> int:
+    """Parameters of a variant without allocating it. Heads, attention kernel, input size and output
+    head change no parameter count, so variants that differ only there share one meta-device build."""
+    return _params(config.backbone, config.depth, config.features)
+
+
+@lru_cache(maxsize=None)
+def _params(backbone: str, depth: int, features: int) -> int:
+    cfg = ModelConfig(backbone=backbone, hooks=(0, depth - 1), features=features)  # depth >= 2 always
+    with torch.device("meta"):
+        return count_params(DPT(cfg))
 
 
 def _sync(device: torch.device) -> None:

@@ -42,17 +42,13 @@ def models(
     json_out: Optional[Path] = typer.Option(None, "--json", help="write the list as JSON"),
 ) -> None:
     """List presets with their canonical names and parameter counts."""
-    import torch
-
-    from .bench import count_macs, count_params
+    from .bench import config_params, count_macs
     from .config import PRESETS, list_models
-    from .models import DPT
 
     rows = []
     for name in list_models(pattern):
         p = PRESETS[name]
-        with torch.device("meta"):
-            n_params = count_params(DPT(p.config))
+        n_params = config_params(p.config)
         row = {"name": name, "canonical": p.config.name, "params": n_params, "output": p.config.output_kind,
                "weights": p.weights or "", "groups": list(p.groups)}
         if macs:

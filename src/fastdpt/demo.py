@@ -19,7 +19,7 @@ SCRATCH_HEAD = (0.01, 0.0125)
 
 def run_demo(out: str | Path = "demo", minutes: float = 3.0, preset: str = "fast-effb0-f64-128x416",
              drives: int = 4, frames: int = 40, seed: int = 0, force: bool = False,
-             say: Callable[[str], None] = print) -> dict:
+             say: Callable[[str], None] = print, size: tuple[int, int] = (375, 1242)) -> dict:
     from PIL import Image
 
     from .api import load
@@ -38,16 +38,17 @@ def run_demo(out: str | Path = "demo", minutes: float = 3.0, preset: str = "fast
         shutil.rmtree(run)
     if not (data / "splits" / "test_files_with_gt.txt").is_file():
         say(f"rendering {drives} synthetic drives x {frames} frames into {data} ...")
-        res = synth(data, drives, frames, seed=seed)
+        res = synth(data, drives, frames, size=size, seed=seed)
         say(f"  {res.frames} frames in {res.seconds:.0f} s")
     cfg = get_config(preset).replace(metric=SCRATCH_HEAD)
     say(f"training {cfg.name} for {minutes:g} min on the CPU ...")
+    kb = size[0] >= 352 and size[1] >= 1216  # the KB crop needs KITTI-sized frames
     train(TrainConfig(model=cfg.name, out=str(run), data_root=str(data), epochs=1000, max_time_s=minutes * 60,
-                      batch_size=4, lr=1e-3, workers=1, kb_crop=True, seed=seed))
+                      batch_size=4, lr=1e-3, workers=1, kb_crop=kb, seed=seed))
     model = load(run / "best.safetensors")
     predictor = Predictor(model)
     test = read_split(data / "splits" / "test_files_with_gt.txt")
-    metrics = evaluate(predictor, test, data / "raw", data / "data_depth_annotated", crop="garg", kb_crop=True)
+    metrics = evaluate(predictor, test, data / "raw", data / "data_depth_annotated", crop="garg", kb_crop=kb)
     drive = Path(test[0].rgb).parts[1]
     frames_dir = data / "raw" / DATE / drive / "image_02" / "data"
     say(f"running online over held-out drive {drive} ...")
