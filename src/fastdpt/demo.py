@@ -19,7 +19,7 @@ SCRATCH_HEAD = (0.01, 0.0125)
 
 def run_demo(out: str | Path = "demo", minutes: float = 3.0, preset: str = "fast-effb0-f64-128x416",
              drives: int = 4, frames: int = 40, seed: int = 0, force: bool = False,
-             say: Callable[[str], None] = print, size: tuple[int, int] = (375, 1242)) -> dict:
+             say: Callable[[str], None] = print, size: tuple[int, int] = (375, 1242), lr: float = 3e-4) -> dict:
     from PIL import Image
 
     from .api import load
@@ -44,7 +44,7 @@ def run_demo(out: str | Path = "demo", minutes: float = 3.0, preset: str = "fast
     say(f"training {cfg.name} for {minutes:g} min on the CPU ...")
     kb = size[0] >= 352 and size[1] >= 1216  # the KB crop needs KITTI-sized frames
     train(TrainConfig(model=cfg.name, out=str(run), data_root=str(data), epochs=1000, max_time_s=minutes * 60,
-                      batch_size=4, lr=1e-3, workers=1, kb_crop=kb, seed=seed))
+                      batch_size=4, lr=lr, workers=1, kb_crop=kb, seed=seed))
     model = load(run / "best.safetensors")
     predictor = Predictor(model)
     test = read_split(data / "splits" / "test_files_with_gt.txt")
