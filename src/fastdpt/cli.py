@@ -6,7 +6,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import List, Optional
+from typing import Annotated, List, Optional
 
 import typer
 from rich.console import Console
@@ -18,6 +18,28 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="Online monocular depth estimation with efficient Dense Prediction Transformers.")
 console = Console(stderr=True)
 out = Console()
+
+
+# options shared by every command that runs a model
+ModelOpt = Annotated[str, typer.Option("--model", "-m", help="preset, canonical name, .safetensors or .onnx")]
+WeightsOpt = Annotated[Optional[Path], typer.Option("--weights", "-w", help="weight file (official .pt, HF or fastdpt)")]
+BackendOpt = Annotated[str, typer.Option("--backend", help="torch | compile | onnxruntime")]
+PrecisionOpt = Annotated[str, typer.Option("--precision", help="fp32 | fp16 | bf16 (GPU) | int8 (onnxruntime)")]
+DeviceOpt = Annotated[str, typer.Option("--device", help="cpu | cuda")]
+ThreadsOpt = Annotated[Optional[int], typer.Option("--threads", help="torch / ONNX Runtime threads")]
+CmapOpt = Annotated[str, typer.Option("--cmap", help="Spectral_r | inferno | magma | turbo | viridis | gray")]
+StatsOpt = Annotated[Optional[Path], typer.Option("--stats", help="write latency/FPS/drops as JSON")]
+
+
+def _predictor(model, weights, device, backend, precision, threads):
+    """Set the thread count and build the Predictor every model-running command uses."""
+    import torch
+
+    from .predict import Predictor
+
+    if threads:
+        torch.set_num_threads(threads)
+    return Predictor(model, weights, device=device, backend=backend, precision=precision, threads=threads)
 
 
 def _fail(e: Exception) -> None:
@@ -68,34 +90,31 @@ def models(
 @app.command()
 def predict(
     inputs: List[str] = typer.Argument(..., help="image files, folders (recursive), globs or .txt lists"),
-    model: str = typer.Option("dpt-hybrid-midas", "--model", "-m", help="preset, canonical name, .safetensors or .onnx"),
-    weights: Optional[Path] = typer.Option(None, "--weights", "-w", help="weight file (official .pt, HF or fastdpt)"),
+    model: ModelOpt = "dpt-hybrid-midas",
+    weights: WeightsOpt = None,
     outdir: Path = typer.Option(Path("out"), "--outdir", "-o"),
     formats: List[str] = typer.Option(["color"], "--format", "-f", help="color | png16 | npy | pfm | ply (repeatable)"),
     save_npy: bool = typer.Option(False, "--save-npy", help="also write <stem>.npy (float32, image size)"),
-    cmap: str = typer.Option("Spectral_r", "--cmap", help="Spectral_r | inferno | magma | turbo | viridis | gray"),
+    cmap: CmapOpt = "Spectral_r",
     pred_only: bool = typer.Option(False, "--pred-only", help="colour map alone instead of beside the input"),
     focal: Optional[float] = typer.Option(None, "--focal", help="focal length in pixels, for .ply"),
     calib: Optional[Path] = typer.Option(None, "--calib", help="KITTI calib_cam_to_cam.txt, for .ply (P_rect_02)"),
-    backend: str = typer.Option("torch", "--backend", help="torch | compile | onnxruntime"),
-    precision: str = typer.Option("fp32", "--precision", help="fp32 | fp16 | bf16 | int8"),
-    device: str = typer.Option("cpu", "--device"),
-    threads: Optional[int] = typer.Option(None, "--threads"),
+    backend: BackendOpt = "torch",
+    precision: PrecisionOpt = "fp32",
+    device: DeviceOpt = "cpu",
+    threads: ThreadsOpt = None,
 ) -> None:
     """Predict depth for images; an unreadable image is reported and skipped (exit code 1)."""
-    import torch
     from rich.progress import Progress
 
     from .io import collect_inputs, focal_from_calib
-    from .predict import Predictor, read_image, write_outputs
+    from .predict import read_image, write_outputs
 
-    if threads:
-        torch.set_num_threads(threads)
     try:
         files, missing = collect_inputs(inputs)
         if calib is not None:
             focal = focal_from_calib(calib)
-        predictor = Predictor(model, weights, device=device, backend=backend, precision=precision, threads=threads)
+        predictor = _predictor(model, weights, device, backend, precision, threads)
     except FastDPTError as e:
         _fail(e)
     for m in missing:
@@ -128,10 +147,10 @@ def bench(
     names: List[str] = typer.Argument(..., help="presets, canonical names or groups (e.g. study)"),
     input_size: str = typer.Option("352x1216", "--input-size", help="frame size HxW fed to the pipeline"),
     batch_size: int = typer.Option(1, "--batch-size"),
-    threads: Optional[int] = typer.Option(None, "--threads", help="torch threads (reported)"),
-    device: str = typer.Option("cpu", "--device"),
-    precision: str = typer.Option("fp32", "--precision", help="fp32 | fp16 | bf16 (autocast) | int8 (onnxruntime)"),
-    backend: str = typer.Option("torch", "--backend", help="torch | compile | onnxruntime"),
+    threads: ThreadsOpt = None,
+    device: DeviceOpt = "cpu",
+    precision: PrecisionOpt = "fp32",
+    backend: BackendOpt = "torch",
     runs: int = typer.Option(10, "--runs"),
     warmup: int = typer.Option(2, "--warmup"),
     baseline: Optional[str] = typer.Option(None, "--baseline", help="report speed-up over this variant, measured in the same run"),
@@ -218,7 +237,7 @@ def warm_start_cmd(
 @app.command("export")
 def export_cmd(
     model: str = typer.Argument(..., help="preset, canonical name or .safetensors checkpoint"),
-    weights: Optional[Path] = typer.Option(None, "--weights", "-w"),
+    weights: WeightsOpt = None,
     fmt: str = typer.Option("onnx", "--format", help="onnx"),
     int8: bool = typer.Option(False, "--int8", help="also quantise to int8 (ONNX Runtime dynamic quantisation)"),
     output: Path = typer.Option(..., "--output", "-o", help="the .onnx file to write"),
@@ -251,16 +270,11 @@ def export_cmd(
 
 def _run_stream(source_factory, output, model, weights, backend, precision, device, threads, realtime,
                 pred_only, cmap, stats_path, max_frames=None):
-    import torch
-
-    from .predict import Predictor
     from .stream import VideoSink, run_stream, write_stats
 
-    if threads:
-        torch.set_num_threads(threads)
     try:
         source = source_factory()
-        predictor = Predictor(model, weights, device=device, backend=backend, precision=precision, threads=threads)
+        predictor = _predictor(model, weights, device, backend, precision, threads)
         sink = VideoSink(output, source.fps, side_by_side=not pred_only, cmap=cmap) if output else None
         with console.status("starting") as status:
             def live(st):
@@ -283,16 +297,16 @@ def _run_stream(source_factory, output, model, weights, backend, precision, devi
 def video_cmd(
     source: Path = typer.Argument(..., help="input video"),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="output .mp4 (side-by-side by default)"),
-    model: str = typer.Option("dpt-hybrid-midas", "--model", "-m"),
-    weights: Optional[Path] = typer.Option(None, "--weights", "-w"),
-    backend: str = typer.Option("torch", "--backend"),
-    precision: str = typer.Option("fp32", "--precision"),
-    device: str = typer.Option("cpu", "--device"),
-    threads: Optional[int] = typer.Option(None, "--threads"),
+    model: ModelOpt = "dpt-hybrid-midas",
+    weights: WeightsOpt = None,
+    backend: BackendOpt = "torch",
+    precision: PrecisionOpt = "fp32",
+    device: DeviceOpt = "cpu",
+    threads: ThreadsOpt = None,
     realtime: bool = typer.Option(False, "--realtime", help="keep the source rate; drop frames when behind"),
     pred_only: bool = typer.Option(False, "--pred-only", help="depth only instead of side by side"),
-    cmap: str = typer.Option("Spectral_r", "--cmap"),
-    stats: Optional[Path] = typer.Option(None, "--stats", help="write latency/FPS/drops as JSON"),
+    cmap: CmapOpt = "Spectral_r",
+    stats: StatsOpt = None,
 ) -> None:
     """Depth for every frame of a video, written as a video at the source frame rate."""
     from .stream import VideoSource
@@ -305,16 +319,16 @@ def video_cmd(
 def camera_cmd(
     index: int = typer.Option(0, "--index"),
     output: Optional[Path] = typer.Option(None, "--output", "-o"),
-    model: str = typer.Option("dpt-hybrid-midas", "--model", "-m"),
-    weights: Optional[Path] = typer.Option(None, "--weights", "-w"),
-    backend: str = typer.Option("torch", "--backend"),
-    precision: str = typer.Option("fp32", "--precision"),
-    device: str = typer.Option("cpu", "--device"),
-    threads: Optional[int] = typer.Option(None, "--threads"),
+    model: ModelOpt = "dpt-hybrid-midas",
+    weights: WeightsOpt = None,
+    backend: BackendOpt = "torch",
+    precision: PrecisionOpt = "fp32",
+    device: DeviceOpt = "cpu",
+    threads: ThreadsOpt = None,
     frames: Optional[int] = typer.Option(None, "--frames", help="stop after N frames"),
     pred_only: bool = typer.Option(False, "--pred-only"),
-    cmap: str = typer.Option("Spectral_r", "--cmap"),
-    stats: Optional[Path] = typer.Option(None, "--stats"),
+    cmap: CmapOpt = "Spectral_r",
+    stats: StatsOpt = None,
 ) -> None:
     """Depth from a camera, live (frames are dropped when inference is slower than the camera)."""
     from .stream import VideoSource
@@ -328,16 +342,16 @@ def stream_cmd(
     folder: Path = typer.Argument(..., help="a folder of frames, e.g. a KITTI drive's image_02/data"),
     fps: float = typer.Option(10.0, "--fps", help="replay rate"),
     output: Optional[Path] = typer.Option(None, "--output", "-o"),
-    model: str = typer.Option("dpt-hybrid-midas", "--model", "-m"),
-    weights: Optional[Path] = typer.Option(None, "--weights", "-w"),
-    backend: str = typer.Option("torch", "--backend"),
-    precision: str = typer.Option("fp32", "--precision"),
-    device: str = typer.Option("cpu", "--device"),
-    threads: Optional[int] = typer.Option(None, "--threads"),
+    model: ModelOpt = "dpt-hybrid-midas",
+    weights: WeightsOpt = None,
+    backend: BackendOpt = "torch",
+    precision: PrecisionOpt = "fp32",
+    device: DeviceOpt = "cpu",
+    threads: ThreadsOpt = None,
     realtime: bool = typer.Option(False, "--realtime"),
     pred_only: bool = typer.Option(False, "--pred-only"),
-    cmap: str = typer.Option("Spectral_r", "--cmap"),
-    stats: Optional[Path] = typer.Option(None, "--stats"),
+    cmap: CmapOpt = "Spectral_r",
+    stats: StatsOpt = None,
 ) -> None:
     """Replay an image sequence at a frame rate through the online pipeline."""
     from .stream import ImageSequence
@@ -348,27 +362,22 @@ def stream_cmd(
 
 @app.command("serve")
 def serve_cmd(
-    model: str = typer.Option("dpt-hybrid-midas", "--model", "-m", help="preset, canonical name, .safetensors or .onnx"),
-    weights: Optional[Path] = typer.Option(None, "--weights", "-w"),
+    model: ModelOpt = "dpt-hybrid-midas",
+    weights: WeightsOpt = None,
     host: str = typer.Option("127.0.0.1", "--host"),
     port: int = typer.Option(8000, "--port"),
     token: Optional[str] = typer.Option(None, "--token", envvar="FASTDPT_TOKEN", help="require this bearer token"),
     max_mb: float = typer.Option(20.0, "--max-mb", help="upload size limit"),
-    backend: str = typer.Option("torch", "--backend"),
-    precision: str = typer.Option("fp32", "--precision"),
-    device: str = typer.Option("cpu", "--device"),
-    threads: Optional[int] = typer.Option(None, "--threads"),
+    backend: BackendOpt = "torch",
+    precision: PrecisionOpt = "fp32",
+    device: DeviceOpt = "cpu",
+    threads: ThreadsOpt = None,
 ) -> None:
     """Serve depth over HTTP (POST /v1/depth, GET /v1/models, /healthz, /metrics, and a web page at /)."""
-    import torch
-
-    from .predict import Predictor
     from .serve import serve
 
-    if threads:
-        torch.set_num_threads(threads)
     try:
-        predictor = Predictor(model, weights, device=device, backend=backend, precision=precision, threads=threads)
+        predictor = _predictor(model, weights, device, backend, precision, threads)
     except FastDPTError as e:
         _fail(e)
     serve(predictor, host, port, token, int(max_mb * 2**20))
@@ -381,7 +390,7 @@ def demo_cmd(
     preset: str = typer.Option("fast-effb0-f64-128x416", "--preset"),
     drives: int = typer.Option(4, "--drives"),
     frames: int = typer.Option(40, "--frames"),
-    threads: Optional[int] = typer.Option(None, "--threads"),
+    threads: ThreadsOpt = None,
     force: bool = typer.Option(False, "--force", help="replace an earlier demo run in --out"),
 ) -> None:
     """Offline end to end: render synthetic drives, train the fastest preset, run it online on a held-out drive."""
@@ -489,7 +498,7 @@ def train_cmd(
     weight_decay: float = typer.Option(0.01, "--weight-decay"),
     clip_value: float = typer.Option(0.5, "--clip-value", help="clip gradients by value (0: off)"),
     silog_lambda: float = typer.Option(0.5, "--silog-lambda"),
-    precision: str = typer.Option("fp32", "--precision", help="fp32 | fp16 | bf16 (mixed; GPU only)"),
+    precision: PrecisionOpt = "fp32",
     workers: int = typer.Option(2, "--workers"),
     seed: int = typer.Option(0, "--seed"),
     monitor: str = typer.Option("abs_rel", "--monitor", help="validation metric that picks best.safetensors"),
@@ -538,8 +547,8 @@ def eval_cmd(
     kb_crop: bool = typer.Option(False, "--kb-crop"),
     json_out: Optional[Path] = typer.Option(None, "--json"),
     save_png: Optional[Path] = typer.Option(None, "--save-png", help="write uint16 predictions here"),
-    device: str = typer.Option("cpu", "--device"),
-    threads: Optional[int] = typer.Option(None, "--threads"),
+    device: DeviceOpt = "cpu",
+    threads: ThreadsOpt = None,
 ) -> None:
     """Score a metric model on a KITTI-format split with the BTS protocol; reports FPS too."""
     import torch
