@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from conftest import SPLITS_DIR
-from fastdpt.data.kitti import (SPLITS, Augment, DataError, KittiDepthDataset, SplitEntry, check_split, find_gt,
+from fastdpt.data.kitti import (SPLITS, Augment, calib_focal, DataError, KittiDepthDataset, SplitEntry, check_split, find_gt,
                                 parse_split_line, read_depth_png, read_focal, read_split, split_path, write_depth_png,
                                 write_split)
 
@@ -99,6 +99,10 @@ def test_dataset_items_and_flip_alignment(tmp_path):
     _fake_tree(tmp_path, entries)
     plain = KittiDepthDataset(entries, tmp_path / "raw", tmp_path / "gt", Augment.none(kb_crop=True))
     assert read_focal(tmp_path / "raw", "2011_09_26") == pytest.approx(721.5377)
+    calib = tmp_path / "raw" / "2011_09_26" / "calib_cam_to_cam.txt"
+    assert calib_focal(calib, "3") == pytest.approx(700.0)  # what `predict --calib` reads
+    with pytest.raises(DataError, match="calibration not found"):
+        calib_focal(tmp_path / "nope.txt")
     item = plain[0]
     assert item["image"].shape == (3, 352, 1216) and item["depth"].shape == (352, 1216)
     assert torch.equal(item["mask"], item["depth"] > 0) and item["focal"].item() == pytest.approx(721.5377)

@@ -1,5 +1,6 @@
 import io
 import os
+from contextlib import contextmanager
 import shutil
 import socket
 import threading
@@ -27,21 +28,29 @@ def _free_port():
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server():
-    """A real uvicorn server on 127.0.0.1, with a token and a small upload limit."""
-    predictor = Predictor(fastdpt.create_model(METRIC).eval())
+@contextmanager
+def running(app):
+    """A real uvicorn server for ``app`` on a free 127.0.0.1 port; yields its base URL."""
     port = _free_port()
-    app = create_app(predictor, token="s3cret", max_bytes=200_000, max_pixels=400_000)
     srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     t = threading.Thread(target=srv.run, daemon=True)
     t.start()
     deadline = time.time() + 30
     while not srv.started and time.time() < deadline:
         time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}", predictor
-    srv.should_exit = True
-    t.join(timeout=10)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        srv.should_exit = True
+        t.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def server():
+    """The server with a token and a small upload limit."""
+    predictor = Predictor(fastdpt.create_model(METRIC).eval())
+    with running(create_app(predictor, token="s3cret", max_bytes=200_000, max_pixels=400_000)) as url:
+        yield url, predictor
 
 
 def _png(h=48, w=80, seed=0):
@@ -144,33 +153,26 @@ def test_web_page_in_headless_chromium(tmp_path):
     from selenium.webdriver.support.ui import WebDriverWait
 
     predictor = Predictor(fastdpt.create_model(METRIC).eval())
-    port = _free_port()
-    srv = uvicorn.Server(uvicorn.Config(create_app(predictor), host="127.0.0.1", port=port, log_level="warning"))
-    t = threading.Thread(target=srv.run, daemon=True)
-    t.start()
-    while not srv.started:
-        time.sleep(0.05)
     img = tmp_path / "upload.png"
     img.write_bytes(_png(60, 100, seed=5))
     ref = predictor.predict(np.asarray(Image.open(img).convert("RGB"))).depth
-    driver = _browser()
-    try:
-        driver.set_window_size(1400, 900)
-        driver.get(f"http://127.0.0.1:{port}/")
-        WebDriverWait(driver, 30).until(lambda d: d.find_element(By.ID, "model").text == METRIC.name)
-        driver.find_element(By.ID, "file").send_keys(str(img))
-        WebDriverWait(driver, 60).until(
-            lambda d: (d.find_element(By.ID, "depth").get_attribute("src") or "").startswith("data:image/png"))
-        depth_img = driver.find_element(By.ID, "depth")
-        WebDriverWait(driver, 30).until(lambda d: d.execute_script("return arguments[0].naturalWidth", depth_img) == 100)
-        ActionChains(driver).move_to_element(depth_img).click().perform()  # centre of the depth image
-        text = WebDriverWait(driver, 30).until(lambda d: d.find_element(By.ID, "readout").text)
-        coords, value = text.split(":")
-        x, y = (int(part.split("=")[1]) for part in coords.split())
-        assert abs(x - 50) <= 2 and abs(y - 30) <= 2
-        assert float(value.split()[0]) == pytest.approx(float(ref[y, x]), abs=1e-3)
-        assert "60, metric" in driver.find_element(By.ID, "status").text or "100x60" in driver.find_element(By.ID, "status").text
-    finally:
-        driver.quit()
-        srv.should_exit = True
-        t.join(timeout=10)
+    with running(create_app(predictor)) as url:
+        driver = _browser()
+        try:
+            driver.set_window_size(1400, 900)
+            driver.get(f"{url}/")
+            WebDriverWait(driver, 30).until(lambda d: d.find_element(By.ID, "model").text == METRIC.name)
+            driver.find_element(By.ID, "file").send_keys(str(img))
+            WebDriverWait(driver, 60).until(
+                lambda d: (d.find_element(By.ID, "depth").get_attribute("src") or "").startswith("data:image/png"))
+            depth_img = driver.find_element(By.ID, "depth")
+            WebDriverWait(driver, 30).until(lambda d: d.execute_script("return arguments[0].naturalWidth", depth_img) == 100)
+            ActionChains(driver).move_to_element(depth_img).click().perform()  # centre of the depth image
+            text = WebDriverWait(driver, 30).until(lambda d: d.find_element(By.ID, "readout").text)
+            coords, value = text.split(":")
+            x, y = (int(part.split("=")[1]) for part in coords.split())
+            assert abs(x - 50) <= 2 and abs(y - 30) <= 2
+            assert float(value.split()[0]) == pytest.approx(float(ref[y, x]), abs=1e-3)
+            assert "60, metric" in driver.find_element(By.ID, "status").text or "100x60" in driver.find_element(By.ID, "status").text
+        finally:
+            driver.quit()

@@ -107,13 +107,14 @@ def predict(
     """Predict depth for images; an unreadable image is reported and skipped (exit code 1)."""
     from rich.progress import Progress
 
-    from .io import collect_inputs, focal_from_calib
+    from .data.kitti import calib_focal
+    from .io import collect_inputs
     from .predict import read_image, write_outputs
 
     try:
         files, missing = collect_inputs(inputs)
         if calib is not None:
-            focal = focal_from_calib(calib)
+            focal = calib_focal(calib)
         predictor = _predictor(model, weights, device, backend, precision, threads)
     except FastDPTError as e:
         _fail(e)

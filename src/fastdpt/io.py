@@ -1,4 +1,4 @@
-"""Finding inputs: files, folders, globs and .txt lists; calibration files."""
+"""Finding inputs: files, folders, globs and .txt lists."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ import glob
 import os
 from pathlib import Path
 
-from .errors import FastDPTError
 
 IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm"}
 
@@ -47,13 +46,3 @@ def collect_inputs(items: list[str | os.PathLike]) -> tuple[list[Path], list[str
             unique.append(f)
     return unique, missing
 
-
-def focal_from_calib(path: str | os.PathLike, camera: str = "2") -> float:
-    """fx of ``P_rect_0<camera>`` in a KITTI ``calib_cam_to_cam.txt``."""
-    path = Path(path)
-    if not path.is_file():
-        raise FastDPTError(f"calibration file not found: {path}")
-    for line in path.read_text().splitlines():
-        if line.startswith(f"P_rect_0{camera}:"):
-            return float(line.split()[1])
-    raise FastDPTError(f"{path}: no P_rect_0{camera} line")

@@ -18,10 +18,10 @@ import torch
 
 from .config import ModelConfig
 from .errors import ConfigError, FastDPTError, WeightsError
+from .weights import CONFIG_KEY
 
 BACKENDS = ("torch", "compile", "onnxruntime")
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
-CONFIG_KEY = "fastdpt.config"
 
 
 class TorchBackend:

@@ -145,7 +145,7 @@ def run_stream(source, predictor: Predictor, sink: VideoSink | None = None, real
     q_out: queue.Queue = queue.Queue(maxsize=queue_size)
     errors: list[BaseException] = []
     stop = threading.Event()
-    latest = {"depth": None}
+    latest = None  # the most recent depth, reused for dropped frames (main thread only)
     lock = threading.Lock()
 
     def reader():
@@ -208,10 +208,10 @@ def run_stream(source, predictor: Predictor, sink: VideoSink | None = None, real
             while next_i in pending:  # write in source order
                 frame, res = pending.pop(next_i)
                 if res is not None:
-                    latest["depth"] = res
-                if latest["depth"] is not None and sink is not None:
-                    sink.write(frame, latest["depth"].depth, latest["depth"].kind)
-                if latest["depth"] is not None:
+                    latest = res
+                if latest is not None:
+                    if sink is not None:
+                        sink.write(frame, latest.depth, latest.kind)
                     stats.frames_out += 1
                 next_i += 1
                 stats.wall_s = time.perf_counter() - t0

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from .config import get_config
 from .data.kitti import Augment, KittiDepthDataset, collate, read_split
 from .errors import FastDPTError
-from .evaluation import METRIC_KEYS, kb_crop_box, kb_uncrop, score_image
+from .evaluation import KB_H, KB_W, METRIC_KEYS, kb_crop_box, kb_uncrop, score_image
 from .losses import silog_loss
 from .predict import network_size
 
@@ -142,7 +142,7 @@ def make_module(cfg: TrainConfig):
                 h, w = gt.shape
                 if self.hparams.val_kb_crop:
                     top, left = kb_crop_box(h, w)
-                    pred = self.depth(image[None, :, top:top + 352, left:left + 1216], (352, 1216))[0]
+                    pred = self.depth(image[None, :, top:top + KB_H, left:left + KB_W], (KB_H, KB_W))[0]
                     pred = kb_uncrop(pred.float().cpu().numpy(), h, w)
                 else:
                     pred = self.depth(image[None], (h, w))[0].float().cpu().numpy()

@@ -193,7 +193,12 @@ def _calib(path: str) -> dict[str, np.ndarray]:
 
 def read_focal(raw_root: str | os.PathLike, date: str, camera: str = "2") -> float:
     """fx of ``P_rect_0<camera>`` in ``<raw>/<date>/calib_cam_to_cam.txt``."""
-    path = Path(raw_root) / date / "calib_cam_to_cam.txt"
+    return calib_focal(Path(raw_root) / date / "calib_cam_to_cam.txt", camera)
+
+
+def calib_focal(path: str | os.PathLike, camera: str = "2") -> float:
+    """fx of ``P_rect_0<camera>`` in a KITTI ``calib_cam_to_cam.txt``."""
+    path = Path(path)
     if not path.is_file():
         raise DataError(f"calibration not found: {path}")
     p = _calib(str(path)).get(f"P_rect_0{camera}")
@@ -212,8 +217,9 @@ def read_depth_png(path: str | os.PathLike) -> np.ndarray:
 
 def write_depth_png(path: str | os.PathLike, depth: np.ndarray) -> None:
     """float metres -> uint16 PNG of depth x 256 (0 where not finite or <= 0)."""
-    d = np.nan_to_num(np.asarray(depth, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
-    u16 = np.clip(np.round(d * 256.0), 0, 65535).astype(np.uint16)
+    from ..predict import depth_to_png16
+
+    u16 = depth_to_png16(depth, "metric")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.stem + ".part.png")
