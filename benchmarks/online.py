@@ -38,16 +38,18 @@ def run(args) -> None:
     import fastdpt
     from fastdpt.bench import bench_variant, environment
     from fastdpt.predict import Predictor
+    from fastdpt.data.synthetic import sample_frames
     from fastdpt.stream import VideoSink, VideoSource, run_stream
 
     torch.set_num_threads(args.threads)
+    calibration = sample_frames(8)  # int8 is calibrated on synthetic driving frames
     rows, videos = [], []
     for name in VARIANTS:
         for backend, precision in BACKENDS:
             if backend == "compile" and name != VARIANTS[-1]:  # compiling on a CPU takes minutes a variant
                 continue
             r = bench_variant(name, (352, 1216), runs=args.runs, warmup=3, threads=args.threads, backend=backend,
-                              precision=precision)
+                              precision=precision, calibration=calibration)
             rows.append(r.as_dict())
             print(f"{name} {backend} {precision}: {r.latency_ms_median:.0f} ms", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
@@ -55,7 +57,7 @@ def run(args) -> None:
         for name in VARIANTS[-2:]:
             for backend, precision in (("torch", "fp32"), ("onnxruntime", "fp32"), ("onnxruntime", "int8")):
                 pred = Predictor(fastdpt.create_model(name).eval(), backend=backend, precision=precision,
-                                 threads=args.threads)
+                                 threads=args.threads, calibration=calibration)
                 pred.predict(np.zeros((375, 1242, 3), np.uint8))  # export / warm up outside the timing
                 stats = run_stream(VideoSource(str(clip)), pred, VideoSink(Path(tmp) / "out.mp4", 10.0))
                 s = stats.summary()
@@ -64,14 +66,15 @@ def run(args) -> None:
     accuracy = []
     if args.checkpoint:  # the effect of each backend on accuracy, on synthetic KITTI-format data
         from fastdpt.data.kitti import read_split
-        from fastdpt.evaluation import evaluate
+        from fastdpt.evaluation import Protocol, evaluate
 
         data = Path(args.data)
         test = read_split(data / "splits" / "test_files_with_gt.txt")
         model = fastdpt.load(args.checkpoint)
         for backend, precision in (("torch", "fp32"), ("onnxruntime", "fp32"), ("onnxruntime", "int8")):
-            m = evaluate(Predictor(model, backend=backend, precision=precision, threads=args.threads), test,
-                         data / "raw", data / "data_depth_annotated", crop="garg", kb_crop=True)
+            m = evaluate(Predictor(model, backend=backend, precision=precision, threads=args.threads,
+                                   calibration=calibration), test, data / "raw", data / "data_depth_annotated",
+                         Protocol("garg", kb_crop=True))
             accuracy.append({"checkpoint": model.config.name, "backend": backend, "precision": precision, **m})
             print(f"accuracy {backend} {precision}: abs_rel {m['abs_rel']:.4f}", flush=True)
     out = {"environment": environment(), "command": " ".join([Path(sys.executable).name, *sys.argv]),

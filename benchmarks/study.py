@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 from fastdpt.bench import bench_variant, environment
-from fastdpt.config import get_config, list_models
+from fastdpt.presets import get_config, list_models
 
 BASELINE = "dpt-hybrid-kitti"
 

@@ -30,7 +30,8 @@ VARIANTS = [
 
 
 def best_constant(data: Path, entries) -> dict:
-    from fastdpt.data.kitti import find_gt, read_depth_png
+    from fastdpt.data.kitti import find_gt
+    from fastdpt.io import read_depth_png
     from fastdpt.evaluation import MetricAverager, score_image
 
     gts = [read_depth_png(find_gt(data / "data_depth_annotated", e.gt)) for e in entries if e.gt]
@@ -52,7 +53,7 @@ def run(args) -> None:
     import fastdpt
     from fastdpt.data.kitti import read_split
     from fastdpt.data.synthetic import synth
-    from fastdpt.evaluation import evaluate
+    from fastdpt.evaluation import Protocol, evaluate
     from fastdpt.predict import Predictor
     from fastdpt.training import TrainConfig, train
 
@@ -78,8 +79,8 @@ def run(args) -> None:
         curve = {k: [m.value for m in sorted(client.get_metric_history(mrun.info.run_id, k), key=lambda m: m.step)]
                  for k in ("train/loss_epoch", "val/abs_rel", "val/rmse", "val/d1")}
         model = fastdpt.load(run_dir / "best.safetensors")
-        metrics = evaluate(Predictor(model), test, data / "raw", data / "data_depth_annotated", crop="garg",
-                           kb_crop=True)
+        metrics = evaluate(Predictor(model), test, data / "raw", data / "data_depth_annotated",
+                           Protocol("garg", kb_crop=True))
         out["runs"].append({"variant": name, "epochs": epochs, "steps": res["global_step"],
                             "seconds": round(seconds, 1), "seconds_per_epoch": round(seconds / epochs, 1),
                             "curve": curve, "test": metrics})

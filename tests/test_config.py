@@ -1,6 +1,7 @@
 import pytest
 
-from fastdpt.config import ATTENTIONS, BACKBONES, PRESETS, ModelConfig, get_config, list_models, resolve_names
+from fastdpt.config import ATTENTIONS, BACKBONES, ModelConfig
+from fastdpt.presets import PRESETS, get_config, list_models, resolve_names
 from fastdpt.errors import ConfigError
 
 
@@ -59,13 +60,28 @@ def test_invalid_configs_are_rejected(kwargs):
         ModelConfig(**kwargs)
 
 
-@pytest.mark.parametrize("name", ["dpt-hybrid", "r50.h8-11.heads12.softmax@384x384", "r50.h8-11.heads12.softmax.f256@384"])
+# (a name without ".f256" was rejected here before; issue 7 made omitted default fields parse, see below)
+@pytest.mark.parametrize("name", ["dpt-hybrid", "r50.h8-11.heads12.softmax.f256", "r50.h8-11.heads12.softmax.f256@384",
+                                  "r50.heads12.softmax.f256@384x384"])
 def test_bad_names_say_how_to_list(name):
     with pytest.raises(ConfigError, match="fastdpt models"):
         get_config(name)
 
 
+@pytest.mark.parametrize("short,full", [
+    ("r50.h0-1.heads1.softmax@192x640", "r50.h0-1.heads1.softmax.f256@192x640"),
+    ("r50.h8-11.heads12.softmax@384x384", "r50.h8-11.heads12.softmax.f256@384x384"),
+    ("effb0.h0-1.kitti@192x640", "effb0.h0-1.heads12.softmax.f256.kitti@192x640"),
+    ("r50.h2-5.performer128.f64@192x640-keep", "r50.h2-5.heads12.performer128.f64@192x640-keep"),
+    ("r50.h2-5.f64.imagenet@192x640", "r50.h2-5.heads12.softmax.f64.imagenet@192x640"),
+])
+def test_omitted_default_fields_parse_to_the_full_config(short, full):
+    cfg = get_config(short)
+    assert cfg == ModelConfig.from_name(full) and cfg.name == full  # the canonical name stays complete
+    assert ModelConfig.from_name(cfg.name) == cfg
+
+
 def test_derived_fields():
     c = ModelConfig(hooks=(2, 5), heads=24, attention="performer")
-    assert c.depth == 6 and c.head_dim == 32 and c.num_features == int(32 * __import__("math").log(32))
+    assert c.num_blocks == 6 and c.head_dim == 32 and c.num_features == int(32 * __import__("math").log(32))
     assert ModelConfig(attention="performer").num_features == 266

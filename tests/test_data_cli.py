@@ -6,7 +6,8 @@ from typer.testing import CliRunner
 
 import fastdpt
 from fastdpt.cli import app
-from fastdpt.data.kitti import read_depth_png, read_split
+from fastdpt.data.kitti import read_split
+from fastdpt.io import read_depth_png
 from fastdpt.weights import save_checkpoint
 
 runner = CliRunner()

@@ -3,8 +3,8 @@ import math
 import numpy as np
 import pytest
 
-from fastdpt.evaluation import (METRIC_KEYS, MetricAverager, apply_kb_crop, compute_errors, crop_mask, kb_uncrop,
-                                score_image)
+from fastdpt.data.kitti import apply_kb_crop, kb_uncrop
+from fastdpt.evaluation import METRIC_KEYS, MetricAverager, compute_errors, crop_mask, score_image
 
 
 def numpy_reference(gt, pred):

@@ -7,9 +7,11 @@ import pytest
 import torch
 
 from conftest import SPLITS_DIR
-from fastdpt.data.kitti import (SPLITS, Augment, calib_focal, DataError, KittiDepthDataset, SplitEntry, check_split, find_gt,
-                                parse_split_line, read_depth_png, read_focal, read_split, split_path, write_depth_png,
-                                write_split)
+from fastdpt.data.augment import Augment
+from fastdpt.data.kitti import (SPLITS, KittiDepthDataset, SplitEntry, calib_focal, check_split, find_gt, parse_split_line,
+                                read_focal, read_split, split_path, write_split)
+from fastdpt.errors import DataError
+from fastdpt.io import read_depth_png, write_depth_png
 
 
 def test_split_files_parse_in_both_formats():

@@ -11,7 +11,8 @@ import fastdpt
 from conftest import TINY
 from fastdpt.cli import app
 from fastdpt.io import collect_inputs
-from fastdpt.predict import DepthResult, Predictor, read_pfm, write_outputs
+from fastdpt.io import read_pfm, write_outputs
+from fastdpt.predict import DepthResult, Predictor
 from fastdpt.weights import save_checkpoint
 
 runner = CliRunner()
@@ -107,19 +108,23 @@ def test_predictor_is_thread_safe():
 
 def test_onnx_export_matches_pytorch_and_runs(tmp_path):
     pytest.importorskip("onnxruntime")
-    from fastdpt.runtime import compare, export_onnx, onnx_config, quantize_int8, verification_inputs
+    from fastdpt.runtime import compare, export_onnx, onnx_config, quantize_int8
+    from fastdpt.workflows import verification_inputs
 
     model = fastdpt.create_model(METRIC).eval()
     path = export_onnx(model, tmp_path / "m.onnx")
     assert onnx_config(path) == METRIC
-    err = compare(model, path, verification_inputs(METRIC.input_size))
+    err = compare(model, path, verification_inputs(METRIC, METRIC.input_size))
     assert err["max_rel"] < 1e-4, err
     # the .onnx file runs through the Predictor and gives the same depth as PyTorch
     image = np.random.default_rng(3).integers(0, 256, (50, 80, 3), dtype=np.uint8)
     ref = Predictor(model).predict(image).depth
     got = Predictor(str(path), backend="onnxruntime").predict(image).depth
     np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
-    q = quantize_int8(path, tmp_path / "m-int8.onnx")
+    with pytest.raises(fastdpt.FastDPTError, match="calibration"):
+        quantize_int8(path, tmp_path / "none.onnx")  # static int8 needs representative inputs from the caller
+    calib = [x.numpy() for x in verification_inputs(METRIC, METRIC.input_size, seed=1, frames=4)[1:]]
+    q = quantize_int8(path, tmp_path / "m-int8.onnx", calibration=calib)
     assert onnx_config(q) == METRIC and q.stat().st_size < path.stat().st_size
     import onnx
 
@@ -129,7 +134,7 @@ def test_onnx_export_matches_pytorch_and_runs(tmp_path):
     assert {p.key: p.value for p in proto.metadata_props}["fastdpt.int8"] == "static"
     dyn = quantize_int8(path, tmp_path / "m-dyn.onnx", method="dynamic")
     assert {"DynamicQuantizeLinear", "MatMulInteger"} <= {n.op_type for n in onnx.load(str(dyn)).graph.node}
-    qerr = compare(model, q, verification_inputs(METRIC.input_size))
+    qerr = compare(model, q, verification_inputs(METRIC, METRIC.input_size))
     assert qerr["max_rel"] < 0.5  # int8 weights: close to, not equal to, fp32
     # the backend exports on the fly from a torch model too
     onnx_pred = Predictor(model, backend="onnxruntime").predict(image).depth

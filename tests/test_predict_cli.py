@@ -11,9 +11,11 @@ from typer.testing import CliRunner
 import fastdpt
 from conftest import TINY, TINY_EFF
 from fastdpt.cli import app
-from fastdpt.config import get_config
+from fastdpt.presets import get_config
 from fastdpt.errors import ImageError
-from fastdpt.predict import Predictor, network_size, read_image
+from fastdpt.io import read_image
+from fastdpt.predict import Predictor
+from fastdpt.transforms import network_size
 from fastdpt.weights import save_checkpoint
 
 runner = CliRunner()

@@ -9,7 +9,8 @@ import fastdpt
 from conftest import TINY
 from fastdpt.cli import app
 from fastdpt.predict import Predictor
-from fastdpt.stream import ImageSequence, StreamError, VideoSink, VideoSource, run_stream
+from fastdpt.errors import StreamError
+from fastdpt.stream import ImageSequence, VideoSink, VideoSource, run_stream
 from fastdpt.weights import save_checkpoint
 
 runner = CliRunner()

@@ -1,7 +1,11 @@
 import numpy as np
 import pytest
 
-from fastdpt.data.kitti import Augment, DataError, KittiDepthDataset, check_split, read_depth_png, read_focal, read_rgb, read_split
+from fastdpt.data.augment import Augment
+from fastdpt.data.kitti import KittiDepthDataset, check_split, read_focal, read_split
+from fastdpt.errors import DataError
+from fastdpt.io import read_depth_png
+from fastdpt.io import read_image as read_rgb
 from fastdpt.data.synthetic import CAM_HEIGHT, DATE, intrinsics, lidar_gt, make_scene, render, synth
 
 SIZE = (128, 416)

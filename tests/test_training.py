@@ -10,15 +10,17 @@ import pytest
 import torch
 
 import fastdpt
-from fastdpt.data.kitti import find_gt, read_depth_png, read_split
+from fastdpt.data.kitti import find_gt, read_split
+from fastdpt.io import read_depth_png
 from fastdpt.data.synthetic import synth
-from fastdpt.evaluation import evaluate, score_image
+from fastdpt.evaluation import Protocol, evaluate, score_image
 from fastdpt.predict import Predictor
 
 pytest.importorskip("lightning")
 pytest.importorskip("mlflow")
 
-from fastdpt.training import NonFiniteLossError, TrainConfig, train  # noqa: E402
+from fastdpt.errors import NonFiniteLossError  # noqa: E402
+from fastdpt.training import TrainConfig, train  # noqa: E402
 
 MODEL = "effb0.h0-1.heads4.softmax.f32.m0.01_0.0125@64x192"  # tiny; its metric head caps depth at 80 m at y = 0
 
@@ -53,7 +55,7 @@ def test_short_training_beats_best_constant(data, tmp_path):
     model = fastdpt.load(run / "best.safetensors")
     assert model.config.name == MODEL
     test = read_split(data / "splits" / "test_files_with_gt.txt")
-    metrics = evaluate(Predictor(model), test, data / "raw", data / "data_depth_annotated", crop=None)
+    metrics = evaluate(Predictor(model), test, data / "raw", data / "data_depth_annotated", Protocol(crop=None))
     constant = best_constant_abs_rel(data, test)
     assert metrics["images"] == 20
     assert metrics["abs_rel"] < 0.7 * constant, (metrics["abs_rel"], constant)
@@ -69,7 +71,7 @@ def test_short_training_beats_best_constant(data, tmp_path):
 
 
 def test_non_finite_loss_stops_cleanly(data, tmp_path, monkeypatch):
-    import fastdpt.training as tr
+    import fastdpt.losses as tr
 
     calls = {"n": 0}
     real = tr.silog_loss

@@ -8,8 +8,8 @@ from safetensors.torch import save_file
 import fastdpt
 from conftest import TINY, TINY_EFF, hf_hybrid_model, official_to_hf
 from fastdpt.errors import WeightsError, WeightsNotFoundError
-from fastdpt.weights import (OFFICIAL_WEIGHTS, WeightSource, download, load_weights, read_checkpoint_config,
-                             read_state_dict, resolve_weights, save_checkpoint, warm_start)
+from fastdpt.hub import OFFICIAL_WEIGHTS, WeightSource, download, resolve_weights
+from fastdpt.weights import load_weights, read_checkpoint_config, read_state_dict, save_checkpoint, warm_start
 
 
 def test_synthetic_checkpoint_matches_reference_table(official_sd):

@@ -8,10 +8,12 @@ from typing import Callable
 
 import torch
 
-from .config import PRESETS, ModelConfig, get_config
+from .config import ModelConfig
 from .errors import WeightsError, WeightsNotFoundError
+from .hub import resolve_weights
 from .models import DPT
-from .weights import LoadReport, load_weights, read_checkpoint_config, resolve_weights, warm_start
+from .presets import PRESETS, get_config, preset_with_weights
+from .weights import LoadReport, load_weights, read_checkpoint_config, warm_start
 
 
 def create_model(name_or_config: str | ModelConfig, init: str | os.PathLike | None = None,
@@ -45,7 +47,7 @@ def load(name_or_path: str | os.PathLike, weights: str | os.PathLike | None = No
                            "name the variant and pass the file as weights, e.g. --model dpt-hybrid-kitti --weights FILE")
     else:
         cfg = get_config(str(name_or_path))
-        preset = str(name_or_path) if str(name_or_path) in PRESETS else _preset_of(cfg)
+        preset = str(name_or_path) if str(name_or_path) in PRESETS else preset_with_weights(cfg)
         if weights is None:
             if preset is None:
                 raise WeightsNotFoundError(
@@ -56,9 +58,3 @@ def load(name_or_path: str | os.PathLike, weights: str | os.PathLike | None = No
     model.weights_path = str(weights)
     return model.to(device).eval()
 
-
-def _preset_of(cfg: ModelConfig) -> str | None:
-    for name, p in PRESETS.items():
-        if p.config == cfg and p.weights:
-            return name
-    return None

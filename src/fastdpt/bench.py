@@ -1,7 +1,8 @@
 """Speed of variants: parameters, MACs, latency of the whole online step, throughput, memory.
 
-Latency is what one frame costs online: resize in (cv2 bicubic) + normalise + forward + bicubic
-resize back to the frame size, at batch 1, after warm-up, synchronised, median and p90 over runs.
+Latency is what one frame costs online: the Predictor's whole step (the variant's transforms in,
+forward, resize back to the frame size), at batch 1, after warm-up, synchronised, median and p90
+over runs.
 Throughput is the forward pass alone on a batch of pre-processed frames.
 MACs come from ``torch.utils.flop_counter`` on the meta device (matmuls and convolutions;
 elementwise work is not counted), as FLOPs / 2.
@@ -9,23 +10,29 @@ elementwise work is not counted), as FLOPs / 2.
 
 from __future__ import annotations
 
+import os
 import platform
 import resource
 import statistics
 import sys
 import time
-from functools import lru_cache
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
-from typing import Callable
+from functools import lru_cache
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from .config import ModelConfig, get_config
+from .config import ModelConfig
 from .errors import ConfigError
+from .io import atomic_write
 from .models import DPT
-from .predict import Predictor, network_size
+from .predict import Predictor
+from .presets import get_config, resolve_names
+from .transforms import network_size
 
 
 @dataclass
@@ -72,12 +79,12 @@ def count_params(model: torch.nn.Module) -> int:
 def config_params(config: ModelConfig) -> int:
     """Parameters of a variant without allocating it. Heads, attention kernel, input size and output
     head change no parameter count, so variants that differ only there share one meta-device build."""
-    return _params(config.backbone, config.depth, config.features)
+    return _params(config.backbone, config.num_blocks, config.features)
 
 
 @lru_cache(maxsize=None)
-def _params(backbone: str, depth: int, features: int) -> int:
-    cfg = ModelConfig(backbone=backbone, hooks=(0, depth - 1), features=features)  # depth >= 2 always
+def _params(backbone: str, blocks: int, features: int) -> int:
+    cfg = ModelConfig(backbone=backbone, hooks=(0, blocks - 1), features=features)  # blocks >= 2 always
     with torch.device("meta"):
         return count_params(DPT(cfg))
 
@@ -133,49 +140,104 @@ def _timed(fn: Callable[[], object], device: torch.device, warmup: int, runs: in
     return times
 
 
+@contextmanager
+def torch_threads(threads: int | None) -> Iterator[None]:
+    """Run with ``threads`` intra-op threads, then restore the caller's setting."""
+    before = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@contextmanager
+def cudnn_benchmark(enabled: bool) -> Iterator[None]:
+    before = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = enabled
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = before
+
+
 def bench_variant(name: str, input_size: tuple[int, int] = (352, 1216), batch_size: int = 1,
                   device: str = "cpu", precision: str = "fp32", runs: int = 10, warmup: int = 2,
                   threads: int | None = None, model: torch.nn.Module | None = None,
-                  backend: str = "torch") -> BenchRow:
+                  backend: str = "torch", calibration: Sequence[np.ndarray] | None = None) -> BenchRow:
     """Benchmark one variant (random weights unless ``model`` is given) on frames of ``input_size``
-    through a backend (``torch``, ``compile``, ``onnxruntime``; int8 through ONNX Runtime)."""
-    if threads is not None:
-        torch.set_num_threads(threads)
+    through a backend (``torch``, ``compile``, ``onnxruntime``; int8 through ONNX Runtime, calibrated
+    on ``calibration`` frames). Thread count and cuDNN settings are restored afterwards."""
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError("--device cuda asked for, but no CUDA device is available")
+    with torch_threads(threads), cudnn_benchmark(dev.type == "cuda"):
+        return _bench(name, input_size, batch_size, dev, precision, runs, warmup, threads, model, backend, calibration)
+
+
+def _bench(name, input_size, batch_size, dev, precision, runs, warmup, threads, model, backend, calibration):
     cfg = get_config(name)
     net = network_size(*input_size, cfg)
     rss_before = _reset_cpu_peak() if dev.type == "cpu" else None
     model = (model or DPT(cfg)).eval().to(dev)
     if dev.type == "cuda":
-        torch.backends.cudnn.benchmark = True
         torch.cuda.reset_peak_memory_stats(dev)
-    predictor = Predictor(model, device=dev, backend=backend, precision=precision, threads=threads)
-    frame = np.random.default_rng(0).integers(0, 256, (*input_size, 3), dtype=np.uint8)
-    predictor.predict(frame)  # builds lazily compiled / exported graphs outside the timed runs
+    predictor = Predictor(model, device=dev, backend=backend, precision=precision, threads=threads,
+                          calibration=calibration)
+    try:
+        frame = np.random.default_rng(0).integers(0, 256, (*input_size, 3), dtype=np.uint8)
+        predictor.predict(frame)  # builds lazily compiled / exported graphs outside the timed runs
 
-    lat = _timed(lambda: predictor.predict(frame), dev, warmup, runs)
-    med = statistics.median(lat)
-    p90 = float(np.percentile(lat, 90))
-    if batch_size == 1 or backend == "onnxruntime":  # exported graphs take batch 1
-        throughput = 1000.0 / med
-    else:
-        xb = torch.randn(batch_size, 3, *net, device=dev)
-
-        def batch():
-            return predictor.backend(xb)
-
-        bt = _timed(batch, dev, max(1, warmup // 2), max(2, runs // 2))
-        throughput = batch_size * 1000.0 / statistics.median(bt)
+        lat = _timed(lambda: predictor.predict(frame), dev, warmup, runs)
+        med = statistics.median(lat)
+        p90 = float(np.percentile(lat, 90))
+        if batch_size == 1 or backend == "onnxruntime":  # exported graphs take batch 1
+            throughput = 1000.0 / med
+        else:
+            xb = torch.randn(batch_size, 3, *net, device=dev)
+            bt = _timed(lambda: predictor.backend(xb), dev, max(1, warmup // 2), max(2, runs // 2))
+            throughput = batch_size * 1000.0 / statistics.median(bt)
+        peak = _peak_mem_mb(dev, rss_before)
+    finally:
+        predictor.close()
     return BenchRow(
         name=name, canonical=cfg.name, input_size=f"{input_size[0]}x{input_size[1]}", net_size=f"{net[0]}x{net[1]}",
         params=count_params(model), macs=count_macs(cfg, net), latency_ms_median=round(med, 2),
         latency_ms_p90=round(p90, 2), fps=round(1000.0 / med, 3), throughput=round(throughput, 3),
         batch_size=batch_size if backend != "onnxruntime" else 1, threads=torch.get_num_threads(), device=str(dev),
-        precision=precision, backend=backend,
-        peak_mem_mb=round(_peak_mem_mb(dev, rss_before), 1), runs=runs,
+        precision=precision, backend=backend, peak_mem_mb=round(peak, 1), runs=runs,
     )
+
+
+def bench_many(names: Sequence[str], baseline: str | None = None, on_row: Callable[[int, int, BenchRow], None] | None = None,
+               **options) -> list[BenchRow]:
+    """Benchmark presets, canonical names, groups or globs in one run, the ``baseline`` first (also
+    when it is not in ``names``); each row's ``speedup`` is latency(baseline) / latency(row)."""
+    todo = resolve_names(list(names))
+    if baseline:
+        resolve_names([baseline])
+    order = ([baseline] if baseline and baseline not in todo else []) + todo
+    rows = []
+    for i, name in enumerate(order, 1):
+        rows.append(bench_variant(name, **options))
+        if on_row:
+            on_row(i, len(order), rows[-1])
+    if baseline:
+        base = next(r for r in rows if r.name == baseline)
+        for r in rows:
+            r.speedup = round(base.latency_ms_median / r.latency_ms_median, 3)
+    return rows
+
+
+def write_bench_json(rows: Sequence[BenchRow], path: str | os.PathLike, command: str | None = None) -> Path:
+    """Rows with the machine and library versions, as JSON (written atomically)."""
+    import json
+
+    payload = {"environment": environment(), "command": command or " ".join(sys.argv),
+               "rows": [r.as_dict() for r in rows]}
+    text = json.dumps(payload, indent=1)
+    return atomic_write(path, lambda p: p.write_text(text))
 
 
 def environment() -> dict:

@@ -1,9 +1,9 @@
-"""One description of a DPT-Hybrid variant, its canonical name, and the preset registry.
+"""One description of a DPT-Hybrid variant, its canonical name, and how its images are prepared.
 
 A variant's canonical name carries every field of :class:`ModelConfig` and parses back to the same
 config::
 
-    <backbone>.h<a>-<b>.heads<n>.<attention>.f<features>[.<output>]@<H>x<W>[-keep]
+    <backbone>.h<a>-<b>.heads<n>.<attention>.f<features>[.<output>][.<norm>]@<H>x<W>[-keep]
 
     r50.h8-11.heads12.softmax.f256@384x384-keep          DPT-Hybrid (MiDaS), relative output
     r50.h8-11.heads12.softmax.f256.kitti@352x1216-keep   DPT-Hybrid KITTI head (metres)
@@ -11,34 +11,81 @@ config::
     r50.h2-5.heads24.performer128.f128@192x640           Performer with 128 random features
 
 ``<output>`` is omitted for relative inverse depth, ``kitti``/``nyu`` for the official metric heads,
-or ``m<scale>_<shift>`` for any other metric head. ``-keep`` means the image is resized with its
+or ``m<scale>_<shift>`` for any other metric head. ``<norm>`` is omitted for DPT's normalisation
+(mean = std = 0.5) and ``imagenet`` for ImageNet's. ``-keep`` means the image is resized with its
 aspect ratio kept (the official "minimal" rule) so that the network size varies per image;
 without it every image is resized to exactly H x W, as the reference study did.
+
+When parsing, ``heads<n>``, the attention and ``f<features>`` may be left out; they then take
+their defaults (12 heads, softmax, 256). The canonical name always spells them out.
 """
 
 from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass, field, replace
-from itertools import product
+from dataclasses import dataclass, replace
 
 from .errors import ConfigError
 
-BACKBONES = {
-    # name: (channels of conv hook 1, conv hook 2)
-    "r50": (256, 512),
-    "effb0": (24, 40),
-}
+BACKBONES = ("r50", "effb0")
 ATTENTIONS = ("softmax", "performer")
 EMBED_DIM = 768
 MAX_BLOCKS = 12
+CONFIG_KEY = "fastdpt.config"  # metadata key that stamps the canonical name on every artefact
 
 # Official metric heads: depth = 1 / max(scale * y + shift, 1e-8)
 METRIC_HEADS = {
     "kitti": (0.00006016, 0.00579),
     "nyu": (0.000305, 0.1378),
 }
+
+# input normalisation: name -> (mean, std) per RGB channel, applied to [0, 1] images
+NORMALIZATIONS = {
+    "dpt": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
+    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+}
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How an image becomes network input and the output becomes depth at the image's size.
+
+    Args:
+        input_size: network input (H, W); with ``keep_aspect`` the target of the "minimal" rule.
+        keep_aspect: official ``Resize(keep_aspect_ratio=True, ensure_multiple_of=32,
+            resize_method="minimal")``: the scale closer to 1 for both sides, sides rounded to
+            multiples of ``multiple_of``.
+        mean, std: per-channel normalisation of [0, 1] RGB.
+        interpolation: resize into the network (the official pipeline: bicubic).
+        output_interpolation: resize of the prediction back to the image (official: bicubic,
+            align_corners=False).
+    """
+
+    input_size: tuple[int, int]
+    keep_aspect: bool = False
+    mean: tuple[float, float, float] = NORMALIZATIONS["dpt"][0]
+    std: tuple[float, float, float] = NORMALIZATIONS["dpt"][1]
+    interpolation: str = "bicubic"
+    output_interpolation: str = "bicubic"
+    multiple_of: int = 32
+
+    def network_size(self, height: int, width: int) -> tuple[int, int]:
+        """The size an image of ``height x width`` is resized to before the network."""
+        th, tw = self.input_size
+        if not self.keep_aspect:
+            return th, tw
+        sh, sw = th / height, tw / width
+        if abs(1 - sw) < abs(1 - sh):
+            sh = sw
+        else:
+            sw = sh
+        return _multiple_of(sh * height, self.multiple_of), _multiple_of(sw * width, self.multiple_of)
+
+
+def _multiple_of(x: float, m: int) -> int:
+    # np.round semantics (halves to even), as the official code
+    return max(m, int(round(x / m)) * m)
 
 
 @dataclass(frozen=True)
@@ -62,6 +109,7 @@ class ModelConfig:
             multiples of 32) instead of to exactly ``input_size``.
         metric: ``None`` for relative inverse depth, else ``(scale, shift)`` of a metric head:
             depth = 1 / max(scale * y + shift, 1e-8) in metres.
+        norm: input normalisation, a key of ``NORMALIZATIONS`` (``dpt``: mean = std = 0.5).
     """
 
     backbone: str = "r50"
@@ -73,6 +121,7 @@ class ModelConfig:
     input_size: tuple[int, int] = (384, 384)
     keep_aspect: bool = False
     metric: tuple[float, float] | None = None
+    norm: str = "dpt"
 
     def __post_init__(self) -> None:
         # normalise sequences to tuples so that configs built from lists compare and hash equal
@@ -81,7 +130,7 @@ class ModelConfig:
         if self.metric is not None:
             object.__setattr__(self, "metric", tuple(float(v) for v in self.metric))
         if self.backbone not in BACKBONES:
-            raise ConfigError(f"unknown backbone {self.backbone!r}; choose one of {sorted(BACKBONES)}")
+            raise ConfigError(f"unknown backbone {self.backbone!r}; choose one of {list(BACKBONES)}")
         if len(self.hooks) != 2 or not (0 <= self.hooks[0] < self.hooks[1] < MAX_BLOCKS):
             raise ConfigError(f"hooks must be two increasing block indices in 0..{MAX_BLOCKS - 1}, got {self.hooks}")
         if self.heads < 1 or EMBED_DIM % self.heads:
@@ -90,17 +139,19 @@ class ModelConfig:
             raise ConfigError(f"unknown attention {self.attention!r}; choose one of {ATTENTIONS}")
         if self.performer_features is not None and (self.attention != "performer" or self.performer_features < 1):
             raise ConfigError("performer_features must be a positive number and only goes with attention='performer'")
-        if self.features < 1:
-            raise ConfigError(f"features must be positive, got {self.features}")
+        if self.features < 2:
+            raise ConfigError(f"features must be at least 2, got {self.features}")
         if len(self.input_size) != 2 or any(s < 32 or s % 32 for s in self.input_size):
             raise ConfigError(f"input_size must be (H, W), multiples of 32, got {self.input_size}")
         if self.metric is not None and (len(self.metric) != 2 or not all(math.isfinite(v) for v in self.metric)):
             raise ConfigError(f"metric must be (scale, shift) of finite numbers, got {self.metric}")
+        if self.norm not in NORMALIZATIONS:
+            raise ConfigError(f"unknown normalisation {self.norm!r}; choose one of {list(NORMALIZATIONS)}")
 
     # -- derived -------------------------------------------------------------------------------
     @property
-    def depth(self) -> int:
-        """Number of transformer blocks built and run."""
+    def num_blocks(self) -> int:
+        """Number of transformer blocks built and run (the blocks after the last hook are pruned)."""
         return self.hooks[1] + 1
 
     @property
@@ -120,6 +171,11 @@ class ModelConfig:
         return "metric" if self.metric is not None else "relative"
 
     @property
+    def preprocessing(self) -> Preprocessing:
+        mean, std = NORMALIZATIONS[self.norm]
+        return Preprocessing(self.input_size, self.keep_aspect, mean, std)
+
+    @property
     def name(self) -> str:
         """The canonical short name; ``ModelConfig.from_name(cfg.name) == cfg``."""
         attn = self.attention
@@ -129,11 +185,12 @@ class ModelConfig:
         if self.metric is not None:
             known = [k for k, v in METRIC_HEADS.items() if v == self.metric]
             out = "." + (known[0] if known else f"m{self.metric[0]!r}_{self.metric[1]!r}")
+        norm = "" if self.norm == "dpt" else f".{self.norm}"
         h, w = self.input_size
         keep = "-keep" if self.keep_aspect else ""
         return (
             f"{self.backbone}.h{self.hooks[0]}-{self.hooks[1]}.heads{self.heads}.{attn}"
-            f".f{self.features}{out}@{h}x{w}{keep}"
+            f".f{self.features}{out}{norm}@{h}x{w}{keep}"
         )
 
     def replace(self, **changes) -> "ModelConfig":
@@ -141,13 +198,13 @@ class ModelConfig:
 
     @classmethod
     def from_name(cls, name: str) -> "ModelConfig":
-        """Parse a canonical name (not a preset alias; see :func:`get_config` for both)."""
+        """Parse a canonical name (not a preset alias; see :func:`fastdpt.presets.get_config` for both).
+        ``heads``, the attention and ``f`` may be omitted and take their defaults."""
         m = _NAME_RE.fullmatch(name.strip())
         if not m:
             raise ConfigError(
                 f"{name!r} is neither a preset nor a canonical variant name "
-                "(<backbone>.h<a>-<b>.heads<n>.<softmax|performer[M]>.f<F>[.<kitti|nyu|m<s>_<t>>]@<H>x<W>[-keep]); "
-                "run `fastdpt models` to list presets"
+                f"({NAME_GRAMMAR}); run `fastdpt models` to list presets"
             )
         g = m.groupdict()
         metric = None
@@ -158,118 +215,28 @@ class ModelConfig:
                 metric = (float(g["ms"]), float(g["mt"]))
             except (TypeError, ValueError):
                 raise ConfigError(f"cannot read the metric head in {name!r}") from None
+        default = cls()
         return cls(
             backbone=g["backbone"],
             hooks=(int(g["h0"]), int(g["h1"])),
-            heads=int(g["heads"]),
-            attention=g["attn"],
+            heads=int(g["heads"]) if g["heads"] else default.heads,
+            attention=g["attn"] or default.attention,
             performer_features=int(g["m"]) if g["m"] else None,
-            features=int(g["f"]),
+            features=int(g["f"]) if g["f"] else default.features,
             input_size=(int(g["H"]), int(g["W"])),
             keep_aspect=bool(g["keep"]),
             metric=metric,
+            norm=g["norm"] or default.norm,
         )
 
 
+NAME_GRAMMAR = ("<backbone>.h<a>-<b>.heads<n>.<softmax|performer[M]>.f<F>[.<kitti|nyu|m<s>_<t>>][.imagenet]"
+                "@<H>x<W>[-keep]")
 _FLOAT = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
 _NAME_RE = re.compile(
-    r"(?P<backbone>[a-z0-9_]+)\.h(?P<h0>\d+)-(?P<h1>\d+)\.heads(?P<heads>\d+)"
-    r"\.(?P<attn>softmax|performer)(?P<m>\d+)?\.f(?P<f>\d+)"
+    r"(?P<backbone>[a-z0-9_]+)\.h(?P<h0>\d+)-(?P<h1>\d+)(?:\.heads(?P<heads>\d+))?"
+    r"(?:\.(?P<attn>softmax|performer)(?P<m>\d+)?)?(?:\.f(?P<f>\d+))?"
     rf"(?:\.(?P<out>kitti|nyu|m(?P<ms>{_FLOAT})_(?P<mt>{_FLOAT})))?"
+    r"(?:\.(?P<norm>imagenet))?"
     r"@(?P<H>\d+)x(?P<W>\d+)(?P<keep>-keep)?"
 )
-
-
-# -- presets ---------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Preset:
-    """A named variant, with where its weights come from (kept apart from the architecture)."""
-
-    name: str
-    config: ModelConfig
-    description: str
-    weights: str | None = None  # key into fastdpt.weights.OFFICIAL_WEIGHTS
-    groups: tuple[str, ...] = field(default=())
-
-
-_DPT = ModelConfig()
-STUDY_HOOKS = ((0, 1), (2, 5), (8, 11))
-STUDY_HEADS = (1, 12, 24)
-STUDY_SIZES = ((352, 1216), (192, 640))
-
-
-def _build_registry() -> dict[str, Preset]:
-    presets = [
-        Preset("dpt-hybrid-midas", _DPT.replace(input_size=(384, 384), keep_aspect=True),
-               "Official DPT-Hybrid, MiDaS 3.0 mix of 10 datasets; relative inverse depth",
-               weights="dpt-hybrid-midas", groups=("official",)),
-        Preset("dpt-hybrid-kitti", _DPT.replace(input_size=(352, 1216), keep_aspect=True, metric=METRIC_HEADS["kitti"]),
-               "Official DPT-Hybrid fine-tuned on KITTI; metres",
-               weights="dpt-hybrid-kitti", groups=("official",)),
-        Preset("dpt-hybrid-nyu", _DPT.replace(input_size=(480, 640), keep_aspect=True, metric=METRIC_HEADS["nyu"]),
-               "Official DPT-Hybrid fine-tuned on NYUv2; metres",
-               weights="dpt-hybrid-nyu", groups=("official",)),
-    ]
-    # the project's own fast presets: the study's fastest layout (EfficientNet-B0, 2 blocks) with a
-    # slimmer decoder and, for the smallest, a smaller input
-    fast = _DPT.replace(backbone="effb0", hooks=(0, 1), metric=METRIC_HEADS["kitti"])
-    for name, cfg, text in [
-        ("fast-effb0-f128-192x640", fast.replace(features=128, input_size=(192, 640)),
-         "study's fastest layout, decoder width 128"),
-        ("fast-effb0-f64-192x640", fast.replace(features=64, input_size=(192, 640)),
-         "study's fastest layout, decoder width 64"),
-        ("fast-effb0-f64-128x416", fast.replace(features=64, input_size=(128, 416)),
-         "decoder width 64 at 128x416 input: the fastest preset"),
-    ]:
-        presets.append(Preset(name, cfg, text, groups=("fast",)))
-    for size, backbone, hooks, attention, heads in product(
-        STUDY_SIZES, BACKBONES, STUDY_HOOKS, ATTENTIONS, STUDY_HEADS
-    ):
-        cfg = ModelConfig(backbone=backbone, hooks=hooks, heads=heads, attention=attention,
-                          input_size=size, metric=METRIC_HEADS["kitti"])
-        presets.append(Preset(cfg.name, cfg, "reference-study grid variant (KITTI head)",
-                              groups=("study", f"study@{size[0]}x{size[1]}")))
-    return {p.name: p for p in presets}
-
-
-PRESETS: dict[str, Preset] = _build_registry()
-
-
-def list_models(pattern: str | None = None) -> list[str]:
-    """Preset names, optionally filtered by a group (``study``, ``study@192x640``, ``official``)
-    or an fnmatch pattern."""
-    from fnmatch import fnmatchcase
-
-    names = list(PRESETS)
-    if pattern is None:
-        return names
-    if any(pattern in p.groups for p in PRESETS.values()):
-        return [n for n, p in PRESETS.items() if pattern in p.groups]
-    return [n for n in names if fnmatchcase(n, pattern)]
-
-
-def get_config(name_or_config: str | ModelConfig) -> ModelConfig:
-    """A preset name or a canonical name -> its config."""
-    if isinstance(name_or_config, ModelConfig):
-        return name_or_config
-    if name_or_config in PRESETS:
-        return PRESETS[name_or_config].config
-    return ModelConfig.from_name(name_or_config)
-
-
-def resolve_names(names: list[str]) -> list[str]:
-    """Expand groups and patterns in a list of model names (order kept, duplicates dropped)."""
-    out: list[str] = []
-    for n in names:
-        matched = list_models(n) if (n not in PRESETS and any(c in n for c in "*?[") or _is_group(n)) else [n]
-        if not matched:
-            raise ConfigError(f"no preset matches {n!r}; run `fastdpt models` to list them")
-        for m in matched:
-            get_config(m)  # validate early
-            if m not in out:
-                out.append(m)
-    return out
-
-
-def _is_group(name: str) -> bool:
-    return any(name in p.groups for p in PRESETS.values())

@@ -1,4 +1,5 @@
-"""Errors a user can cause. The CLI prints their message on one line and exits non-zero."""
+"""Every error a user can cause, in one place. The CLI prints their message on one line and exits
+non-zero; the HTTP service answers them as JSON. Nothing else lives here."""
 
 
 class FastDPTError(Exception):
@@ -6,7 +7,7 @@ class FastDPTError(Exception):
 
 
 class ConfigError(FastDPTError, ValueError):
-    """An invalid variant description or an unknown model name."""
+    """An invalid variant description, an unknown model name, or a bad option."""
 
 
 class WeightsError(FastDPTError):
@@ -17,5 +18,29 @@ class WeightsNotFoundError(WeightsError):
     """Weights were asked for but are neither given, cached, nor downloadable."""
 
 
-class ImageError(FastDPTError):
-    """An image that cannot be read or is too large."""
+class ImageError(FastDPTError, ValueError):
+    """An image that cannot be read, is too large, or has the wrong shape."""
+
+
+class ImageTooLargeError(ImageError):
+    """An image with more pixels than the limit (checked before decoding)."""
+
+
+class DataError(FastDPTError):
+    """Missing or malformed dataset files and split lists."""
+
+
+class StreamError(FastDPTError):
+    """A video, camera or image sequence that cannot be read or written."""
+
+
+class ExportError(FastDPTError):
+    """An export (ONNX, int8) that cannot be written or read back."""
+
+
+class TrainingError(FastDPTError):
+    """A training run that cannot start or continue."""
+
+
+class NonFiniteLossError(TrainingError):
+    """The training loss became inf or nan."""

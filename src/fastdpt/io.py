@@ -1,13 +1,85 @@
-"""Finding inputs: files, folders, globs and .txt lists."""
+"""Every image and depth file format fastdpt reads or writes, finding inputs, and atomic writes.
+
+Reading: images (any Pillow-decodable RGB/gray file, with a pixel limit checked before decoding),
+KITTI 16-bit depth PNGs. Writing (always to a temporary file in the target folder, then renamed, so
+a crash never leaves half a file under the final name): colour maps, 16-bit PNG, ``.npy``, ``.pfm``,
+coloured binary ``.ply`` point clouds, KITTI depth PNGs.
+"""
 
 from __future__ import annotations
 
 import glob
 import os
+from io import BytesIO
+import tempfile
 from pathlib import Path
+from typing import Callable
 
+import cv2
+import numpy as np
+from PIL import Image, UnidentifiedImageError
 
+from .errors import DataError, ImageError, ImageTooLargeError
+from .viz import beside, colorize
+
+MAX_PIXELS = 25_000_000  # the one decoded-image size limit (predict, streams, the HTTP service)
 IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm"}
+FORMATS = ("color", "png16", "npy", "pfm", "ply")
+
+
+# -- atomic writes -----------------------------------------------------------------------------------
+def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
+    """Call ``write(tmp)`` on a new temporary file beside ``path`` (same suffix, created exclusively,
+    so a planted symlink is never followed), then rename it to ``path``. On failure nothing is left."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part" + path.suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+# -- images ------------------------------------------------------------------------------------------
+def read_image(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """An image file as H x W x 3 uint8 RGB; clear errors for missing, corrupt or huge files
+    (the size is checked from the header, before anything is decoded)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ImageError(f"image not found: {path}")
+    try:
+        with Image.open(path) as im:
+            return _decoded_rgb(im, max_pixels, str(path))
+    except ImageError:
+        raise
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as e:
+        raise ImageError(f"cannot read image {path}: {e}") from None
+
+
+def decode_image(data: bytes, max_pixels: int = MAX_PIXELS, label: str = "upload") -> np.ndarray:
+    """Encoded image bytes -> H x W x 3 uint8 RGB, with the same checks as :func:`read_image`.
+    Raises :class:`ImageTooLargeError` for too many pixels, :class:`ImageError` for anything undecodable."""
+    try:
+        with Image.open(BytesIO(data)) as im:
+            return _decoded_rgb(im, max_pixels, label)
+    except ImageError:
+        raise
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as e:
+        raise ImageError(f"cannot decode the image: {e}") from None
+
+
+def _decoded_rgb(im: Image.Image, max_pixels: int, label: str) -> np.ndarray:
+    w, h = im.size
+    if w * h > max_pixels:
+        raise ImageTooLargeError(f"{label}: {w}x{h} is larger than the limit of {max_pixels} pixels")
+    im.load()
+    return np.asarray(im.convert("RGB"))
 
 
 def collect_inputs(items: list[str | os.PathLike]) -> tuple[list[Path], list[str]]:
@@ -46,3 +118,141 @@ def collect_inputs(items: list[str | os.PathLike]) -> tuple[list[Path], list[str
             unique.append(f)
     return unique, missing
 
+
+# -- depth formats -----------------------------------------------------------------------------------
+def depth_to_png16(depth: np.ndarray, kind: str) -> np.ndarray:
+    """Metric: KITTI convention, uint16 of metres x 256 (0 where not finite). Relative: min-max
+    normalised to 0..65535."""
+    d = np.nan_to_num(np.asarray(depth, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+    if kind == "metric":
+        return np.clip(np.round(d * 256.0), 0, 65535).astype(np.uint16)
+    lo, hi = d.min(), d.max()
+    return np.zeros(d.shape, np.uint16) if hi - lo < 1e-12 else np.round((d - lo) / (hi - lo) * 65535).astype(np.uint16)
+
+
+def encode_png(array: np.ndarray) -> bytes:
+    """PNG bytes of a uint8 RGB image or a uint16 single-channel map."""
+    if array.ndim == 3:
+        array = cv2.cvtColor(array, cv2.COLOR_RGB2BGR)
+    ok, buf = cv2.imencode(".png", array)
+    if not ok:
+        raise ImageError(f"cannot encode a {array.shape} {array.dtype} array as PNG")
+    return buf.tobytes()
+
+
+def write_png(path: str | os.PathLike, array: np.ndarray) -> Path:
+    data = encode_png(array)
+    return atomic_write(path, lambda p: p.write_bytes(data))
+
+
+def read_depth_png(path: str | os.PathLike) -> np.ndarray:
+    """uint16 KITTI depth PNG -> float32 metres (0 = no measurement)."""
+    d = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if d is None or d.ndim != 2 or d.dtype != np.uint16:
+        raise DataError(f"not a 16-bit depth PNG: {path}")
+    return d.astype(np.float32) / 256.0
+
+
+def write_depth_png(path: str | os.PathLike, depth: np.ndarray) -> Path:
+    """float metres -> uint16 PNG of depth x 256 (0 where not finite or <= 0), written atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return write_png(path, depth_to_png16(depth, "metric"))
+
+
+def write_pfm(path: str | os.PathLike, data: np.ndarray) -> None:
+    """Single-channel little-endian PFM (rows stored bottom to top)."""
+    data = np.asarray(data, dtype="<f4")
+    with open(path, "wb") as f:
+        f.write(f"Pf\n{data.shape[1]} {data.shape[0]}\n-1\n".encode())
+        f.write(np.ascontiguousarray(data[::-1]).tobytes())
+
+
+def read_pfm(path: str | os.PathLike) -> np.ndarray:
+    with open(path, "rb") as f:
+        header = f.readline().strip()
+        if header not in (b"Pf", b"PF"):
+            raise ImageError(f"{path}: not a PFM file")
+        w, h = (int(v) for v in f.readline().split())
+        scale = float(f.readline())
+        channels = 3 if header == b"PF" else 1
+        data = np.frombuffer(f.read(), dtype="<f4" if scale < 0 else ">f4", count=w * h * channels)
+    shape = (h, w, 3) if channels == 3 else (h, w)
+    return data.reshape(shape)[::-1].astype(np.float32)
+
+
+def write_ply(path: str | os.PathLike, depth: np.ndarray, image: np.ndarray, focal: float,
+              center: tuple[float, float] | None = None, max_depth: float = 80.0) -> int:
+    """Binary coloured point cloud from metric depth and a pinhole focal length (pixels); the
+    principal point defaults to the image centre. Returns the number of points."""
+    h, w = depth.shape
+    cx, cy = center if center is not None else ((w - 1) / 2, (h - 1) / 2)
+    v, u = np.mgrid[0:h, 0:w]
+    z = np.asarray(depth, dtype=np.float64)
+    keep = np.isfinite(z) & (z > 0) & (z <= max_depth)
+    pts = np.stack([(u - cx) * z / focal, (v - cy) * z / focal, z], -1)[keep].astype("<f4")
+    rgb = np.asarray(image, dtype=np.uint8)[keep]
+    rec = np.empty(len(pts), dtype=[("x", "<f4"), ("y", "<f4"), ("z", "<f4"), ("r", "u1"), ("g", "u1"), ("b", "u1")])
+    rec["x"], rec["y"], rec["z"] = pts[:, 0], pts[:, 1], pts[:, 2]
+    rec["r"], rec["g"], rec["b"] = rgb[:, 0], rgb[:, 1], rgb[:, 2]
+    header = ("ply\nformat binary_little_endian 1.0\n"
+              f"element vertex {len(rec)}\nproperty float x\nproperty float y\nproperty float z\n"
+              "property uchar red\nproperty uchar green\nproperty uchar blue\nend_header\n")
+    with open(path, "wb") as f:
+        f.write(header.encode())
+        f.write(rec.tobytes())
+    return len(rec)
+
+
+def output_paths(stem: str, outdir: str | os.PathLike, formats: tuple[str, ...]) -> dict[str, Path]:
+    """Where :func:`write_outputs` puts each format."""
+    names = {"color": f"{stem}.png", "png16": f"{stem}_depth16.png", "npy": f"{stem}.npy", "pfm": f"{stem}.pfm",
+             "ply": f"{stem}.ply"}
+    return {fmt: Path(outdir) / names[fmt] for fmt in formats}
+
+
+def check_formats(formats: tuple[str, ...], kind: str | None = None, focal: float | None = None) -> None:
+    """Reject unknown formats, and ``ply`` without metric depth or a focal length, before any work."""
+    unknown = [f for f in formats if f not in FORMATS]
+    if unknown:
+        raise ImageError(f"unknown output formats {unknown}; choose from {', '.join(FORMATS)}")
+    if "ply" in formats:
+        if kind is not None and kind != "metric":
+            raise ImageError("a .ply point cloud needs metric depth (a model with a metric head)")
+        if focal is None:
+            raise ImageError("a .ply point cloud needs a focal length (--focal or --calib)")
+
+
+def write_outputs(result, stem: str, outdir: str | os.PathLike, save_npy: bool = False,
+                  formats: tuple[str, ...] = ("color",), image: np.ndarray | None = None, cmap: str = "Spectral_r",
+                  side_by_side: bool = True, focal: float | None = None) -> list[Path]:
+    """Write ``<outdir>/<stem>.<ext>`` for each format of ``result`` (a depth map with its
+    ``.depth`` and ``.kind``, e.g. a :class:`~fastdpt.predict.DepthResult`); each file is written
+    whole, then renamed.
+
+    ``color`` (``.png``, beside the input unless ``side_by_side`` is False), ``png16``
+    (``_depth16.png``), ``npy`` (float32), ``pfm``, ``ply`` (metric models; needs ``focal``)."""
+    depth, kind = result.depth, result.kind
+    formats = tuple(dict.fromkeys(tuple(formats) + (("npy",) if save_npy else ())))
+    check_formats(formats, kind, focal)
+    if "ply" in formats and image is None:
+        raise ImageError("a .ply point cloud needs the image for its colours")
+    outdir = Path(outdir)
+    outdir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for fmt, path in output_paths(stem, outdir, formats).items():
+        if fmt == "color":
+            vis = colorize(depth, kind, cmap)
+            if side_by_side and image is not None:
+                vis = beside(image, vis)
+            atomic_write(path, lambda p, vis=vis: Image.fromarray(vis).save(p, format="PNG"))
+        elif fmt == "png16":
+            write_png(path, depth_to_png16(depth, kind))
+        elif fmt == "npy":
+            atomic_write(path, lambda p: np.save(p, np.asarray(depth, np.float32)))
+        elif fmt == "pfm":
+            atomic_write(path, lambda p: write_pfm(p, depth))
+        else:
+            atomic_write(path, lambda p: write_ply(p, depth, image, focal))
+        written.append(path)
+    return written

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import torch
 
+from .errors import ConfigError
+
 
 def silog_loss(pred: torch.Tensor, gt: torch.Tensor, mask: torch.Tensor | None = None, lam: float = 0.5,
                eps: float = 1e-6) -> torch.Tensor:
@@ -72,3 +74,46 @@ def ssi_gradient_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tens
         gy = (d[:, 1:, :] - d[:, :-1, :]).abs() * mk[:, 1:, :] * mk[:, :-1, :]
         grad = grad + (gx.sum() + gy.sum()) / mk.sum().clamp_min(1)
     return loss + alpha * grad / scales
+
+
+# -- losses as objects the training module is given -------------------------------------------------
+class SILogLoss:
+    """Masked SILog on metric depth (needs a model with a metric head)."""
+
+    name = "silog"
+
+    def __init__(self, lam: float = 0.5, kind: str = "metric") -> None:
+        if kind != "metric":
+            raise ConfigError("SILog trains metric depth: use a variant with a metric head (.kitti or "
+                              ".m<scale>_<shift>), or the ssi loss for relative depth")
+        self.lam = lam
+
+    def __call__(self, pred: torch.Tensor, gt: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return silog_loss(pred.float(), gt, mask, lam=self.lam)
+
+
+class SSIGradientLoss:
+    """Scale-and-shift-invariant + gradient loss in inverse depth: the target is 1 / GT on the mask,
+    the prediction 1 / depth (metric models) or the model's relative inverse depth as it is."""
+
+    name = "ssi"
+
+    def __init__(self, alpha: float = 0.5, scales: int = 4, kind: str = "metric") -> None:
+        self.alpha, self.scales, self.kind = alpha, scales, kind
+
+    def __call__(self, pred: torch.Tensor, gt: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        pred = pred.float()
+        mask = mask & (gt > 0)
+        target = torch.where(mask, 1.0 / gt.clamp_min(1e-6), torch.zeros_like(gt))
+        inv = 1.0 / pred.clamp_min(1e-6) if self.kind == "metric" else pred
+        return ssi_gradient_loss(inv, target, mask, alpha=self.alpha, scales=self.scales)
+
+
+LOSSES = {"silog": SILogLoss, "ssi": SSIGradientLoss}
+
+
+def make_loss(name: str, kind: str = "metric", **options):
+    """A loss by name (``silog`` or ``ssi``) for a model whose output is ``kind`` (metric/relative)."""
+    if name not in LOSSES:
+        raise ConfigError(f"unknown loss {name!r}; choose one of {', '.join(LOSSES)}")
+    return LOSSES[name](kind=kind, **options)

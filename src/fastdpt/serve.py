@@ -20,20 +20,20 @@ import io
 import time
 from importlib import resources
 
-import cv2
 import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
-from PIL import Image, UnidentifiedImageError
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from .config import list_models
-from .predict import Predictor, colorize, depth_to_png16
+from .errors import ImageError, ImageTooLargeError
+from .io import MAX_PIXELS, decode_image, depth_to_png16, encode_png
+from .predict import Predictor
+from .presets import list_models
+from .viz import colorize
 
 MAX_BYTES = 20 * 2**20
-MAX_PIXELS = 25_000_000
 IMAGE_TYPES = ("image/", "application/octet-stream")
 
 
@@ -103,16 +103,11 @@ def create_app(predictor: Predictor, token: str | None = None, max_bytes: int = 
 
     def decode(data: bytes) -> np.ndarray:
         try:
-            with Image.open(io.BytesIO(data)) as im:
-                w, h = im.size
-                if w * h > max_pixels:
-                    raise ApiError(413, f"image of {w}x{h} pixels is larger than {max_pixels} pixels")
-                im.load()
-                return np.asarray(im.convert("RGB"))
-        except ApiError:
-            raise
-        except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as e:
-            raise ApiError(400, f"cannot decode the image: {e}") from None
+            return decode_image(data, max_pixels, "image")
+        except ImageTooLargeError as e:
+            raise ApiError(413, str(e)) from None
+        except ImageError as e:
+            raise ApiError(400, str(e)) from None
 
     @app.post("/v1/depth")
     async def depth(request: Request, format: str = "json", values: int = 0, color: int = 0):
@@ -126,13 +121,13 @@ def create_app(predictor: Predictor, token: str | None = None, max_bytes: int = 
         d = result.depth
         headers = {"X-Depth-Kind": result.kind, "X-Model": predictor.config.name}
         if format == "png16":
-            body, media = cv2.imencode(".png", depth_to_png16(d, result.kind))[1].tobytes(), "image/png"
+            body, media = encode_png(depth_to_png16(d, result.kind)), "image/png"
         elif format == "npy":
             buf = io.BytesIO()
             np.save(buf, d.astype(np.float32))
             body, media = buf.getvalue(), "application/octet-stream"
         elif format == "color":
-            body, media = _png(colorize(d, result.kind)), "image/png"
+            body, media = encode_png(colorize(d, result.kind)), "image/png"
         else:
             payload = {"shape": list(d.shape), "kind": result.kind, "model": predictor.config.name,
                        "unit": "m" if result.kind == "metric" else "relative inverse depth",
@@ -141,7 +136,7 @@ def create_app(predictor: Predictor, token: str | None = None, max_bytes: int = 
             if values:
                 payload["values_f32_base64"] = base64.b64encode(d.astype("<f4").tobytes()).decode()
             if color:
-                payload["color_png_base64"] = base64.b64encode(_png(colorize(d, result.kind))).decode()
+                payload["color_png_base64"] = base64.b64encode(encode_png(colorize(d, result.kind))).decode()
             latency.observe(time.perf_counter() - t0)
             return JSONResponse(payload, headers=headers)
         latency.observe(time.perf_counter() - t0)
@@ -167,10 +162,6 @@ def create_app(predictor: Predictor, token: str | None = None, max_bytes: int = 
 
     app.state.predictor = predictor
     return app
-
-
-def _png(rgb: np.ndarray) -> bytes:
-    return cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))[1].tobytes()
 
 
 def serve(predictor: Predictor, host: str = "127.0.0.1", port: int = 8000, token: str | None = None,

@@ -22,16 +22,12 @@ from typing import Callable, Iterator
 import cv2
 import numpy as np
 
-from .errors import FastDPTError
-from .io import IMAGE_EXTS
-from .predict import Predictor, colorize
+from .errors import FastDPTError, StreamError
+from .io import IMAGE_EXTS, read_image
+from .predict import Predictor
+from .viz import beside, colorize
 
 _END = object()
-
-
-class StreamError(FastDPTError):
-    """A video, camera or image sequence that cannot be read or written."""
-
 
 # -- sources ---------------------------------------------------------------------------------------
 class VideoSource:
@@ -78,10 +74,7 @@ class ImageSequence:
 
     def __iter__(self) -> Iterator[np.ndarray]:
         for p in self.files:
-            img = cv2.imread(str(p), cv2.IMREAD_COLOR)
-            if img is None:
-                raise StreamError(f"cannot read image {p}")
-            yield cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+            yield read_image(p)
 
 
 # -- sinks -----------------------------------------------------------------------------------------
@@ -97,7 +90,7 @@ class VideoSink:
 
     def write(self, frame: np.ndarray, depth: np.ndarray, kind: str) -> None:
         vis = colorize(depth, kind, self.cmap)
-        out = np.concatenate([frame, vis], axis=1) if self.side_by_side else vis
+        out = beside(frame, vis) if self.side_by_side else vis
         if self.writer is None:
             h, w = out.shape[:2]
             self.writer = cv2.VideoWriter(str(self.tmp), cv2.VideoWriter_fourcc(*"mp4v"), self.fps, (w, h))

@@ -1,5 +1,5 @@
-"""Weights: official and Hugging Face key layouts, strict loading, warm start, our safetensors
-checkpoints, and downloads with sha256 checks.
+"""Weights: official and Hugging Face key layouts, strict loading, warm start with a report, and our
+safetensors checkpoints (downloads live in :mod:`fastdpt.hub`).
 
 Untrusted files are never unpickled: ``.pt``/``.pth``/``.bin`` go through
 ``torch.load(weights_only=True)``, our own checkpoints are safetensors.
@@ -7,14 +7,11 @@ Untrusted files are never unpickled: ``.pt``/``.pth``/``.bin`` go through
 
 from __future__ import annotations
 
-import hashlib
 import os
 import pickle
 import re
 import warnings
 import tempfile
-import urllib.error
-import urllib.request
 import zipfile
 from collections import Counter
 from dataclasses import dataclass, field
@@ -26,124 +23,10 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 from torch import nn
 
-from .config import ModelConfig
+from .config import CONFIG_KEY, ModelConfig
 from .errors import WeightsError, WeightsNotFoundError
 
 StateDict = dict[str, torch.Tensor]
-
-# -- where the official weights live ---------------------------------------------------------------
-RELEASE_URL = "https://github.com/isl-org/DPT/releases/download/1_0/"
-
-
-@dataclass(frozen=True)
-class WeightSource:
-    file: str
-    hf_repo: str | None = None
-
-    @property
-    def url(self) -> str:
-        return RELEASE_URL + self.file
-
-    @property
-    def sha256_prefix(self) -> str:
-        """The hex digest prefix the official file names carry (``name-<8 hex>.pt``)."""
-        m = re.search(r"-([0-9a-f]{8})\.pt$", self.file)
-        return m.group(1) if m else ""
-
-
-OFFICIAL_WEIGHTS: dict[str, WeightSource] = {
-    "dpt-hybrid-midas": WeightSource("dpt_hybrid-midas-501f0c75.pt", hf_repo="Intel/dpt-hybrid-midas"),
-    "dpt-hybrid-kitti": WeightSource("dpt_hybrid_kitti-cb926ef4.pt"),
-    "dpt-hybrid-nyu": WeightSource("dpt_hybrid_nyu-2ce69ec7.pt"),
-}
-
-
-def cache_dir(path: str | os.PathLike | None = None) -> Path:
-    """``path``, else ``$FASTDPT_CACHE``, else ``~/.cache/fastdpt``."""
-    if path is not None:
-        return Path(path)
-    return Path(os.environ.get("FASTDPT_CACHE", Path.home() / ".cache" / "fastdpt"))
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def download(url: str, dest: str | os.PathLike, sha256_prefix: str = "", timeout: float = 30.0,
-             progress: Callable[[int, int], None] | None = None) -> Path:
-    """Download ``url`` to ``dest`` through a temporary file; check the sha256 prefix; rename."""
-    dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=dest.name + ".", suffix=".part", dir=dest.parent)
-    try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as resp:
-            total = int(resp.headers.get("Content-Length") or 0)
-            done = 0
-            while chunk := resp.read(1 << 20):
-                out.write(chunk)
-                done += len(chunk)
-                if progress:
-                    progress(done, total)
-        if sha256_prefix:
-            digest = sha256_file(tmp)
-            if not digest.startswith(sha256_prefix):
-                raise WeightsError(f"{url}: sha256 {digest[:12]}... does not start with {sha256_prefix}; "
-                                   "the download is corrupt or not the official file")
-        os.replace(tmp, dest)
-        return dest
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def resolve_weights(preset: str, weights: str | os.PathLike | None = None, cache: str | os.PathLike | None = None,
-                    allow_download: bool = True, progress: Callable[[int, int], None] | None = None) -> Path:
-    """The local file of a preset's official weights: the given path, the cache, or a download.
-
-    Raises :class:`WeightsNotFoundError` with exact instructions when none works.
-    """
-    if weights is not None:
-        p = Path(weights).expanduser()
-        if not p.is_file():
-            raise WeightsNotFoundError(f"weights file not found: {p}")
-        return p
-    src = OFFICIAL_WEIGHTS.get(preset)
-    if src is None:
-        raise WeightsNotFoundError(
-            f"{preset!r} has no published weights: pass a checkpoint trained for it (--weights FILE), "
-            "or build it untrained with fastdpt.create_model() / warm-start it with fastdpt.warm_start()"
-        )
-    target = cache_dir(cache) / src.file
-    if target.is_file():
-        return target
-    how = (f"download {src.url} into {target.parent}/ (e.g. `curl -L -o {target} {src.url}`), "
-           f"or pass --weights PATH / weights=PATH")
-    if not allow_download or os.environ.get("FASTDPT_OFFLINE") == "1":
-        raise WeightsNotFoundError(f"weights for {preset!r} are not cached and downloads are off: {how}")
-    try:
-        return download(src.url, target, src.sha256_prefix, progress=progress)
-    except (urllib.error.URLError, OSError, TimeoutError) as e:
-        raise WeightsNotFoundError(f"could not download weights for {preset!r} ({e}): {how}") from None
-
-
-def hub_weights(repo: str, cache: str | os.PathLike | None = None) -> Path:
-    """Fetch a Hugging Face hub repo's weights (``pip install fastdpt[hub]``)."""
-    try:
-        from huggingface_hub import hf_hub_download
-    except ImportError:
-        raise WeightsError("the Hugging Face hub needs `pip install fastdpt[hub]`") from None
-    last: Exception | None = None
-    for fname in ("model.safetensors", "pytorch_model.bin"):
-        try:
-            return Path(hf_hub_download(repo, fname, cache_dir=str(cache) if cache else None))
-        except Exception as e:  # noqa: BLE001 - hub raises many types; report the last
-            last = e
-    raise WeightsNotFoundError(f"could not fetch {repo} from the Hugging Face hub: {last}")
-
 
 # -- reading files ---------------------------------------------------------------------------------
 def read_state_dict(path: str | os.PathLike) -> StateDict:
@@ -420,7 +303,6 @@ def _init_backbone(model: nn.Module, backbone_weights, cnn_new: list[str]) -> st
 
 
 # -- our checkpoints --------------------------------------------------------------------------------
-CONFIG_KEY = "fastdpt.config"
 
 
 def save_checkpoint(model: nn.Module, path: str | os.PathLike, metadata: Mapping[str, str] | None = None) -> Path:

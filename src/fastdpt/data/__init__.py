@@ -1,1 +1,2 @@
-"""Datasets: KITTI on disk and synthetic KITTI-format scenes."""
+"""Datasets: KITTI conventions and files (kitti), training augmentation (augment), and synthetic
+KITTI-format driving scenes (synthetic)."""

@@ -1,5 +1,5 @@
-"""KITTI on disk: split lists (monodepth2 and BTS formats), annotated depth, calibration, the
-study's split check, and a PyTorch dataset with training augmentation.
+"""KITTI conventions and KITTI on disk: the KB crop, a data root's layout, split lists (monodepth2
+and BTS formats), annotated depth, calibration, the study's split check, and a PyTorch dataset.
 
 Layout read (as distributed)::
 
@@ -12,24 +12,77 @@ Depth PNGs are uint16, metres = value / 256, 0 = no measurement. Sparse GT is ne
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ..errors import FastDPTError
-from ..evaluation import KB_H, KB_W, kb_crop_box
+from ..errors import DataError
+from ..hub import cache_dir, fetch_pinned
+from ..io import read_depth_png, read_image
+from .augment import Augment
+
+# -- the KB crop (BTS's do_kb_crop) -------------------------------------------------------------------
+KB_H, KB_W = 352, 1216
 
 
-class DataError(FastDPTError):
-    """Missing or malformed dataset files and split lists."""
+def kb_crop_box(height: int, width: int) -> tuple[int, int]:
+    """(top, left) of the 352 x 1216 KB crop: bottom-aligned, horizontally centred."""
+    return height - KB_H, (width - KB_W) // 2
+
+
+def apply_kb_crop(array: np.ndarray) -> np.ndarray:
+    """The KB crop of an H x W (x C) array."""
+    top, left = kb_crop_box(*array.shape[:2])
+    return array[top:top + KB_H, left:left + KB_W]
+
+
+def kb_uncrop(pred: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Paste a 352 x 1216 prediction into a zero canvas of the full GT size."""
+    if pred.shape != (KB_H, KB_W):
+        raise DataError(f"a KB-cropped prediction must be {KB_H}x{KB_W}, got {pred.shape[0]}x{pred.shape[1]}")
+    out = np.zeros((height, width), dtype=np.float32)
+    top, left = kb_crop_box(height, width)
+    out[top:top + KB_H, left:left + KB_W] = pred
+    return out
+
+
+def fits_kb_crop(height: int, width: int) -> bool:
+    return height >= KB_H and width >= KB_W
+
+
+# -- a KITTI-format root (as `fastdpt data synth` writes it) -------------------------------------------
+@dataclass(frozen=True)
+class DataPaths:
+    """Where the frames, annotations and split lists are. ``DataPaths.resolve`` fills what is not
+    given from a data root laid out as ``<root>/raw``, ``<root>/data_depth_annotated`` and
+    ``<root>/splits/{train,val,test}_files_with_gt.txt``."""
+
+    raw_root: Path
+    gt_root: Path
+    splits: dict
+
+    @classmethod
+    def resolve(cls, data_root=None, raw_root=None, gt_root=None, **splits) -> "DataPaths":
+        root = Path(data_root) if data_root else None
+        out = {}
+        for name, value in (("raw_root", raw_root), ("gt_root", gt_root), *splits.items()):
+            default = {"raw_root": "raw", "gt_root": "data_depth_annotated"}.get(name)
+            if default is None:  # a split: train / val / test
+                default = f"splits/{name.removesuffix('_split')}_files_with_gt.txt"
+            if value:
+                out[name] = Path(value)
+            elif root is not None:
+                out[name] = root / default
+            else:
+                flags = ", ".join("--" + n.replace("_", "-") for n in ("raw_root", "gt_root", *splits))
+                raise DataError(f"give --data-root, or all of {flags}")
+        return cls(out.pop("raw_root"), out.pop("gt_root"), out)
 
 
 # -- split lists -------------------------------------------------------------------------------------
@@ -57,25 +110,14 @@ SPLITS: dict[str, SplitSource] = {
 
 def split_path(name: str, cache: str | os.PathLike | None = None, allow_download: bool = True) -> Path:
     """A split list by name: from the cache (sha256-verified) or fetched from its public origin."""
-    from ..weights import cache_dir, download
-
     if name not in SPLITS:
         raise DataError(f"unknown split {name!r}; known: {', '.join(SPLITS)} (or pass --split-file PATH)")
     src = SPLITS[name]
     target = cache_dir(cache) / "splits" / f"{name}.txt"
-    if target.is_file():
-        digest = hashlib.sha256(target.read_bytes()).hexdigest()
-        if digest == src.sha256:
-            return target
-        raise DataError(f"{target} does not match its pinned sha256; delete it to fetch it again")
-    if not allow_download or os.environ.get("FASTDPT_OFFLINE") == "1":
-        raise DataError(f"split {name!r} is not cached and downloads are off: save {src.url} as {target} "
-                        "or pass --split-file PATH")
     try:
-        return download(src.url, target, sha256_prefix=src.sha256)
-    except OSError as e:
-        raise DataError(f"could not fetch split {name!r} from {src.url} ({e}): save it as {target} "
-                        "or pass --split-file PATH") from None
+        return fetch_pinned(src.url, target, src.sha256, DataError, f"split {name!r}", allow_download)
+    except DataError as e:
+        raise DataError(f"{e} (or pass --split-file PATH)") from None
 
 
 @dataclass(frozen=True)
@@ -150,7 +192,7 @@ def write_split(entries: list[SplitEntry], path: str | os.PathLike, fmt: str = "
             folder = "/".join(e.rgb.split("/")[:2])
             lines.append(f"{folder} {int(Path(e.rgb).stem)} {'l' if e.camera == '2' else 'r'}")
         else:
-            raise ValueError(f"unknown split format {fmt!r}")
+            raise DataError(f"unknown split format {fmt!r}; choose bts or monodepth2")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".part")
@@ -207,34 +249,6 @@ def calib_focal(path: str | os.PathLike, camera: str = "2") -> float:
     return float(p[0])
 
 
-def read_depth_png(path: str | os.PathLike) -> np.ndarray:
-    """uint16 KITTI depth PNG -> float32 metres (0 = no measurement)."""
-    d = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if d is None or d.ndim != 2 or d.dtype != np.uint16:
-        raise DataError(f"not a 16-bit depth PNG: {path}")
-    return d.astype(np.float32) / 256.0
-
-
-def write_depth_png(path: str | os.PathLike, depth: np.ndarray) -> None:
-    """float metres -> uint16 PNG of depth x 256 (0 where not finite or <= 0)."""
-    from ..predict import depth_to_png16
-
-    u16 = depth_to_png16(depth, "metric")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + ".part.png")
-    if not cv2.imwrite(str(tmp), u16):
-        raise DataError(f"could not write {path}")
-    os.replace(tmp, path)
-
-
-def read_rgb(path: str | os.PathLike) -> np.ndarray:
-    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if img is None:
-        raise DataError(f"cannot read image {path}")
-    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
-
-
 # -- the study's split check -------------------------------------------------------------------------
 @dataclass
 class SplitCheck:
@@ -265,92 +279,82 @@ def check_split(name: str, entries: list[SplitEntry], raw_root: str | os.PathLik
 
 
 # -- dataset -----------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Augment:
-    """Training augmentation (BTS-style options). All image/depth geometry is applied to both."""
-
-    hflip: float = 0.5
-    kb_crop: bool = True
-    random_crop: tuple[int, int] | None = None
-    rotate_deg: float = 0.0
-    color: bool = False
-
-    @classmethod
-    def none(cls, kb_crop: bool = True) -> "Augment":
-        return cls(hflip=0.0, kb_crop=kb_crop)
+def dense_path(dense_root: str | os.PathLike, entry: SplitEntry) -> Path:
+    """Exact depth of a synthetic frame: ``<dense>/<drive>/image_0<c>/<frame>.npy`` (metres, 0 = sky)."""
+    parts = Path(entry.rgb).parts  # <date>/<drive>/image_0c/data/<frame>.png
+    return Path(dense_root) / parts[1] / parts[2] / (Path(entry.rgb).stem + ".npy")
 
 
 class KittiDepthDataset(Dataset):
     """Frames with annotated depth. Items: ``image`` (3, H, W) float in [0, 1], ``depth`` (H, W)
-    metres (0 = none), ``mask`` (H, W) bool (depth > 0), ``focal`` (px), ``frame_id`` (str)."""
+    metres (0 = none), ``mask`` (H, W) bool (depth > 0), ``focal`` (px), ``frame_id`` (str).
+
+    ``dense_root``: take ``depth`` from exact dense maps (synthetic data's ``dense/``) instead of the
+    sparse annotations (which must still exist: they define the usable frames)."""
 
     def __init__(self, entries: list[SplitEntry], raw_root: str | os.PathLike, gt_root: str | os.PathLike,
-                 augment: Augment | None = None, train: bool = False, skip_missing: bool = True) -> None:
+                 augment: Augment | None = None, train: bool = False, skip_missing: bool = True,
+                 dense_root: str | os.PathLike | None = None) -> None:
         self.raw_root, self.gt_root = Path(raw_root), Path(gt_root)
+        self.dense_root = Path(dense_root) if dense_root else None
         self.augment = augment or Augment.none()
         self.train = train
         self.items: list[tuple[SplitEntry, Path]] = []
         for e in entries:
             gt = find_gt(self.gt_root, e.gt)
+            if self.dense_root is not None and gt is not None:
+                gt = dense_path(self.dense_root, e)
+                gt = gt if gt.is_file() else None
             if gt is None or not (self.raw_root / e.rgb).is_file():
                 if skip_missing:
                     continue
                 raise DataError(f"missing image or annotation for {e.rgb}")
             self.items.append((e, gt))
         if not self.items:
-            raise DataError(f"no usable frame (image + annotation) under {self.raw_root} and {self.gt_root}")
+            raise DataError(f"no usable frame (image + annotation) under {self.raw_root} and "
+                            f"{self.dense_root or self.gt_root}")
 
     def __len__(self) -> int:
         return len(self.items)
 
     def __getitem__(self, index: int) -> dict:
         entry, gt_path = self.items[index]
-        image = read_rgb(self.raw_root / entry.rgb).astype(np.float32) / 255.0
-        depth = read_depth_png(gt_path)
+        image = read_image(self.raw_root / entry.rgb).astype(np.float32) / 255.0
+        depth = np.load(gt_path).astype(np.float32) if gt_path.suffix == ".npy" else read_depth_png(gt_path)
         if depth.shape != image.shape[:2]:
             raise DataError(f"{gt_path}: depth {depth.shape} and image {image.shape[:2]} differ in size")
         focal = entry.focal if entry.focal is not None else read_focal(self.raw_root, entry.date, entry.camera)
-        a = self.augment
-        if a.kb_crop:
-            if depth.shape[0] < KB_H or depth.shape[1] < KB_W:
+        if self.augment.kb_crop:
+            if not fits_kb_crop(*depth.shape):
                 raise DataError(f"{entry.rgb}: {depth.shape[0]}x{depth.shape[1]} is smaller than the "
                                 f"{KB_H}x{KB_W} KB crop; train without it (--no-kb-crop)")
-            top, left = kb_crop_box(*depth.shape)
-            image, depth = image[top:top + KB_H, left:left + KB_W], depth[top:top + KB_H, left:left + KB_W]
+            image, depth = apply_kb_crop(image), apply_kb_crop(depth)
         if self.train:
-            image, depth = self._augment(image, depth)
+            image, depth = self.augment(image, depth)
         image = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
         depth = torch.from_numpy(np.ascontiguousarray(depth))
         return {"image": image, "depth": depth, "mask": depth > 0, "focal": torch.tensor(focal, dtype=torch.float32),
                 "frame_id": entry.frame_id}
-
-    def _augment(self, image: np.ndarray, depth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        a = self.augment
-        if a.rotate_deg > 0:
-            angle = (torch.rand(()).item() * 2 - 1) * a.rotate_deg
-            h, w = depth.shape
-            m = cv2.getRotationMatrix2D((w / 2, h / 2), angle, 1.0)
-            image = cv2.warpAffine(image, m, (w, h), flags=cv2.INTER_LINEAR)
-            depth = cv2.warpAffine(depth, m, (w, h), flags=cv2.INTER_NEAREST)  # never interpolate sparse GT
-        if a.random_crop is not None:
-            ch, cw = a.random_crop
-            h, w = depth.shape
-            if ch > h or cw > w:
-                raise DataError(f"random crop {ch}x{cw} is larger than the image {h}x{w}")
-            top = int(torch.randint(0, h - ch + 1, ()).item())
-            left = int(torch.randint(0, w - cw + 1, ()).item())
-            image, depth = image[top:top + ch, left:left + cw], depth[top:top + ch, left:left + cw]
-        if a.hflip > 0 and torch.rand(()).item() < a.hflip:
-            image, depth = image[:, ::-1], depth[:, ::-1]
-        if a.color:
-            gamma = 0.9 + 0.2 * torch.rand(()).item()
-            brightness = 0.9 + 0.2 * torch.rand(()).item()
-            colors = 0.9 + 0.2 * torch.rand(3).numpy()
-            image = np.clip((image**gamma) * brightness * colors[None, None, :], 0, 1).astype(np.float32)
-        return image, depth
 
 
 def collate(batch: list[dict]) -> dict:
     out = {k: torch.stack([b[k] for b in batch]) for k in ("image", "depth", "mask", "focal")}
     out["frame_id"] = [b["frame_id"] for b in batch]
     return out
+
+
+def check_splits(raw_root: str | os.PathLike, gt_root: str | os.PathLike, names: list[str] = (),
+                 files: list[str | os.PathLike] = (), write_filtered: str | os.PathLike | None = None) -> list[dict]:
+    """The study's split check over named splits and split files (default: eigen_full train/val and
+    eigen_test); with ``write_filtered``, the usable lines of each go to ``<dir>/<split>_filtered.txt``
+    in the list's own format. Returns one row of counts per split."""
+    sources = [(n, split_path(n)) for n in names] + [(Path(f).stem, Path(f)) for f in files]
+    if not sources:
+        sources = [(n, split_path(n)) for n in ("eigen_full_train", "eigen_full_val", "eigen_test")]
+    rows = []
+    for name, path in sources:
+        res = check_split(name, read_split(path), raw_root, gt_root)
+        rows.append(res.row())
+        if write_filtered:
+            write_split(res.usable, Path(write_filtered) / f"{name}_filtered.txt", split_format(path))
+    return rows

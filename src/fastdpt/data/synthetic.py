@@ -26,10 +26,11 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import cv2
 import numpy as np
 
-from .kitti import SplitEntry, write_depth_png, write_split
+from ..errors import ConfigError
+from ..io import atomic_write, write_depth_png, write_png
+from .kitti import SplitEntry, write_split
 
 KITTI_SIZE = (375, 1242)
 KITTI_K = (721.5377, 721.5377, 609.5593, 172.854)  # fx, fy, cx, cy of 2011_09_26
@@ -454,12 +455,10 @@ def _render_frame(args) -> tuple[str, bool]:
     name = f"{frame:010d}"
     img_path = out / "raw" / DATE / drive / "image_02" / "data" / f"{name}.png"
     img_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = img_path.with_name(name + ".part.png")
-    cv2.imwrite(str(tmp), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
-    os.replace(tmp, img_path)
+    write_png(img_path, rgb)
     dense = out / "dense" / drive / "image_02" / f"{name}.npy"
     dense.parent.mkdir(parents=True, exist_ok=True)
-    np.save(dense, depth)
+    atomic_write(dense, lambda p: np.save(p, depth))
     annotated = NO_GT_EDGE <= frame < frames - NO_GT_EDGE
     if annotated:
         rng = np.random.default_rng([scene.seed, frame])
@@ -488,9 +487,9 @@ def synth(out: str | os.PathLike, drives: int = 4, frames: int = 40, size: tuple
     import time
 
     if drives < 2:
-        raise ValueError("synth needs at least 2 drives (one to train on, one to test on)")
+        raise ConfigError("synth needs at least 2 drives (one to train on, one to test on)")
     if frames < 2 * NO_GT_EDGE + 1:
-        raise ValueError(f"synth needs more than {2 * NO_GT_EDGE} frames per drive (the first and last "
+        raise ConfigError(f"synth needs more than {2 * NO_GT_EDGE} frames per drive (the first and last "
                          f"{NO_GT_EDGE} have no annotation)")
     t0 = time.perf_counter()
     out = Path(out)
@@ -527,3 +526,11 @@ def synth(out: str | os.PathLike, drives: int = 4, frames: int = 40, size: tuple
         write_split(entries, out / "splits" / f"{split}_files_with_gt.txt", "bts")
         write_split(entries, out / "splits" / f"{split}_files.txt", "monodepth2")
     return SynthSummary(out, split_drives, len(jobs), sum(done.values()), time.perf_counter() - t0)
+
+
+def sample_frames(count: int = 8, size: tuple[int, int] = KITTI_SIZE, seed: int = 0) -> list[np.ndarray]:
+    """``count`` RGB driving frames (H x W x 3 uint8) of one synthetic drive, for calibration
+    (int8) and export checks; representative of road scenes, unlike noise."""
+    rng = np.random.default_rng(seed)
+    scene = make_scene(rng, 12 * count)
+    return [render(scene, frame, size)[0] for frame in range(0, 12 * count, 12)]

@@ -15,6 +15,7 @@ from timm.models.vision_transformer import Block
 from torch import nn
 
 from ..config import EMBED_DIM, ModelConfig
+from ..errors import ImageError
 from .attention import Attention
 from .backbones import build_backbone
 
@@ -22,7 +23,7 @@ POS_GRID = 24  # the stored position embedding is a 24 x 24 grid (+ cls), from 3
 
 
 class HybridEncoder(nn.Module):
-    """CNN stem -> 1/16 tokens (+cls, resized position embedding) -> ``config.depth`` ViT-B blocks.
+    """CNN stem -> 1/16 tokens (+cls, resized position embedding) -> ``config.num_blocks`` ViT-B blocks.
 
     Returns the two conv hooks and the token sequences after the two transformer hook blocks.
     """
@@ -42,7 +43,7 @@ class HybridEncoder(nn.Module):
         nn.init.normal_(self.cls_token, std=1e-6)
         norm = partial(nn.LayerNorm, eps=1e-6)
         self.blocks = nn.ModuleList()
-        for i in range(config.depth):
+        for i in range(config.num_blocks):
             blk = Block(EMBED_DIM, config.heads, mlp_ratio=4.0, qkv_bias=True, norm_layer=norm)
             blk.attn = Attention(
                 EMBED_DIM, config.heads, kernel=config.attention,
@@ -155,7 +156,7 @@ class DPT(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-2] % 32 or x.shape[-1] % 32:
-            raise ValueError(f"input height and width must be multiples of 32, got {tuple(x.shape[-2:])}")
+            raise ImageError(f"network input height and width must be multiples of 32, got {tuple(x.shape[-2:])}")
         f1, f2, t3, t4, grid = self.encoder(x)
         y = self.decoder(f1, f2, self.reassemble[0](t3, grid), self.reassemble[1](t4, grid))
         y = self.head(y).squeeze(1)

@@ -1,0 +1,31 @@
+"""The command line: each command parses flags, calls one library function and prints.
+
+One module per command group: ``models`` (models, bench, weights, warm-start, export), ``infer``
+(predict, video, camera, stream, serve), ``data`` (data synth, data check), ``train`` (train, eval,
+eval-pngs), ``demo``; ``common`` holds the shared options and the one-line error exit.
+"""
+
+from __future__ import annotations
+
+import typer
+
+from . import demo as _demo
+from . import infer as _infer
+from . import models as _models
+from . import train as _train
+from .data import data_app
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Online monocular depth estimation with efficient Dense Prediction Transformers.")
+
+for _name, _fn in [("models", _models.models), ("predict", _infer.predict), ("bench", _models.bench),
+                   ("weights", _models.weights), ("warm-start", _models.warm_start), ("export", _models.export),
+                   ("video", _infer.video), ("camera", _infer.camera), ("stream", _infer.stream),
+                   ("serve", _infer.serve), ("demo", _demo.demo), ("train", _train.train),
+                   ("eval", _train.evaluate), ("eval-pngs", _train.eval_pngs)]:
+    app.command(_name)(_fn)
+app.add_typer(data_app, name="data")
+
+
+def main() -> None:  # pragma: no cover
+    app()

@@ -1,0 +1,128 @@
+"""What every command shares: consoles, the one-line error exit, shared options, the predictor
+builder, and options derived from a dataclass (so the command line never copies the library)."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import types
+import typing
+from dataclasses import MISSING, fields
+from pathlib import Path
+from typing import Annotated, Callable, Optional
+
+import typer
+from rich.console import Console
+
+from ..errors import FastDPTError
+
+console = Console(stderr=True)
+out = Console()
+
+# options shared by every command that runs a model
+ModelOpt = Annotated[str, typer.Option("--model", "-m", help="preset, canonical name, .safetensors or .onnx")]
+WeightsOpt = Annotated[Optional[Path], typer.Option("--weights", "-w", help="weight file (official .pt, HF or fastdpt)")]
+BackendOpt = Annotated[str, typer.Option("--backend", help="torch | compile | onnxruntime")]
+PrecisionOpt = Annotated[str, typer.Option("--precision", help="fp32 | fp16 | bf16 (GPU) | int8 (onnxruntime)")]
+DeviceOpt = Annotated[str, typer.Option("--device", help="cpu | cuda")]
+ThreadsOpt = Annotated[Optional[int], typer.Option("--threads", help="torch / ONNX Runtime threads")]
+CmapOpt = Annotated[str, typer.Option("--cmap", help="Spectral_r | inferno | magma | turbo | viridis | gray")]
+StatsOpt = Annotated[Optional[Path], typer.Option("--stats", help="write latency/FPS/drops as JSON")]
+
+
+def fail(e: Exception) -> typing.NoReturn:
+    console.print(f"[red]error:[/red] {e}", markup=True, highlight=False, soft_wrap=True)
+    raise typer.Exit(2)
+
+
+def one_line_errors(fn: Callable) -> Callable:
+    """Turn a :class:`FastDPTError` raised anywhere in a command into one line and exit code 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except FastDPTError as e:
+            fail(e)
+
+    return wrapper
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+        if h < 1 or w < 1:
+            raise ValueError
+        return h, w
+    except ValueError:
+        raise typer.BadParameter(f"expected HxW, e.g. 352x1216, got {text!r}") from None
+
+
+def set_threads(threads: int | None) -> None:
+    """The command's torch thread count (a CLI process owns its threads)."""
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
+def build_predictor(model, weights, device, backend, precision, threads):
+    """The Predictor every model-running command uses; int8 is calibrated on synthetic driving frames."""
+    from ..predict import Predictor
+
+    set_threads(threads)
+    calibration = None
+    if precision == "int8" and not str(model).endswith(".onnx"):
+        from ..data.synthetic import sample_frames
+
+        calibration = sample_frames(8)
+    return Predictor(model, weights, device=device, backend=backend, precision=precision, threads=threads,
+                     calibration=calibration)
+
+
+# -- options from a dataclass ------------------------------------------------------------------------
+def _none_or(parse: Callable[[str], object]) -> Callable[[str | None], object]:
+    return lambda s: None if s in (None, "", "none") else parse(s)
+
+
+def _base_type(tp):
+    """(type typer parses, converter to the field's type) for a dataclass field type."""
+    optional = typing.get_origin(tp) in (typing.Union, types.UnionType) and type(None) in typing.get_args(tp)
+    core = next(a for a in typing.get_args(tp) if a is not type(None)) if optional else tp
+    if typing.get_origin(core) is tuple:  # HxW for int pairs, comma-separated otherwise
+        ints = typing.get_args(core)[0] is int
+        return Optional[str], _none_or(parse_size if ints else (lambda s: tuple(float(v) for v in s.split(","))))
+    if core in (int, float, str, bool):
+        return (Optional[core] if optional else core), (lambda v: v)
+    return Optional[str], (lambda v: v)
+
+
+def dataclass_command(cls, call: Callable[[dict], None], exclude: tuple[str, ...] = (),
+                      extra: list[inspect.Parameter] = ()) -> Callable:
+    """A typer command whose options are the fields of ``cls`` (help, flags and whether required from
+    each field's metadata; defaults from the dataclass), plus ``extra`` parameters. ``call`` receives
+    a dict of the field values (converted back to the field types) and the extra values."""
+    hints = typing.get_type_hints(cls)
+    params, converters = [], {}
+    for f in fields(cls):
+        if f.name in exclude:
+            continue
+        typ, conv = _base_type(hints[f.name])
+        converters[f.name] = conv
+        flags = f.metadata.get("flags", ("--" + f.name.replace("_", "-"),))
+        required = f.metadata.get("required", False) or f.default is MISSING
+        default = None if f.default is MISSING else f.default
+        if isinstance(default, tuple):  # shown and parsed as text: 0.9,0.999 or HxW
+            default = ("x" if isinstance(default[0], int) else ",").join(str(v) for v in default)
+        opt = typer.Option(*flags, help=f.metadata.get("help"), show_default=not required)
+        params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY,
+                                        default=... if required else default, annotation=Annotated[typ, opt]))
+    params += list(extra)
+
+    def command(**kwargs):
+        values = {k: converters[k](v) if k in converters else v for k, v in kwargs.items()}
+        return call(values)
+
+    command.__signature__ = inspect.Signature(params)
+    command.__annotations__ = {p.name: p.annotation for p in params}
+    return command

@@ -1,0 +1,26 @@
+"""The demo command: the offline end-to-end job."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from .common import ThreadsOpt, one_line_errors, out, set_threads
+
+
+@one_line_errors
+def demo(
+    out_dir: Path = typer.Option(Path("demo"), "--out", help="folder for data, run, video and summary"),
+    minutes: float = typer.Option(3.0, "--minutes", help="training time on this machine"),
+    preset: str = typer.Option("fast-effb0-f64-128x416", "--preset"),
+    drives: int = typer.Option(4, "--drives"),
+    frames: int = typer.Option(40, "--frames"),
+    threads: ThreadsOpt = None,
+    force: bool = typer.Option(False, "--force", help="replace an earlier demo run in --out"),
+) -> None:
+    """Offline end to end: render synthetic drives, train the fastest preset, run it online on a held-out drive."""
+    from ..demo import run_demo
+
+    set_threads(threads)
+    run_demo(out_dir, minutes, preset, drives, frames, force=force, say=lambda m: out.print(m, highlight=False))

@@ -1,0 +1,178 @@
+"""Inference commands: predict, video, camera, stream, serve."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from ..errors import FastDPTError
+from .common import (BackendOpt, CmapOpt, DeviceOpt, ModelOpt, PrecisionOpt, StatsOpt, ThreadsOpt, WeightsOpt,
+                     build_predictor, console, fail, one_line_errors, out)
+
+
+@one_line_errors
+def predict(
+    inputs: List[str] = typer.Argument(..., help="image files, folders (recursive), globs or .txt lists"),
+    model: ModelOpt = "dpt-hybrid-midas",
+    weights: WeightsOpt = None,
+    outdir: Path = typer.Option(Path("out"), "--outdir", "-o"),
+    formats: List[str] = typer.Option(["color"], "--format", "-f", help="color | png16 | npy | pfm | ply (repeatable)"),
+    save_npy: bool = typer.Option(False, "--save-npy", help="also write <stem>.npy (float32, image size)"),
+    cmap: CmapOpt = "Spectral_r",
+    pred_only: bool = typer.Option(False, "--pred-only", help="colour map alone instead of beside the input"),
+    focal: Optional[float] = typer.Option(None, "--focal", help="focal length in pixels, for .ply"),
+    calib: Optional[Path] = typer.Option(None, "--calib", help="KITTI calib_cam_to_cam.txt, for .ply (P_rect_02)"),
+    backend: BackendOpt = "torch",
+    precision: PrecisionOpt = "fp32",
+    device: DeviceOpt = "cpu",
+    threads: ThreadsOpt = None,
+) -> None:
+    """Predict depth for images; an unreadable image is reported and skipped (exit code 1)."""
+    from rich.progress import Progress
+
+    from ..data.kitti import calib_focal
+    from ..io import check_formats, collect_inputs, read_image, write_outputs
+    from ..viz import lookup_table
+
+    files, missing = collect_inputs(inputs)
+    if calib is not None:
+        focal = calib_focal(calib)
+    formats = tuple(formats) + (("npy",) if save_npy else ())
+    check_formats(formats, focal=focal)
+    lookup_table(cmap)  # an unknown colour map fails here, before any model runs
+    predictor = build_predictor(model, weights, device, backend, precision, threads)
+    check_formats(formats, predictor.config.output_kind, focal)
+    for m in missing:
+        console.print(f"[yellow]skipped:[/yellow] {m}", highlight=False)
+    failed = len(missing)
+    if not files:
+        raise FastDPTError("no image found in the given inputs")
+    with Progress(console=console, transient=True, disable=len(files) < 2) as bar:
+        task = bar.add_task("predicting", total=len(files))
+        for path in files:
+            try:
+                image = read_image(path)
+                res = predictor.predict(image)
+                written = write_outputs(res, path.stem, outdir, formats=formats, image=image, cmap=cmap,
+                                        side_by_side=not pred_only, focal=focal)
+            except FastDPTError as e:
+                console.print(f"[yellow]skipped:[/yellow] {e}", highlight=False)
+                failed += 1
+            else:
+                for f in written:
+                    out.print(str(f), highlight=False)
+            bar.advance(task)
+    if failed:
+        console.print(f"{failed} of {len(files) + len(missing)} inputs could not be used")
+        raise typer.Exit(1)
+
+
+def _run_stream(source_factory, output, model, weights, backend, precision, device, threads, realtime,
+                pred_only, cmap, stats_path, max_frames=None):
+    from ..stream import VideoSink, run_stream, write_stats
+
+    try:
+        source = source_factory()
+        predictor = build_predictor(model, weights, device, backend, precision, threads)
+        sink = VideoSink(output, source.fps, side_by_side=not pred_only, cmap=cmap) if output else None
+        with console.status("starting") as status:
+            def live(st):
+                status.update(f"{st.frames_out} frames, {st.frames_out / max(st.wall_s, 1e-9):.1f} FPS, "
+                              f"{st.dropped} dropped")
+            stats = run_stream(source, predictor, sink, realtime=realtime, max_frames=max_frames, on_frame=live)
+    except FastDPTError as e:
+        fail(e)
+    summary = stats.summary()
+    out.print(f"{summary['frames_out']} frames out of {summary['frames_in']} in {summary['wall_s']:.1f} s: "
+              f"{summary['effective_fps']:.2f} FPS end to end, {summary['inference_fps']:.2f} inferences/s, "
+              f"{summary['dropped']} dropped; latency p50/p90/p99 {summary['latency_ms_p50']:.0f}/"
+              f"{summary['latency_ms_p90']:.0f}/{summary['latency_ms_p99']:.0f} ms"
+              + (f" -> {output}" if output else ""), highlight=False)
+    if stats_path:
+        write_stats(stats, stats_path)
+
+
+def video(
+    source: Path = typer.Argument(..., help="input video"),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="output .mp4 (side-by-side by default)"),
+    model: ModelOpt = "dpt-hybrid-midas",
+    weights: WeightsOpt = None,
+    backend: BackendOpt = "torch",
+    precision: PrecisionOpt = "fp32",
+    device: DeviceOpt = "cpu",
+    threads: ThreadsOpt = None,
+    realtime: bool = typer.Option(False, "--realtime", help="keep the source rate; drop frames when behind"),
+    pred_only: bool = typer.Option(False, "--pred-only", help="depth only instead of side by side"),
+    cmap: CmapOpt = "Spectral_r",
+    stats: StatsOpt = None,
+) -> None:
+    """Depth for every frame of a video, written as a video at the source frame rate."""
+    from ..stream import VideoSource
+
+    _run_stream(lambda: VideoSource(str(source)), output, model, weights, backend, precision, device, threads,
+                realtime, pred_only, cmap, stats)
+
+
+def camera(
+    index: int = typer.Option(0, "--index"),
+    output: Optional[Path] = typer.Option(None, "--output", "-o"),
+    model: ModelOpt = "dpt-hybrid-midas",
+    weights: WeightsOpt = None,
+    backend: BackendOpt = "torch",
+    precision: PrecisionOpt = "fp32",
+    device: DeviceOpt = "cpu",
+    threads: ThreadsOpt = None,
+    frames: Optional[int] = typer.Option(None, "--frames", help="stop after N frames"),
+    pred_only: bool = typer.Option(False, "--pred-only"),
+    cmap: CmapOpt = "Spectral_r",
+    stats: StatsOpt = None,
+) -> None:
+    """Depth from a camera, live (frames are dropped when inference is slower than the camera)."""
+    from ..stream import VideoSource
+
+    _run_stream(lambda: VideoSource(index), output, model, weights, backend, precision, device, threads, True,
+                pred_only, cmap, stats, max_frames=frames)
+
+
+def stream(
+    folder: Path = typer.Argument(..., help="a folder of frames, e.g. a KITTI drive's image_02/data"),
+    fps: float = typer.Option(10.0, "--fps", help="replay rate"),
+    output: Optional[Path] = typer.Option(None, "--output", "-o"),
+    model: ModelOpt = "dpt-hybrid-midas",
+    weights: WeightsOpt = None,
+    backend: BackendOpt = "torch",
+    precision: PrecisionOpt = "fp32",
+    device: DeviceOpt = "cpu",
+    threads: ThreadsOpt = None,
+    realtime: bool = typer.Option(False, "--realtime"),
+    pred_only: bool = typer.Option(False, "--pred-only"),
+    cmap: CmapOpt = "Spectral_r",
+    stats: StatsOpt = None,
+) -> None:
+    """Replay an image sequence at a frame rate through the online pipeline."""
+    from ..stream import ImageSequence
+
+    _run_stream(lambda: ImageSequence(folder, fps), output, model, weights, backend, precision, device, threads,
+                realtime, pred_only, cmap, stats)
+
+
+@one_line_errors
+def serve(
+    model: ModelOpt = "dpt-hybrid-midas",
+    weights: WeightsOpt = None,
+    host: str = typer.Option("127.0.0.1", "--host"),
+    port: int = typer.Option(8000, "--port"),
+    token: Optional[str] = typer.Option(None, "--token", envvar="FASTDPT_TOKEN", help="require this bearer token"),
+    max_mb: float = typer.Option(20.0, "--max-mb", help="upload size limit"),
+    backend: BackendOpt = "torch",
+    precision: PrecisionOpt = "fp32",
+    device: DeviceOpt = "cpu",
+    threads: ThreadsOpt = None,
+) -> None:
+    """Serve depth over HTTP (POST /v1/depth, GET /v1/models, /healthz, /metrics, and a web page at /)."""
+    from ..serve import serve as run_server
+
+    predictor = build_predictor(model, weights, device, backend, precision, threads)
+    run_server(predictor, host, port, token, int(max_mb * 2**20))

@@ -1,0 +1,148 @@
+"""Model commands: models, bench, weights, warm-start, export."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.table import Table
+
+from ..errors import ConfigError, FastDPTError
+from .common import (BackendOpt, DeviceOpt, PrecisionOpt, ThreadsOpt, WeightsOpt, console, one_line_errors, out,
+                     parse_size)
+
+
+@one_line_errors
+def models(
+    pattern: Optional[str] = typer.Argument(None, help="a group (official, study, study@192x640, fast) or a glob"),
+    macs: bool = typer.Option(False, "--macs", help="also count MACs at each preset's network size"),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="write the list as JSON"),
+) -> None:
+    """List presets with their canonical names and parameter counts."""
+    import json
+
+    from ..bench import config_params, count_macs
+    from ..io import atomic_write
+    from ..presets import PRESETS, list_models
+
+    rows = []
+    for name in list_models(pattern):
+        p = PRESETS[name]
+        row = {"name": name, "canonical": p.config.name, "params": config_params(p.config),
+               "output": p.config.output_kind, "weights": p.weights or "", "groups": list(p.groups)}
+        if macs:
+            row["macs"] = count_macs(p.config, p.config.input_size)
+        rows.append(row)
+    if json_out:
+        atomic_write(json_out, lambda p: p.write_text(json.dumps(rows, indent=1)))
+    table = Table(title=f"fastdpt presets ({len(rows)})")
+    for col in ("name", "canonical name", "params (M)", *(["GMACs"] if macs else []), "output", "official weights"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(r["name"] if r["name"] != r["canonical"] else "", r["canonical"], f"{r['params'] / 1e6:.2f}",
+                      *([f"{r['macs'] / 1e9:.1f}"] if macs else []), r["output"], "yes" if r["weights"] else "")
+    out.print(table)
+
+
+@one_line_errors
+def bench(
+    names: List[str] = typer.Argument(..., help="presets, canonical names or groups (e.g. study)"),
+    input_size: str = typer.Option("352x1216", "--input-size", help="frame size HxW fed to the pipeline"),
+    batch_size: int = typer.Option(1, "--batch-size"),
+    threads: ThreadsOpt = None,
+    device: DeviceOpt = "cpu",
+    precision: PrecisionOpt = "fp32",
+    backend: BackendOpt = "torch",
+    runs: int = typer.Option(10, "--runs"),
+    warmup: int = typer.Option(2, "--warmup"),
+    baseline: Optional[str] = typer.Option(None, "--baseline", help="report speed-up over this variant, measured in the same run"),
+    json_path: Optional[Path] = typer.Option(None, "--json", help="write the rows as JSON"),
+) -> None:
+    """Parameters, MACs, latency (median, p90), FPS, throughput and memory of variants."""
+    from ..bench import bench_many, write_bench_json
+
+    size = parse_size(input_size)
+    calibration = None
+    if precision == "int8":
+        from ..data.synthetic import sample_frames
+
+        calibration = sample_frames(8)
+    with console.status("benchmarking") as status:
+        def report(i, n, row):
+            status.update(f"[{i}/{n}] done {row.name}")
+            console.print(f"[{i}/{n}] {row.name}: {row.latency_ms_median:.1f} ms, {row.fps:.2f} FPS", highlight=False)
+
+        rows = bench_many(names, baseline, on_row=report, input_size=size, batch_size=batch_size, device=device,
+                          precision=precision, runs=runs, warmup=warmup, threads=threads, backend=backend,
+                          calibration=calibration)
+    table = Table(title=f"fastdpt bench: {size[0]}x{size[1]} frames, {device}, {backend} {precision}, "
+                        f"{rows[0].threads} threads")
+    for col in ("variant", "net", "params (M)", "GMACs", "latency ms (p50/p90)", "FPS", "throughput", "peak MB",
+                *(["speed-up"] if baseline else [])):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(r.name, r.net_size, f"{r.params / 1e6:.1f}", f"{r.macs / 1e9:.1f}",
+                      f"{r.latency_ms_median:.1f} / {r.latency_ms_p90:.1f}", f"{r.fps:.2f}", f"{r.throughput:.2f}",
+                      f"{r.peak_mem_mb:.0f}", *([f"{r.speedup:.2f}x"] if baseline else []))
+    out.print(table)
+    if json_path:
+        write_bench_json(rows, json_path)
+
+
+@one_line_errors
+def weights(
+    preset: Optional[str] = typer.Argument(None, help="dpt-hybrid-midas | dpt-hybrid-kitti | dpt-hybrid-nyu"),
+    hub: Optional[str] = typer.Option(None, "--hub", help="a Hugging Face repository instead, e.g. Intel/dpt-hybrid-midas"),
+    cache: Optional[Path] = typer.Option(None, "--cache", help="cache folder (default $FASTDPT_CACHE or ~/.cache/fastdpt)"),
+) -> None:
+    """Download a preset's official weights (sha256-checked), or a Hugging Face repository's, and print the path."""
+    from ..hub import hub_weights, resolve_weights
+
+    if (preset is None) == (hub is None):
+        raise ConfigError("name a preset or give --hub REPO (one of the two)")
+    with console.status(f"fetching {preset or hub}"):
+        path = resolve_weights(preset, cache=cache) if preset else hub_weights(hub, cache=cache)
+    out.print(str(path), highlight=False)
+
+
+@one_line_errors
+def warm_start(
+    model: str = typer.Argument(..., help="preset or canonical name of the variant to build"),
+    init: Path = typer.Option(..., "--init", help="weights to start from (official, HF or fastdpt)"),
+    output: Path = typer.Option(..., "--output", "-o", help="fastdpt .safetensors checkpoint to write"),
+    backbone_weights: Optional[str] = typer.Option(None, "--backbone-weights", help="timm CNN checkpoint, or 'hub'"),
+) -> None:
+    """Build a (modified) variant from existing weights, print the report, save a checkpoint."""
+    from ..api import create_model
+    from ..weights import save_checkpoint
+
+    m = create_model(model, init=init, backbone_weights=backbone_weights)
+    console.print(str(m.load_report), highlight=False)
+    out.print(str(save_checkpoint(m, output, {"init": str(init)})), highlight=False)
+
+
+@one_line_errors
+def export(
+    model: str = typer.Argument(..., help="preset, canonical name or .safetensors checkpoint"),
+    weights: WeightsOpt = None,
+    fmt: str = typer.Option("onnx", "--format", help="onnx"),
+    int8: bool = typer.Option(False, "--int8", help="also write <stem>-int8.onnx (static int8, calibrated on synthetic driving frames)"),
+    output: Path = typer.Option(..., "--output", "-o", help="the .onnx file to write"),
+    input_size: Optional[str] = typer.Option(None, "--input-size", help="network input HxW (default: the variant's)"),
+    untrained: bool = typer.Option(False, "--untrained", help="export random weights (speed tests only)"),
+) -> None:
+    """Export to ONNX with the variant's name in the metadata; check it against PyTorch."""
+    from .. import api
+    from ..workflows import export_and_verify
+
+    if fmt != "onnx":
+        raise FastDPTError(f"unknown export format {fmt!r}; only onnx is supported")
+    m = api.create_model(model) if untrained else api.load(model, weights)
+    with console.status("exporting"):
+        rep = export_and_verify(m, output, parse_size(input_size) if input_size else None, int8=int8)
+    out.print(f"{rep.path}: max abs error {rep.max_abs:.3g}, max rel error {rep.max_rel:.3g} "
+              f"({rep.inputs} random and synthetic-scene inputs)", highlight=False)
+    if rep.int8_path:
+        out.print(f"{rep.int8_path}: int8 vs PyTorch fp32: max abs error {rep.int8_max_abs:.3g}, "
+                  f"max rel error {rep.int8_max_rel:.3g}", highlight=False)

@@ -1,0 +1,185 @@
+"""Backends: torch eager, torch.compile, ONNX Runtime (fp32 / int8), sharing one per-shape cache."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import threading
+import weakref
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Callable, Hashable
+
+import numpy as np
+import torch
+
+from ..config import ModelConfig
+from ..errors import ConfigError, FastDPTError
+
+BACKENDS = ("torch", "compile", "onnxruntime")
+PRECISIONS = ("fp32", "fp16", "bf16", "int8")
+
+# calibration for int8: network size (h, w) -> normalised inputs (1, 3, h, w) at that size
+Calibration = Callable[[tuple[int, int]], list[torch.Tensor]]
+
+
+class Backend:
+    """Base: ``__call__(x)`` runs the runner cached for ``key(x.shape)``, building it on first use.
+
+    The cache is shared by every thread that calls the backend (building is serialised by a lock).
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self._runners: dict[Hashable, Callable[[torch.Tensor], torch.Tensor]] = {}
+        self._lock = threading.Lock()
+
+    def key(self, shape: torch.Size) -> Hashable:
+        return tuple(shape)
+
+    def build(self, shape: torch.Size) -> Callable[[torch.Tensor], torch.Tensor]:
+        raise NotImplementedError
+
+    def runner(self, shape: torch.Size) -> Callable[[torch.Tensor], torch.Tensor]:
+        k = self.key(shape)
+        with self._lock:
+            if k not in self._runners:
+                self._runners[k] = self.build(shape)
+            return self._runners[k]
+
+    @property
+    def cached_shapes(self) -> list:
+        return list(self._runners)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.runner(x.shape)(x)
+
+    def close(self) -> None:
+        self._runners.clear()
+
+
+class TorchBackend(Backend):
+    """Eager PyTorch (one runner for every shape), or ``torch.compile`` (one compiled graph per
+    input shape); fp16/bf16 through autocast on GPUs."""
+
+    def __init__(self, model: torch.nn.Module, device: torch.device, precision: str = "fp32", compile: bool = False):
+        super().__init__(device)
+        if precision == "int8":
+            raise ConfigError("int8 runs through ONNX Runtime: use --backend onnxruntime --precision int8")
+        if precision in ("fp16", "bf16") and device.type == "cpu":
+            raise ConfigError(f"{precision} on this CPU is far slower than fp32 (no native support); use fp32")
+        self.model = model.to(device).eval()
+        self.compile = compile
+        self.dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision)
+
+    def key(self, shape: torch.Size) -> Hashable:
+        return tuple(shape) if self.compile else None
+
+    def build(self, shape: torch.Size):
+        fn = torch.compile(self.model, dynamic=False) if self.compile else self.model
+        device_type, dtype = self.device.type, self.dtype
+
+        def run(x: torch.Tensor) -> torch.Tensor:
+            amp = torch.autocast(device_type, dtype=dtype) if dtype else nullcontext()
+            with torch.inference_mode(), amp:
+                return fn(x.to(self.device)).float()
+
+        return run
+
+
+class OrtBackend(Backend):
+    """ONNX Runtime sessions: over an exported file (its fixed input size), or exported from a torch
+    model per network input size into a private temporary folder that is removed with the backend.
+
+    int8 needs ``calibration`` (static QDQ quantisation calibrated on representative inputs)."""
+
+    def __init__(self, model: torch.nn.Module | None, device: torch.device, precision: str = "fp32",
+                 onnx_path: str | os.PathLike | None = None, threads: int | None = None,
+                 calibration: Calibration | None = None):
+        super().__init__(device)
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise FastDPTError("the onnxruntime backend needs `pip install -e '.[onnx]'`") from None
+        if precision in ("fp16", "bf16"):
+            raise ConfigError("the onnxruntime backend runs fp32 or int8 (quantised) models")
+        if precision == "int8" and onnx_path is None and calibration is None:
+            raise ConfigError("int8 export needs calibration inputs (representative frames); pass calibration=")
+        self.ort = ort
+        self.model = model
+        self.precision = precision
+        self.threads = threads
+        self.calibration = calibration
+        self._tmp: str | None = None
+        self.fixed_size: tuple[int, int] | None = None
+        if onnx_path is not None:
+            sess = self._session(Path(onnx_path))
+            shape = sess.get_inputs()[0].shape
+            self.fixed_size = (int(shape[2]), int(shape[3]))
+            self._runners[self.fixed_size] = self._run_fn(sess)
+
+    def key(self, shape: torch.Size) -> Hashable:
+        return tuple(int(s) for s in shape[-2:])
+
+    def _providers(self) -> list[str]:
+        available = self.ort.get_available_providers()
+        if self.device.type == "cuda":
+            return [p for p in ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+                    if p in available]
+        return ["CPUExecutionProvider"]
+
+    def _session(self, path: Path):
+        opts = self.ort.SessionOptions()
+        if self.threads:
+            opts.intra_op_num_threads = self.threads
+        opts.graph_optimization_level = self.ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        return self.ort.InferenceSession(str(path), opts, providers=self._providers())
+
+    def _workdir(self) -> Path:
+        if self._tmp is None:
+            self._tmp = tempfile.mkdtemp(prefix="fastdpt-onnx-")
+            weakref.finalize(self, shutil.rmtree, self._tmp, True)
+        return Path(self._tmp)
+
+    def build(self, shape: torch.Size):
+        from .export import export_onnx
+        from .quantize import quantize_int8
+
+        size = self.key(shape)
+        if self.model is None:
+            raise ConfigError(f"this ONNX model takes {self.fixed_size[0]}x{self.fixed_size[1]} input, not {size[0]}x{size[1]}")
+        cfg: ModelConfig = self.model.config
+        path = export_onnx(self.model, self._workdir() / f"{cfg.name}-{size[0]}x{size[1]}.onnx", size)
+        if self.precision == "int8":
+            calib = [x.detach().cpu().numpy() for x in self.calibration(size)]
+            path = quantize_int8(path, path.with_name(path.stem + "-int8.onnx"), calibration=calib)
+        return self._run_fn(self._session(path))
+
+    def _run_fn(self, sess):
+        name = sess.get_inputs()[0].name
+        device = self.device
+
+        def run(x: torch.Tensor) -> torch.Tensor:
+            xs = x.detach().cpu().numpy().astype(np.float32)
+            outs = [sess.run(None, {name: xs[i:i + 1]})[0] for i in range(len(xs))]  # graphs take batch 1
+            return torch.from_numpy(np.concatenate(outs)).to(device)
+
+        return run
+
+    def close(self) -> None:
+        super().close()
+        if self._tmp is not None:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+            self._tmp = None
+
+
+def make_backend(backend: str, model: torch.nn.Module, device: torch.device, precision: str = "fp32",
+                 threads: int | None = None, calibration: Calibration | None = None) -> Backend:
+    if backend not in BACKENDS:
+        raise ConfigError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if precision not in PRECISIONS:
+        raise ConfigError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if backend == "onnxruntime":
+        return OrtBackend(model, device, precision, threads=threads, calibration=calibration)
+    return TorchBackend(model, device, precision, compile=backend == "compile")

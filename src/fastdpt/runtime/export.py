@@ -1,0 +1,83 @@
+"""ONNX export with the variant's canonical name in the metadata, reading it back, and checking an
+export against PyTorch."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..config import CONFIG_KEY, ModelConfig
+from ..errors import ExportError, WeightsError
+
+INPUT_SIZE_KEY = "fastdpt.input_size"
+
+
+def export_onnx(model: torch.nn.Module, path: str | os.PathLike, size: tuple[int, int] | None = None,
+                opset: int = 17) -> Path:
+    """Export a model for a fixed network input size (default: its config's) to ONNX, batch 1, with
+    the canonical name in the metadata. Written through a temporary file; the model is not moved."""
+    import onnx
+
+    cfg: ModelConfig = model.config
+    size = tuple(size or cfg.input_size)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    x = torch.zeros(1, 3, *size, device=device)
+    tmp = path.with_name(f".{path.name}.part")
+    try:
+        with torch.inference_mode(False), torch.no_grad():
+            torch.onnx.export(model, (x,), str(tmp), input_names=["image"], output_names=["depth"],
+                              opset_version=opset, dynamo=False)
+        proto = onnx.load(str(tmp))
+        for key, value in {CONFIG_KEY: cfg.name, INPUT_SIZE_KEY: f"{size[0]}x{size[1]}"}.items():
+            entry = proto.metadata_props.add()
+            entry.key, entry.value = key, value
+        onnx.save(proto, str(tmp))
+        os.replace(tmp, path)
+    except OSError as e:
+        raise ExportError(f"cannot write {path}: {e}") from None
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+        model.train(was_training)
+    return path
+
+
+def onnx_metadata(path: str | os.PathLike) -> dict[str, str]:
+    import onnx
+
+    try:
+        return {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+    except Exception as e:  # noqa: BLE001 - onnx raises DecodeError and others
+        raise WeightsError(f"cannot read ONNX model {path}: {e}") from None
+
+
+def onnx_config(path: str | os.PathLike) -> ModelConfig:
+    """The variant an exported ONNX file was made from (its metadata)."""
+    meta = onnx_metadata(path)
+    if CONFIG_KEY not in meta:
+        raise WeightsError(f"{path} has no {CONFIG_KEY} metadata: export it with `fastdpt export`")
+    return ModelConfig.from_name(meta[CONFIG_KEY])
+
+
+def compare(model: torch.nn.Module, onnx_path: str | os.PathLike, inputs: list[torch.Tensor]) -> dict:
+    """Max absolute and relative error of the ONNX model against PyTorch on the given inputs."""
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    device = next(model.parameters()).device
+    worst_abs, worst_rel = 0.0, 0.0
+    for x in inputs:
+        with torch.no_grad():
+            ref = model(x.to(device)).cpu().numpy()
+        out = sess.run(None, {sess.get_inputs()[0].name: x.cpu().numpy()})[0]
+        err = np.abs(out - ref)
+        worst_abs = max(worst_abs, float(err.max()))
+        worst_rel = max(worst_rel, float(err.max() / max(np.abs(ref).max(), 1e-12)))
+    return {"max_abs": worst_abs, "max_rel": worst_rel}

@@ -1,0 +1,109 @@
+"""Options of a training run. Defaults are the reference study's recipe (REFERENCE.md section 4).
+
+Each field's metadata carries its command-line help; ``fastdpt train`` derives its options from
+these fields, so the command line and the library cannot drift apart.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+
+from ..data.kitti import DataPaths
+from ..errors import ConfigError
+from ..evaluation.metrics import METRIC_KEYS, Protocol
+
+
+def _opt(help: str, default=None, flags: tuple[str, ...] | None = None, required: bool = False):
+    """A field with its command-line help, flags (default ``--field-name``) and whether it is required."""
+    meta = {"help": help, "required": required}
+    if flags:
+        meta["flags"] = flags
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run needs; stored as ``train_config.json`` in the run folder."""
+
+    model: str = _opt("variant to train: preset or canonical name (a metric head for silog)", flags=("--model", "-m"), required=True)
+    out: str = _opt("run folder", flags=("--out",), required=True)
+    data_root: str | None = _opt("KITTI-format root with raw/, data_depth_annotated/, splits/ (e.g. from `data synth`)")
+    raw_root: str | None = _opt("KITTI raw root (default <data-root>/raw)")
+    gt_root: str | None = _opt("annotated depth root (default <data-root>/data_depth_annotated)")
+    train_split: str | None = _opt("training split list (default <data-root>/splits/train_files_with_gt.txt)")
+    val_split: str | None = _opt("validation split list (default <data-root>/splits/val_files_with_gt.txt)")
+    init: str | None = _opt("warm-start weights (official, Hugging Face or fastdpt)")
+    backbone_weights: str | None = _opt("timm ImageNet weights for new CNN tensors, or 'hub'")
+    epochs: int = _opt("epochs", 20)
+    max_steps: int = _opt("stop after this many optimiser steps (-1: no limit)", -1)
+    batch_size: int = _opt("batch size", 1)
+    accumulate: int = _opt("gradient accumulation (batches per optimiser step)", 1)
+    lr: float = _opt("AdamW learning rate", 1e-5)
+    betas: tuple[float, float] = _opt("AdamW betas", (0.9, 0.999))
+    eps: float = _opt("AdamW eps", 1e-8)
+    weight_decay: float = _opt("AdamW weight decay", 0.01)
+    clip_value: float | None = _opt("clip gradients by value (0 or none: off)", 0.5)
+    loss: str = _opt("silog (metric heads) | ssi (scale-and-shift-invariant + gradient, any head)", "silog")
+    silog_lambda: float = _opt("lambda of the SILog loss", 0.5)
+    dense_gt: bool = _opt("train on dense depth maps (synthetic data's dense/) instead of sparse annotations",
+                          False, flags=("--dense-gt/--sparse-gt",))
+    precision: str = _opt("fp32 | fp16 | bf16 (mixed precision, GPU only)", "fp32")
+    workers: int = _opt("data loader processes", 2)
+    seed: int = _opt("random seed (recorded in the run)", 0)
+    monitor: str = _opt(f"validation metric that picks best.safetensors ({', '.join(METRIC_KEYS)})", "abs_rel")
+    kb_crop: bool = _opt("KB crop (352x1216) for training and validation", True, flags=("--kb-crop/--no-kb-crop",))
+    eval_crop: str | None = _opt("validation crop on the GT: garg | eigen | none", "garg")
+    hflip: float = _opt("horizontal flip probability", 0.5)
+    random_crop: tuple[int, int] | None = _opt("random crop HxW")
+    rotate_deg: float = _opt("max random rotation, degrees", 0.0, flags=("--rotate",))
+    color: bool = _opt("colour jitter", False, flags=("--color-jitter",))
+    limit_train_batches: float = _opt("fraction (<= 1) or number (> 1) of training batches an epoch", 1.0)
+    limit_val_batches: float = _opt("fraction (<= 1) or number (> 1) of validation batches", 1.0)
+    checkpoint_every: int = _opt("also save the resume state every N optimiser steps (0: epoch ends only)", 0)
+    max_time_s: float | None = _opt("stop after this much training time, seconds", None)
+    tracking_uri: str | None = _opt("MLflow tracking URI (default: SQLite in the run folder)")
+    accelerator: str = _opt("Lightning accelerator: auto | cpu | gpu", "auto")
+    devices: str = _opt("Lightning devices: auto, a count, or a list", "auto")
+    progress: bool = _opt("show a progress bar", True, flags=("--progress/--no-progress",))
+
+    def __post_init__(self) -> None:
+        if not self.model or not self.out:
+            raise ConfigError("a training run needs a model (--model) and a run folder (--out)")
+        if self.betas is not None:
+            self.betas = tuple(float(b) for b in self.betas)
+        if self.random_crop is not None:
+            self.random_crop = tuple(int(v) for v in self.random_crop)
+        if self.eval_crop == "none":
+            self.eval_crop = None
+        if self.monitor not in METRIC_KEYS:
+            raise ConfigError(f"--monitor must be one of {', '.join(METRIC_KEYS)}, got {self.monitor!r}")
+        if self.precision not in ("fp32", "fp16", "bf16"):
+            raise ConfigError(f"--precision must be fp32, fp16 or bf16, got {self.precision!r}")
+        for name in ("epochs", "batch_size", "accumulate"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if not self.lr > 0:
+            raise ConfigError(f"--lr must be positive, got {self.lr}")
+        if self.clip_value is not None and self.clip_value <= 0:
+            self.clip_value = None
+        Protocol(self.eval_crop, self.kb_crop)  # validates the crop
+
+    @property
+    def protocol(self) -> Protocol:
+        """The evaluation protocol of validation (and of `fastdpt eval` for the same numbers)."""
+        return Protocol(crop=self.eval_crop, kb_crop=self.kb_crop)
+
+    def paths(self) -> DataPaths:
+        return DataPaths.resolve(self.data_root, self.raw_root, self.gt_root, train_split=self.train_split,
+                                 val_split=self.val_split)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"unknown training options {unknown}")
+        return cls(**data)

@@ -1,0 +1,102 @@
+"""The LightningModule: a DPT variant, an injected loss, AdamW, and validation by the evaluation
+protocol itself (the same per-frame step as ``fastdpt eval``)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Callable
+
+import lightning as L
+import torch
+
+from ..errors import NonFiniteLossError
+from ..evaluation.metrics import METRIC_KEYS, MetricAverager, Protocol
+from ..evaluation.protocol import predict_and_score
+from ..losses import make_loss
+from ..models import DPT
+from ..presets import get_config
+from ..transforms import Transforms
+
+
+class DepthModule(L.LightningModule):
+    """Trains one variant.
+
+    Args:
+        model: preset or canonical name of the variant.
+        loss: ``silog`` | ``ssi``, or any callable ``(pred, gt, mask) -> loss`` (module-level, so the
+            module stays picklable for DDP spawn and Ray workers).
+        loss_options: keyword arguments of a named loss (e.g. ``{"lam": 0.5}``).
+        lr, betas, eps, weight_decay: AdamW.
+        protocol: how validation frames are scored (:class:`~fastdpt.evaluation.Protocol`, or its fields).
+
+    The forward path is :class:`~fastdpt.transforms.Transforms` (resize in, normalise) -> DPT ->
+    resize back to the ground truth's size: the Predictor's path. Validation logs ``val/<metric>``
+    once an epoch, averaged over frames as ``fastdpt eval`` averages them.
+    """
+
+    def __init__(self, model: str, loss: str | Callable = "silog", loss_options: dict | None = None,
+                 lr: float = 1e-5, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 0.01, protocol: Protocol | dict | None = None) -> None:
+        super().__init__()
+        # hyperparameters hold plain values only, so resume.ckpt loads with weights_only=True
+        protocol = asdict(protocol) if isinstance(protocol, Protocol) else dict(protocol or asdict(Protocol()))
+        self.save_hyperparameters(ignore=["loss"] if callable(loss) else None)
+        self.config = get_config(model)
+        self.model = DPT(self.config)
+        self.loss_fn = make_loss(loss, self.config.output_kind, **(loss_options or {})) if isinstance(loss, str) else loss
+        self.protocol = Protocol(**protocol)
+        self._val = MetricAverager()
+        self._transforms: Transforms | None = None
+        self.val_metrics: dict[str, float] = {}
+
+    def transforms(self) -> Transforms:
+        """The variant's transforms on the module's current device (built once per device)."""
+        if self._transforms is None or self._transforms.device != self.device:
+            self._transforms = Transforms(self.config, self.device)
+        return self._transforms
+
+    def depth(self, images: torch.Tensor, size: tuple[int, int] | None = None) -> torch.Tensor:
+        """(B, 3, H, W) images in [0, 1] -> depth (B, H', W') at ``size`` (default H x W)."""
+        t = self.transforms()
+        return t.postprocess(self.model(t.preprocess(images)), size or tuple(images.shape[-2:]))
+
+    def training_step(self, batch, batch_idx):
+        pred = self.depth(batch["image"], tuple(batch["depth"].shape[-2:]))
+        loss = self.loss_fn(pred, batch["depth"], batch["mask"])
+        if not torch.isfinite(loss):
+            raise NonFiniteLossError(
+                f"the loss became {loss.item()} at epoch {self.current_epoch}, step {self.global_step}; "
+                "training stopped (the last good checkpoint is kept)")
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(pred))
+        return loss
+
+    # -- validation: the evaluation protocol, frame by frame --------------------------------------
+    def on_validation_epoch_start(self) -> None:
+        self._val = MetricAverager()
+
+    def validation_step(self, batch, batch_idx):
+        t = self.transforms()
+
+        def depth_fn(image):
+            return t(self.model, image)[0].cpu().numpy()
+
+        for image, gt in zip(batch["image"], batch["depth"]):
+            frame = image.permute(1, 2, 0).cpu().numpy()  # H x W x 3 float in [0, 1], as eval reads it
+            _, metrics = predict_and_score(depth_fn, frame, gt.cpu().numpy(), self.protocol)
+            self._val.add(metrics)
+
+    def on_validation_epoch_end(self) -> None:
+        sums = torch.tensor([self._val.sums[k] for k in METRIC_KEYS] + [self._val.count], dtype=torch.float64,
+                            device=self.device)
+        if self.trainer.world_size > 1:
+            sums = self.trainer.strategy.reduce(sums, reduce_op="sum")
+        count = int(sums[-1].item())
+        self.val_metrics = {k: (float(sums[i]) / count if count else float("nan")) for i, k in enumerate(METRIC_KEYS)}
+        self.val_metrics["images"] = count
+        for k in METRIC_KEYS:
+            self.log(f"val/{k}", self.val_metrics[k], prog_bar=k == "abs_rel", sync_dist=False)
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        return torch.optim.AdamW(self.parameters(), lr=hp.lr, betas=tuple(hp.betas), eps=hp.eps,
+                                 weight_decay=hp.weight_decay)

@@ -1,0 +1,156 @@
+"""``train``: one run, from a :class:`TrainConfig` to checkpoints, metrics and an MLflow record.
+
+Run folder (``out``)::
+
+    last.safetensors, best.safetensors   fastdpt checkpoints (variant name in the metadata; best also
+                                         carries its validation metrics)
+    resume.ckpt                          full training state (weights, optimiser, loops, RNG), for resume
+    mlflow.db, mlartifacts/              MLflow tracking store (unless tracking_uri is given)
+    train_config.json                    the options of the run (seed included)
+    result.json                          what train() returned
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import TrainingError
+from ..presets import get_config
+from .config import TrainConfig
+
+
+def _lightning():
+    try:
+        import lightning as L
+    except ImportError:
+        raise TrainingError("training needs Lightning: pip install -e '.[train]'") from None
+    return L
+
+
+def build(cfg: TrainConfig):
+    """The run's LightningModule and LightningDataModule (not yet trained)."""
+    from ..data.augment import Augment
+    from .datamodule import KittiDataModule
+    from .module import DepthModule
+
+    options = {"lam": cfg.silog_lambda} if cfg.loss == "silog" else {}
+    module = DepthModule(cfg.model, loss=cfg.loss, loss_options=options, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps,
+                         weight_decay=cfg.weight_decay, protocol=cfg.protocol)
+    paths = cfg.paths()
+    dense = None
+    if cfg.dense_gt:
+        dense = str(Path(cfg.data_root) / "dense") if cfg.data_root else None
+        if dense is None or not Path(dense).is_dir():
+            raise TrainingError("--dense-gt needs --data-root with a dense/ folder (as `fastdpt data synth` writes)")
+    aug = Augment(hflip=cfg.hflip, kb_crop=cfg.kb_crop, random_crop=cfg.random_crop, rotate_deg=cfg.rotate_deg,
+                  color=cfg.color)
+    data = KittiDataModule(paths, aug, cfg.batch_size, cfg.workers, dense_root=dense)
+    return module, data
+
+
+def default_logger(cfg: TrainConfig, run: Path):
+    """MLflow: SQLite in the run folder, or ``cfg.tracking_uri``."""
+    from lightning.pytorch.loggers import MLFlowLogger
+
+    uri = cfg.tracking_uri or f"sqlite:///{(run / 'mlflow.db').resolve()}"
+    return MLFlowLogger(experiment_name="fastdpt", run_name=f"{get_config(cfg.model).name}-seed{cfg.seed}",
+                        tracking_uri=uri, artifact_location=(run / "mlartifacts").resolve().as_uri()
+                        if cfg.tracking_uri is None else None)
+
+
+def _count(limit: float):
+    return int(limit) if limit > 1 else limit
+
+
+def train(cfg: TrainConfig, resume: bool = False, callbacks: list | None = None, logger=None) -> dict:
+    """Train (or resume) a run.
+
+    Args:
+        cfg: the run's options.
+        resume: continue the run in ``cfg.out`` from its ``resume.ckpt``.
+        callbacks: extra Lightning callbacks (e.g. progress reporting, Ray Tune reporting).
+        logger: a Lightning logger; ``None``: MLflow in the run folder (or ``cfg.tracking_uri``);
+            ``False``: none.
+
+    Returns a dict: ``metrics`` (the last logged values), ``best_metrics`` and ``best_epoch`` (the
+    validation metrics that chose ``best.safetensors``), ``last``, ``best``, ``epochs``,
+    ``global_step``, ``run``.
+    """
+    L = _lightning()
+    from .callbacks import SaveCheckpoints
+
+    run = Path(cfg.out)
+    resume_path = run / "resume.ckpt"
+    if resume and not resume_path.is_file():
+        raise TrainingError(f"nothing to resume: {resume_path} does not exist")
+    if not resume and resume_path.is_file():
+        raise TrainingError(f"{run} already holds a run; pass --resume to continue it or choose another --out")
+    if cfg.precision != "fp32" and not torch.cuda.is_available():
+        raise TrainingError(f"--precision {cfg.precision} is for GPUs; on this machine use fp32")
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    module, data = build(cfg)
+    data.setup("fit")
+    run.mkdir(parents=True, exist_ok=True)
+    if cfg.init and not resume:
+        from ..weights import warm_start
+
+        report = warm_start(module.model, cfg.init, cfg.backbone_weights)
+        print(f"warm start from {cfg.init}:\n{report}")
+    (run / "train_config.json").write_text(json.dumps(cfg.as_dict(), indent=1, default=str))
+    if torch.cuda.is_available():
+        torch.backends.cudnn.benchmark = True
+    precision = {"fp32": "32-true", "fp16": "16-mixed", "bf16": "bf16-mixed"}[cfg.precision]
+    if logger is None:
+        logger = default_logger(cfg, run)
+    saver = SaveCheckpoints(run, cfg.monitor, cfg.checkpoint_every)
+    trainer = L.Trainer(
+        max_epochs=cfg.epochs, max_steps=cfg.max_steps, accumulate_grad_batches=cfg.accumulate,
+        gradient_clip_val=cfg.clip_value, gradient_clip_algorithm="value" if cfg.clip_value else None,
+        precision=precision, callbacks=[saver, *(callbacks or [])], logger=logger,
+        enable_checkpointing=False, enable_progress_bar=cfg.progress, enable_model_summary=False,
+        limit_train_batches=_count(cfg.limit_train_batches), limit_val_batches=_count(cfg.limit_val_batches),
+        num_sanity_val_steps=0, log_every_n_steps=1, accelerator=cfg.accelerator, devices=cfg.devices,
+        default_root_dir=str(run), deterministic=False,
+        max_time={"seconds": cfg.max_time_s} if cfg.max_time_s else None,
+    )
+    if logger and not resume:
+        logger.log_hyperparams({**cfg.as_dict(), "canonical_name": get_config(cfg.model).name})
+    trainer.fit(module, datamodule=data, ckpt_path=str(resume_path) if resume else None, weights_only=True)
+    result = {"metrics": {k: float(v) for k, v in trainer.callback_metrics.items()},
+              "best_metrics": saver.best_metrics, "best_epoch": saver.best_epoch,
+              "last": str(run / "last.safetensors"), "best": str(run / "best.safetensors"),
+              "epochs": trainer.current_epoch, "global_step": trainer.global_step, "run": str(run)}
+    if trainer.is_global_zero:
+        if logger:
+            _log_artifacts(logger, run, module, data.val_ds)
+        (run / "result.json").write_text(json.dumps(result, indent=1))
+    return result
+
+
+def _log_artifacts(logger, run: Path, module, val_ds) -> None:
+    """Checkpoints and a few validation predictions (colour maps) as MLflow artefacts."""
+    from PIL import Image
+
+    from ..viz import colorize
+
+    exp, run_id = getattr(logger, "experiment", None), getattr(logger, "run_id", None)
+    if exp is None or run_id is None or not hasattr(exp, "log_artifact"):
+        return
+    for name in ("last.safetensors", "best.safetensors"):
+        if (run / name).is_file():
+            exp.log_artifact(run_id, str(run / name), "checkpoints")
+    preview = run / "previews"
+    preview.mkdir(exist_ok=True)
+    module.eval()
+    with torch.no_grad():
+        for i in range(min(3, len(val_ds))):
+            item = val_ds[i]
+            pred = module.depth(item["image"][None].to(module.device))[0].cpu().numpy()
+            rgb = (item["image"].permute(1, 2, 0).numpy() * 255).astype(np.uint8)
+            Image.fromarray(np.concatenate([rgb, colorize(pred, module.config.output_kind)], 0)).save(
+                preview / f"{item['frame_id']}.png")
+    exp.log_artifacts(run_id, str(preview), "predictions")

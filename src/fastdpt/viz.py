@@ -1,0 +1,64 @@
+"""Colour maps for depth: a 256-entry lookup table per map, applied with NumPy (or on any torch
+device with the same table and index rule), so every path colours a depth map identically.
+
+Near is warm/bright: metric depth is shown as 1 / depth, relative inverse depth as it is, both
+min-max normalised over the frame's finite values.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import cv2
+import numpy as np
+
+from .errors import ImageError
+
+CMAPS_CV2 = {"inferno": cv2.COLORMAP_INFERNO, "magma": cv2.COLORMAP_MAGMA, "turbo": cv2.COLORMAP_TURBO,
+             "viridis": cv2.COLORMAP_VIRIDIS}
+CMAPS = ("Spectral_r", "gray", *CMAPS_CV2)
+
+
+@lru_cache(maxsize=None)
+def lookup_table(cmap: str) -> np.ndarray:
+    """(256, 3) uint8 RGB table of a colour map (``gray``, OpenCV's maps, or any matplotlib map)."""
+    if cmap == "gray":
+        return np.repeat(np.arange(256, dtype=np.uint8)[:, None], 3, axis=1)
+    if cmap in CMAPS_CV2:
+        return cv2.applyColorMap(np.arange(256, dtype=np.uint8)[:, None], CMAPS_CV2[cmap])[:, 0, ::-1].copy()
+    try:
+        from matplotlib import colormaps
+    except ImportError:
+        raise ImageError(f"colour map {cmap!r} needs matplotlib; built in: gray, {', '.join(CMAPS_CV2)}") from None
+    if cmap not in colormaps:
+        raise ImageError(f"unknown colour map {cmap!r}; choose one of {', '.join(CMAPS)} or a matplotlib map")
+    return (colormaps[cmap].resampled(256)(np.arange(256))[:, :3] * 255).astype(np.uint8)
+
+
+def index_scale(cmap: str) -> int:
+    """Table index = floor(norm * scale), clipped to 255: 256 for matplotlib's maps (its own
+    rule), 255 for gray and OpenCV's maps (quantised to uint8 first)."""
+    return 255 if cmap == "gray" or cmap in CMAPS_CV2 else 256
+
+
+def normalized(depth: np.ndarray, kind: str) -> np.ndarray:
+    """Depth -> [0, 1], near = 1 (metric depth as 1 / depth; non-finite values -> 0)."""
+    d = np.asarray(depth, dtype=np.float64)
+    if kind == "metric":
+        d = 1.0 / np.maximum(d, 1e-3)
+    finite = np.isfinite(d)
+    lo, hi = (d[finite].min(), d[finite].max()) if finite.any() else (0.0, 1.0)
+    norm = np.zeros_like(d) if hi - lo < 1e-12 else (d - lo) / (hi - lo)
+    return np.clip(np.nan_to_num(norm), 0, 1)
+
+
+def colorize(depth: np.ndarray, kind: str, cmap: str = "Spectral_r") -> np.ndarray:
+    """H x W x 3 uint8 RGB visualisation of a depth map (``kind``: ``metric`` or ``relative``)."""
+    lut = lookup_table(cmap)
+    idx = np.minimum((normalized(depth, kind) * index_scale(cmap)).astype(np.int64), 255)
+    return lut[idx]
+
+
+def beside(image: np.ndarray, vis: np.ndarray) -> np.ndarray:
+    """The input frame and its colour map next to each other (same height)."""
+    return np.concatenate([np.asarray(image, np.uint8), vis], axis=1)
