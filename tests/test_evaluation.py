@@ -93,3 +93,18 @@ def test_averager_is_mean_over_images():
     avg.add(a), avg.add(b), avg.add(None)
     assert avg.count == 2 and avg.result()["abs_rel"] == pytest.approx((0 + 1) / 2)
     assert math.isnan(MetricAverager().result()["rmse"])
+
+
+def test_alignment_recovers_depth_from_affine_inverse_depth():
+    """The relative-model protocol: a prediction that is any positive affine map of 1/GT scores perfectly."""
+    rng = np.random.default_rng(0)
+    gt = np.zeros((40, 60), np.float32)
+    mask = rng.random(gt.shape) < 0.3
+    gt[mask] = rng.uniform(2, 70, mask.sum())
+    dense = rng.uniform(2, 70, gt.shape).astype(np.float32)
+    dense[mask] = gt[mask]
+    pred_inv = 3.7 / dense + 0.25  # relative inverse depth, unknown scale and shift
+    m = score_image(pred_inv, gt, crop=None, align=True)
+    assert m["abs_rel"] < 1e-5 and m["d1"] == 1.0
+    unaligned = score_image(pred_inv, gt, crop=None)
+    assert unaligned["abs_rel"] > 0.5

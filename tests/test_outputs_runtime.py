@@ -1,4 +1,5 @@
 import threading
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -156,3 +157,29 @@ def test_backend_errors():
         Predictor(fastdpt.create_model(TINY), backend="tensorrt")
     with pytest.raises(fastdpt.FastDPTError, match="far slower"):
         Predictor(fastdpt.create_model(TINY), precision="bf16")
+
+
+def test_onnx_exports_live_in_a_private_folder_removed_with_the_predictor():
+    pytest.importorskip("onnxruntime")
+    import gc
+
+    pred = Predictor(fastdpt.create_model(METRIC).eval(), backend="onnxruntime")
+    image = np.random.default_rng(0).integers(0, 256, (50, 80, 3), dtype=np.uint8)
+    pred.predict(image)
+    pred.predict(image)  # the same network size: the cached session, no second export
+    folder = pred.backend._tmp
+    assert folder and len(list(Path(folder).glob("*.onnx"))) == 1 and pred.backend.cached_shapes == [(64, 96)]
+    pred.close()
+    assert not Path(folder).exists()
+    pred = Predictor(fastdpt.create_model(METRIC).eval(), backend="onnxruntime")
+    pred.predict(image)
+    folder = pred.backend._tmp
+    del pred
+    gc.collect()
+    assert not Path(folder).exists()  # also when the predictor is simply dropped
+
+
+def test_int8_without_calibration_is_a_clear_error():
+    pytest.importorskip("onnxruntime")
+    with pytest.raises(fastdpt.FastDPTError, match="calibration"):
+        Predictor(fastdpt.create_model(METRIC), backend="onnxruntime", precision="int8")

@@ -153,3 +153,13 @@ def test_config_params_equals_a_real_build(name):
     from fastdpt.bench import config_params
 
     assert config_params(get_config(name)) == sum(p.numel() for p in fastdpt.create_model(name).parameters())
+
+
+def test_bench_variant_leaves_no_process_wide_changes():
+    from fastdpt.bench import bench_variant
+
+    torch.set_num_threads(2)
+    cudnn = torch.backends.cudnn.benchmark
+    row = bench_variant(TINY.name, (64, 96), runs=1, warmup=0, threads=1)
+    assert row.threads == 1
+    assert torch.get_num_threads() == 2 and torch.backends.cudnn.benchmark == cudnn

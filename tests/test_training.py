@@ -70,6 +70,54 @@ def test_short_training_beats_best_constant(data, tmp_path):
     assert "checkpoints/best.safetensors" in arts
 
 
+def test_validation_metrics_equal_fastdpt_eval(data, tmp_path):
+    """The numbers that chose best.safetensors are the numbers `fastdpt eval` reports on it, over the
+    same frames with the same protocol (Garg crop, no KB crop: the defaults of both for these frames)."""
+    from typer.testing import CliRunner
+
+    from fastdpt.cli import app
+    from fastdpt.evaluation import METRIC_KEYS
+
+    run = tmp_path / "run"
+    res = train(_cfg(data, run, epochs=3, limit_train_batches=5))
+    best = res["best_metrics"]
+    assert res["best_epoch"] in (0, 1, 2) and best["images"] == 20
+    out = tmp_path / "eval.json"
+    r = CliRunner().invoke(app, ["eval", "--weights", str(run / "best.safetensors"), "--data-root", str(data),
+                                 "--split-file", str(data / "splits" / "val_files_with_gt.txt"), "--json", str(out)])
+    assert r.exit_code == 0, r.output
+    ev = json.loads(out.read_text())
+    assert ev["images"] == best["images"]
+    for k in METRIC_KEYS:
+        assert ev[k] == pytest.approx(best[k], rel=1e-6, abs=1e-9), k
+    # and what MLflow logged for that epoch (Lightning logs float32)
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{run / 'mlflow.db'}")
+    (mrun,) = client.search_runs([client.get_experiment_by_name("fastdpt").experiment_id])
+    for k in ("abs_rel", "rmse", "d1"):
+        history = sorted(client.get_metric_history(mrun.info.run_id, f"val/{k}"), key=lambda m: m.step)
+        assert len(history) == 3
+        assert history[res["best_epoch"]].value == pytest.approx(ev[k], rel=1e-6)
+
+
+def test_ssi_loss_trains_a_relative_variant_on_dense_depth(data, tmp_path):
+    """The loss is injected: the scale-and-shift-invariant loss trains a relative model, on the synthetic
+    drives' dense depth (dense/*.npy); SILog refuses a relative model with a clear error."""
+    rel = "effb0.h0-1.heads4.softmax.f32@64x192"
+    with pytest.raises(fastdpt.FastDPTError, match="metric head"):
+        train(_cfg(data, tmp_path / "silog", model=rel, epochs=1, limit_train_batches=2))
+    res = train(_cfg(data, tmp_path / "ssi", model=rel, loss="ssi", dense_gt=True, epochs=2, limit_train_batches=5,
+                     lr=3e-4))
+    assert res["global_step"] == 10 and (tmp_path / "ssi" / "best.safetensors").is_file()
+    assert np.isfinite(res["metrics"]["train/loss_epoch"])
+    # validation scored the relative model after scale-and-shift alignment, as `fastdpt eval --align` does
+    test = read_split(data / "splits" / "val_files_with_gt.txt")
+    ev = evaluate(Predictor(fastdpt.load(tmp_path / "ssi" / "best.safetensors")), test, data / "raw",
+                  data / "data_depth_annotated", Protocol("garg", align=True))
+    assert ev["abs_rel"] == pytest.approx(res["best_metrics"]["abs_rel"], rel=1e-6)
+
+
 def test_non_finite_loss_stops_cleanly(data, tmp_path, monkeypatch):
     import fastdpt.losses as tr
 

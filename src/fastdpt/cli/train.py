@@ -40,6 +40,7 @@ GargOpt = Annotated[bool, typer.Option("--garg-crop", help="Garg crop on the GT 
 EigenOpt = Annotated[bool, typer.Option("--eigen-crop", help="Eigen crop on the GT instead of Garg's")]
 NoCropOpt = Annotated[bool, typer.Option("--no-crop", help="score every valid GT pixel")]
 KbOpt = Annotated[bool, typer.Option("--kb-crop", help="predict on the 352x1216 KB crop and paste it back")]
+AlignOpt = Annotated[bool, typer.Option("--align", help="relative models: fit scale and shift in inverse depth per image")]
 JsonOpt = Annotated[Optional[Path], typer.Option("--json", help="write the metrics as JSON")]
 
 
@@ -55,6 +56,7 @@ def evaluate(
     eigen_crop: EigenOpt = False,
     no_crop: NoCropOpt = False,
     kb_crop: KbOpt = False,
+    align: AlignOpt = False,
     json_out: JsonOpt = None,
     save_png: Optional[Path] = typer.Option(None, "--save-png", help="write uint16 predictions here"),
     device: DeviceOpt = "cpu",
@@ -68,7 +70,7 @@ def evaluate(
     from ..predict import Predictor
 
     set_threads(threads)
-    protocol = Protocol(_crop(garg_crop, eigen_crop, no_crop), kb_crop)
+    protocol = Protocol(_crop(garg_crop, eigen_crop, no_crop), kb_crop, align=align)
     paths = DataPaths.resolve(data_root, raw_root, gt_root, test_split=split_file)
     m = api.load(model, weights, device=device) if model else api.load(weights, device=device)
     with console.status("evaluating"):

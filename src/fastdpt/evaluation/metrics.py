@@ -24,7 +24,9 @@ CROPS = ("garg", "eigen", None)
 @dataclass(frozen=True)
 class Protocol:
     """How a frame is scored: ``crop`` (``garg``, ``eigen`` or None) on the full-resolution GT,
-    ``kb_crop`` (predict on the 352 x 1216 KB crop, paste into a zero canvas), the valid depth range.
+    ``kb_crop`` (predict on the 352 x 1216 KB crop, paste into a zero canvas), the valid depth range,
+    and ``align`` for relative models (the MiDaS protocol: the prediction, relative inverse depth, is
+    fitted to 1 / GT by least-squares scale and shift on the scored pixels, then inverted).
     The defaults are the BTS protocol for KITTI Eigen; training's validation and ``fastdpt eval``
     share this one object."""
 
@@ -32,6 +34,7 @@ class Protocol:
     kb_crop: bool = False
     min_depth: float = 1e-3
     max_depth: float = 80.0
+    align: bool = False  # relative predictions: least-squares scale and shift in inverse depth per image
 
     def __post_init__(self) -> None:
         if self.crop not in CROPS:
@@ -76,16 +79,33 @@ def compute_errors(gt: torch.Tensor | np.ndarray, pred: torch.Tensor | np.ndarra
     }
 
 
+def align_inverse_depth(pred_inv: np.ndarray, gt: np.ndarray, valid: np.ndarray, max_depth: float = 80.0) -> np.ndarray:
+    """Depth from relative inverse depth: s * pred + t fitted to 1 / gt on ``valid`` (least squares),
+    then inverted (inverse depth floored at 1 / max_depth)."""
+    x = pred_inv[valid].astype(np.float64)
+    y = 1.0 / gt[valid].astype(np.float64)
+    a = np.stack([x, np.ones_like(x)], 1)
+    (s, t), *_ = np.linalg.lstsq(a, y, rcond=None)
+    inv = s * pred_inv.astype(np.float64) + t
+    return (1.0 / np.maximum(inv, 1.0 / max_depth)).astype(np.float32)
+
+
 def score_image(pred: np.ndarray, gt: np.ndarray, crop: str | None = "garg", kb_cropped: bool = False,
-                min_depth: float = 1e-3, max_depth: float = 80.0) -> dict[str, float] | None:
-    """Metrics for one image; ``pred`` at GT size, or 352x1216 with ``kb_cropped``.
-    Returns None when the image has no valid GT pixel."""
+                min_depth: float = 1e-3, max_depth: float = 80.0, align: bool = False) -> dict[str, float] | None:
+    """Metrics for one image; ``pred`` at GT size, or 352x1216 with ``kb_cropped``; with ``align``,
+    ``pred`` is relative inverse depth (see :class:`Protocol`). Returns None when the image has no
+    valid GT pixel."""
     gt = np.asarray(gt, dtype=np.float32)
     pred = np.asarray(pred, dtype=np.float32)
     if kb_cropped:
         pred = kb_uncrop(pred, *gt.shape)
     if pred.shape != gt.shape:
         raise DataError(f"prediction {pred.shape} and ground truth {gt.shape} differ in size")
+    if align:
+        valid = (gt > min_depth) & (gt < max_depth) & crop_mask(*gt.shape, crop) & np.isfinite(pred)
+        if not valid.any():
+            return None
+        pred = align_inverse_depth(pred, gt, valid, max_depth)
     pred = pred.copy()
     pred[pred < min_depth] = min_depth
     pred[pred > max_depth] = max_depth

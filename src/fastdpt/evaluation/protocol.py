@@ -36,21 +36,26 @@ def predict_and_score(depth_fn: DepthFn, image: np.ndarray, gt: np.ndarray,
     if protocol.kb_crop:
         image = apply_kb_crop(image)
     pred = depth_fn(image)
-    return pred, score_image(pred, gt, protocol.crop, protocol.kb_crop, protocol.min_depth, protocol.max_depth)
+    return pred, score_image(pred, gt, protocol.crop, protocol.kb_crop, protocol.min_depth, protocol.max_depth,
+                             protocol.align)
 
 
 def evaluate(predictor, entries: list[SplitEntry], raw_root: str | os.PathLike, gt_root: str | os.PathLike,
              protocol: Protocol = Protocol(), save_png: str | os.PathLike | None = None,
              progress: Callable[[int, int], None] | None = None) -> dict:
-    """Score a metric model (a :class:`~fastdpt.predict.Predictor`) on a split and time it.
+    """Score a model (a :class:`~fastdpt.predict.Predictor`) on a split and time it. Relative models
+    need ``protocol.align`` (scale and shift fitted per image, the MiDaS protocol).
 
     Frames whose GT is listed as None or missing on disk are skipped, as BTS does. ``save_png``
     writes each prediction (as made: 352x1216 with the KB crop, else full size) as a uint16 PNG of
     depth x 256, named after the split line's RGB path. Returns the nine metrics, ``images``,
     ``skipped`` and ``fps`` (prediction only).
     """
-    if predictor.config.output_kind != "metric":
-        raise DataError(f"{predictor.config.name} predicts relative depth; KITTI scoring needs a metric model")
+    if predictor.config.output_kind != "metric" and not protocol.align:
+        raise DataError(f"{predictor.config.name} predicts relative depth: score it with scale-and-shift "
+                        "alignment (--align), or use a metric model")
+    if save_png and protocol.align:
+        raise DataError("--save-png writes metric depth (x 256); it cannot be combined with --align")
     avg = MetricAverager()
     seconds, skipped = 0.0, 0
 
@@ -95,7 +100,7 @@ def eval_pngs(pred_dir: str | os.PathLike, gt_root: str | os.PathLike, entries: 
             missing_pred.append(p.name)
             continue
         avg.add(score_image(read_depth_png(p), read_depth_png(gt_path), protocol.crop, protocol.kb_crop,
-                            protocol.min_depth, protocol.max_depth))
+                            protocol.min_depth, protocol.max_depth, protocol.align))
     if missing_pred:
         raise DataError(f"{len(missing_pred)} predictions missing in {pred_dir}, e.g. {missing_pred[0]}")
     res = avg.result()

@@ -90,8 +90,11 @@ class TrainConfig:
 
     @property
     def protocol(self) -> Protocol:
-        """The evaluation protocol of validation (and of `fastdpt eval` for the same numbers)."""
-        return Protocol(crop=self.eval_crop, kb_crop=self.kb_crop)
+        """The evaluation protocol of validation (and of `fastdpt eval` for the same numbers); relative
+        variants are scored after per-image scale-and-shift alignment (`fastdpt eval --align`)."""
+        from ..presets import get_config
+
+        return Protocol(crop=self.eval_crop, kb_crop=self.kb_crop, align=get_config(self.model).metric is None)
 
     def paths(self) -> DataPaths:
         return DataPaths.resolve(self.data_root, self.raw_root, self.gt_root, train_split=self.train_split,
