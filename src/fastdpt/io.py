@@ -17,13 +17,17 @@ from typing import Callable
 
 import cv2
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import DataError, ImageError, ImageTooLargeError
 from .viz import beside, colorize
 
 MAX_PIXELS = 25_000_000  # the one decoded-image size limit (predict, streams, the HTTP service)
+MAX_SIDE = 50_000  # longer sides cannot be written back as PNG (libpng's default row limit is 1,000,000 bytes)
 IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm"}
+# decoders allowed, recognised by content (never by name or Content-Type): EPS, SVG and the other
+# formats Pillow knows are refused, so no external program (Ghostscript) ever runs on an input
+IMAGE_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "TIFF", "PPM")
 FORMATS = ("color", "png16", "npy", "pfm", "ply")
 
 
@@ -48,17 +52,24 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
 
 # -- images ------------------------------------------------------------------------------------------
 def read_image(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> np.ndarray:
-    """An image file as H x W x 3 uint8 RGB; clear errors for missing, corrupt or huge files
-    (the size is checked from the header, before anything is decoded)."""
+    """An image file as H x W x 3 uint8 RGB.
+
+    Only PNG, JPEG, WebP, BMP, TIFF and PPM are decoded (by content). The size is checked from the
+    header before anything is decoded (``max_pixels``, and no side over ``MAX_SIDE``). EXIF
+    orientation is applied. 16-bit and float images are scaled to 8 bits, never clipped: 16-bit
+    values / 257; float images in [0, 1] x 255, other float ranges min-max scaled. Clear errors for
+    missing, corrupt, refused or huge files."""
     path = Path(path)
     if not path.is_file():
         raise ImageError(f"image not found: {path}")
     try:
-        with Image.open(path) as im:
+        with Image.open(path, formats=IMAGE_FORMATS) as im:
             return _decoded_rgb(im, max_pixels, str(path))
     except ImageError:
         raise
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as e:
+    except UnidentifiedImageError:
+        raise ImageError(f"cannot read image {path}: not a {'/'.join(IMAGE_FORMATS)} image") from None
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
         raise ImageError(f"cannot read image {path}: {e}") from None
 
 
@@ -66,20 +77,56 @@ def decode_image(data: bytes, max_pixels: int = MAX_PIXELS, label: str = "upload
     """Encoded image bytes -> H x W x 3 uint8 RGB, with the same checks as :func:`read_image`.
     Raises :class:`ImageTooLargeError` for too many pixels, :class:`ImageError` for anything undecodable."""
     try:
-        with Image.open(BytesIO(data)) as im:
+        with Image.open(BytesIO(data), formats=IMAGE_FORMATS) as im:
             return _decoded_rgb(im, max_pixels, label)
     except ImageError:
         raise
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as e:
-        raise ImageError(f"cannot decode the image: {e}") from None
+    except UnidentifiedImageError:
+        raise ImageError(f"not a {'/'.join(IMAGE_FORMATS)} image") from None
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        raise ImageError(f"cannot decode the image: {type(e).__name__}") from None
+
+
+def check_size(width: int, height: int, max_pixels: int = MAX_PIXELS, label: str = "image") -> None:
+    if width * height > max_pixels:
+        raise ImageTooLargeError(f"{label}: {width}x{height} is larger than the limit of {max_pixels} pixels")
+    if max(width, height) > MAX_SIDE:
+        raise ImageTooLargeError(f"{label}: {width}x{height} has a side longer than {MAX_SIDE} pixels")
+    if min(width, height) < 1:
+        raise ImageError(f"{label}: empty image ({width}x{height})")
 
 
 def _decoded_rgb(im: Image.Image, max_pixels: int, label: str) -> np.ndarray:
-    w, h = im.size
-    if w * h > max_pixels:
-        raise ImageTooLargeError(f"{label}: {w}x{h} is larger than the limit of {max_pixels} pixels")
+    check_size(*im.size, max_pixels, label)  # from the header, before decoding
     im.load()
-    return np.asarray(im.convert("RGB"))
+    im = ImageOps.exif_transpose(im)
+    return to_rgb8(im)
+
+
+def to_rgb8(im: Image.Image) -> np.ndarray:
+    """A decoded Pillow image as H x W x 3 uint8 RGB; deeper images are scaled, never clipped."""
+    if im.mode.startswith("I"):  # 16- or 32-bit integers
+        a = np.asarray(im).astype(np.float64)
+        top = float(a.max()) if a.size else 0.0
+        if im.mode.startswith("I;16") or 255 < top <= 65535:
+            a = a / 257.0
+        elif top > 65535:
+            a = a * (255.0 / top)
+        return _gray3(np.clip(np.round(a), 0, 255).astype(np.uint8))
+    if im.mode == "F":
+        a = np.asarray(im, dtype=np.float64)
+        finite = np.isfinite(a)
+        lo, hi = (float(a[finite].min()), float(a[finite].max())) if finite.any() else (0.0, 1.0)
+        if lo < 0.0 or hi > 1.0:  # not a [0, 1] image: min-max
+            a = (a - lo) / (hi - lo) if hi > lo else np.zeros_like(a)
+        return _gray3(np.clip(np.round(np.nan_to_num(a, nan=0.0) * 255), 0, 255).astype(np.uint8))
+    if im.mode != "RGB":
+        im = im.convert("RGB")
+    return np.asarray(im)
+
+
+def _gray3(gray: np.ndarray) -> np.ndarray:
+    return np.repeat(gray[..., None], 3, axis=2)
 
 
 def collect_inputs(items: list[str | os.PathLike]) -> tuple[list[Path], list[str]]:
@@ -132,11 +179,14 @@ def depth_to_png16(depth: np.ndarray, kind: str) -> np.ndarray:
 
 def encode_png(array: np.ndarray) -> bytes:
     """PNG bytes of a uint8 RGB image or a uint16 single-channel map."""
-    if array.ndim == 3:
-        array = cv2.cvtColor(array, cv2.COLOR_RGB2BGR)
-    ok, buf = cv2.imencode(".png", array)
+    try:
+        if array.ndim == 3:
+            array = cv2.cvtColor(array, cv2.COLOR_RGB2BGR)
+        ok, buf = cv2.imencode(".png", array)
+    except cv2.error:
+        ok = False
     if not ok:
-        raise ImageError(f"cannot encode a {array.shape} {array.dtype} array as PNG")
+        raise ImageError(f"cannot encode a {array.shape[1]}x{array.shape[0]} {array.dtype} map as PNG")
     return buf.tobytes()
 
 
