@@ -82,7 +82,7 @@ def decode_image(data: bytes, max_pixels: int = MAX_PIXELS, label: str = "upload
     except ImageError:
         raise
     except UnidentifiedImageError:
-        raise ImageError(f"not a {'/'.join(IMAGE_FORMATS)} image") from None
+        raise ImageError(f"cannot decode the image: not a {'/'.join(IMAGE_FORMATS)} image") from None
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
         raise ImageError(f"cannot decode the image: {type(e).__name__}") from None
 
@@ -306,3 +306,58 @@ def write_outputs(result, stem: str, outdir: str | os.PathLike, save_npy: bool =
             atomic_write(path, lambda p: write_ply(p, depth, image, focal))
         written.append(path)
     return written
+
+
+# -- where outputs go -----------------------------------------------------------------------------------
+def check_output_dir(path: str | os.PathLike) -> Path:
+    """Fail with one line, before any work, if ``path`` cannot become a writable folder (nothing is
+    created here)."""
+    path = Path(path)
+    probe = path
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        what = "is a file" if probe == path else f"is under {probe}, which is a file"
+        raise ImageError(f"output folder {path} {what}; choose a folder")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise ImageError(f"output folder {path} cannot be written ({probe} is not writable)")
+    return path
+
+
+def ensure_output_dir(path: str | os.PathLike) -> Path:
+    """Create ``path`` (with parents) or fail with one line if it is a file or cannot be written."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ImageError(f"output folder {path} is a file; choose a folder (-o)")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ImageError(f"cannot create output folder {path}: {e.strerror or e}") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise ImageError(f"output folder {path} is not writable")
+    return path
+
+
+def output_stems(files: list[Path]) -> dict[Path, str]:
+    """A unique output stem per input: its path relative to the inputs' common folder, without the
+    suffix (``a/y.png``, ``b/y.png`` -> ``a/y``, ``b/y``); stems that still collide (``x.png``,
+    ``x.jpg``) get the suffix appended (``x_png``, ``x_jpg``)."""
+    if not files:
+        return {}
+    resolved = [f.resolve() for f in files]
+    root = Path(os.path.commonpath([r.parent for r in resolved]))
+    stems = {f: r.relative_to(root).with_suffix("").as_posix() for f, r in zip(files, resolved)}
+    counts: dict[str, int] = {}
+    for s in stems.values():
+        counts[s] = counts.get(s, 0) + 1
+    return {f: (s + "_" + f.suffix.lstrip(".").lower() if counts[s] > 1 else s) for f, s in stems.items()}
+
+
+def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    """Whether two paths name the same file (also through links); False if either does not exist."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return Path(a).resolve() == Path(b).resolve()

@@ -55,3 +55,55 @@ def export_and_verify(model: torch.nn.Module, output: str | os.PathLike, size: t
         qerr = compare(model, q, inputs)
         report.int8_path, report.int8_max_abs, report.int8_max_rel = q, qerr["max_abs"], qerr["max_rel"]
     return report
+
+
+# -- predict over files ----------------------------------------------------------------------------------
+@dataclass
+class FileOutcome:
+    """What happened to one input: ``written`` paths, ``kept`` (outputs that already existed), or
+    ``error`` (one line)."""
+
+    source: Path
+    written: list[Path]
+    kept: list[Path]
+    error: str | None = None
+
+
+def predict_files(predictor, files: list[Path], outdir: str | os.PathLike, formats: tuple[str, ...] = ("color",),
+                  cmap: str = "Spectral_r", side_by_side: bool = True, focal: float | None = None,
+                  overwrite: bool = False, on_file=None) -> list[FileOutcome]:
+    """Predict each file and write its outputs under ``outdir`` (relative paths kept, see
+    :func:`fastdpt.io.output_stems`). Never writes over an input; existing outputs are kept unless
+    ``overwrite`` (an input whose outputs all exist is not run again). Every failure is one line in
+    its outcome and the batch goes on."""
+    from .io import check_formats, ensure_output_dir, output_paths, output_stems, read_image, same_file, write_outputs
+    from .errors import FastDPTError
+
+    check_formats(formats, predictor.config.output_kind, focal)
+    outdir = ensure_output_dir(outdir)
+    inputs = {f.resolve() for f in files}
+    outcomes = []
+    for src, stem in output_stems(files).items():
+        planned = output_paths(stem, outdir, formats)
+        clash = [p for p in planned.values() if p.resolve() in inputs or same_file(p, src)]
+        if clash:
+            outcome = FileOutcome(src, [], [], f"{src}: writing {clash[0]} would overwrite an input; choose another --outdir")
+        else:
+            todo = tuple(fmt for fmt, p in planned.items() if overwrite or not p.exists())
+            kept = [p for fmt, p in planned.items() if fmt not in todo]
+            outcome = FileOutcome(src, [], kept)
+            if todo:
+                try:
+                    image = read_image(src)
+                    res = predictor.predict(image)
+                    Path(planned[todo[0]]).parent.mkdir(parents=True, exist_ok=True)
+                    outcome.written = write_outputs(res, Path(stem).name, planned[todo[0]].parent, formats=todo,
+                                                    image=image, cmap=cmap, side_by_side=side_by_side, focal=focal)
+                except FastDPTError as e:
+                    outcome.error = str(e) if str(src) in str(e) else f"{src}: {e}"
+                except (OSError, MemoryError, RuntimeError, ValueError) as e:  # a disk, memory or backend failure
+                    outcome.error = f"{src}: {type(e).__name__}: {e}"
+        outcomes.append(outcome)
+        if on_file:
+            on_file(outcome)
+    return outcomes

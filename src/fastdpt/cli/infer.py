@@ -24,46 +24,50 @@ def predict(
     pred_only: bool = typer.Option(False, "--pred-only", help="colour map alone instead of beside the input"),
     focal: Optional[float] = typer.Option(None, "--focal", help="focal length in pixels, for .ply"),
     calib: Optional[Path] = typer.Option(None, "--calib", help="KITTI calib_cam_to_cam.txt, for .ply (P_rect_02)"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace existing outputs (default: keep them, skip done inputs)"),
     backend: BackendOpt = "torch",
     precision: PrecisionOpt = "fp32",
     device: DeviceOpt = "cpu",
     threads: ThreadsOpt = None,
 ) -> None:
-    """Predict depth for images; an unreadable image is reported and skipped (exit code 1)."""
+    """Predict depth for images. Outputs keep the inputs' relative paths under --outdir; existing
+    outputs are kept unless --overwrite; an unusable input is reported on one line and skipped (exit code 1)."""
     from rich.progress import Progress
 
     from ..data.kitti import calib_focal
-    from ..io import check_formats, collect_inputs, read_image, write_outputs
+    from ..io import check_formats, check_output_dir, collect_inputs
     from ..viz import lookup_table
+    from ..workflows import predict_files
 
     files, missing = collect_inputs(inputs)
     if calib is not None:
         focal = calib_focal(calib)
-    formats = tuple(formats) + (("npy",) if save_npy else ())
-    check_formats(formats, focal=focal)
-    lookup_table(cmap)  # an unknown colour map fails here, before any model runs
+    formats = tuple(dict.fromkeys(tuple(formats) + (("npy",) if save_npy else ())))
+    check_formats(formats, focal=focal)  # every option is checked before a model is loaded
+    lookup_table(cmap)
+    check_output_dir(outdir)
+    if not files:
+        for m in missing:
+            console.print(f"[yellow]skipped:[/yellow] {m}", highlight=False)
+        raise FastDPTError("no image found in the given inputs")
     predictor = build_predictor(model, weights, device, backend, precision, threads)
-    check_formats(formats, predictor.config.output_kind, focal)
     for m in missing:
         console.print(f"[yellow]skipped:[/yellow] {m}", highlight=False)
-    failed = len(missing)
-    if not files:
-        raise FastDPTError("no image found in the given inputs")
     with Progress(console=console, transient=True, disable=len(files) < 2) as bar:
         task = bar.add_task("predicting", total=len(files))
-        for path in files:
-            try:
-                image = read_image(path)
-                res = predictor.predict(image)
-                written = write_outputs(res, path.stem, outdir, formats=formats, image=image, cmap=cmap,
-                                        side_by_side=not pred_only, focal=focal)
-            except FastDPTError as e:
-                console.print(f"[yellow]skipped:[/yellow] {e}", highlight=False)
-                failed += 1
-            else:
-                for f in written:
-                    out.print(str(f), highlight=False)
+
+        def report(o):
+            if o.error:
+                console.print(f"[yellow]skipped:[/yellow] {o.error}", highlight=False, soft_wrap=True)
+            for f in o.written:
+                out.print(str(f), highlight=False, soft_wrap=True)
+            if o.kept and not o.written and not o.error:
+                console.print(f"kept: {o.source} (outputs exist; --overwrite to redo)", highlight=False, soft_wrap=True)
             bar.advance(task)
+
+        outcomes = predict_files(predictor, files, outdir, formats, cmap, side_by_side=not pred_only, focal=focal,
+                                 overwrite=overwrite, on_file=report)
+    failed = len(missing) + sum(o.error is not None for o in outcomes)
     if failed:
         console.print(f"{failed} of {len(files) + len(missing)} inputs could not be used")
         raise typer.Exit(1)
