@@ -1,12 +1,15 @@
-# fastdpt on an NVIDIA CUDA + PyTorch base; serves the HTTP API by default.
+# fastdpt on an NVIDIA CUDA + PyTorch base; serves the HTTP API by default, and only with a token:
+# from the secret file /run/secrets/fastdpt_token, or from FASTDPT_TOKEN (without either it refuses to start).
 #   docker build -t fastdpt .
-#   docker run --gpus all -p 8000:8000 -v ~/.cache/fastdpt:/home/fastdpt/.cache/fastdpt fastdpt \
+#   docker run --gpus all -p 8000:8000 -v ./token.txt:/run/secrets/fastdpt_token:ro \
+#       -v ~/.cache/fastdpt:/home/fastdpt/.cache/fastdpt fastdpt \
 #       fastdpt serve --host 0.0.0.0 --model dpt-hybrid-kitti --device cuda
 FROM pytorch/pytorch:2.6.0-cuda12.4-cudnn9-runtime
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
-    PIP_NO_CACHE_DIR=1
+    PIP_NO_CACHE_DIR=1 \
+    FASTDPT_TOKEN_FILE=/run/secrets/fastdpt_token
 
 WORKDIR /opt/fastdpt
 COPY pyproject.toml README.md ./

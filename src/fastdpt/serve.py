@@ -1,145 +1,255 @@
-"""HTTP service: FastAPI app around one Predictor.
+"""HTTP service: a FastAPI app around one Predictor, built to survive hostile and careless clients.
 
     POST /v1/depth      image as multipart field ``image`` or as the raw body;
                         ?format=png16 | npy | color | json  (json: &values=1 adds the depth map as
                         base64 float32, &color=1 a base64 colour PNG; the web page uses both)
     GET  /v1/models     the loaded variant and the presets
-    GET  /healthz       liveness
-    GET  /metrics       Prometheus text: requests by route and status, latency histogram
-    GET  /              a page to upload or drop an image and read depths by hovering
+    GET  /healthz       liveness (always public)
+    GET  /metrics       Prometheus text: requests by route and status, latency histogram, queue depth
+    GET  /              a page to upload or drop an image and read depths by hovering (public; it
+                        sends the token the user types)
+    GET  /docs, /redoc, /openapi.json   the API description
 
-Each app owns its metrics registry (no global state). Inference runs in the server's thread pool
-and the Predictor's lock serialises it, so concurrent requests never share the model unsafely.
+Defences:
+
+- Work is never done on the event loop: decoding, inference and encoding run in a bounded worker
+  pool (``workers`` threads); at most ``queue`` more requests wait, the rest get 503 with
+  Retry-After, before their body is read. ``/healthz`` stays fast whatever the load.
+- The body is read as a stream with the byte limit enforced while reading (chunked uploads too) and a
+  deadline for the whole body (408); multipart is parsed in memory (never spooled to disk).
+- Only PNG, JPEG, WebP, BMP, TIFF and PPM are decoded, recognised by content; the declared size is
+  checked from the header before decoding (pixel limit and longest side).
+- With a token (never empty), every route but ``/healthz`` and the page needs ``Authorization:
+  Bearer <token>``, checked before anything else (validation included).
+- Every error, 404, 422 and 500 included, is JSON ``{"error", "status"}`` with no internals and no echo
+  of the input, and every response is counted in ``/metrics``.
+- :func:`serve` adds connection-level limits: a connection cap, a deadline to send the first request,
+  the keep-alive timeout, and h11's header size limit.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hmac
 import io
+import logging
+import os
 import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from importlib import resources
 
 import numpy as np
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
-from starlette.concurrency import run_in_threadpool
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
-from .errors import ImageError, ImageTooLargeError
+from .errors import ConfigError, FastDPTError, ImageError, ImageTooLargeError
 from .io import MAX_PIXELS, decode_image, depth_to_png16, encode_png
 from .predict import Predictor
 from .presets import list_models
 from .viz import colorize
 
+log = logging.getLogger("fastdpt.serve")
+
 MAX_BYTES = 20 * 2**20
-IMAGE_TYPES = ("image/", "application/octet-stream")
+MULTIPART_OVERHEAD = 64 * 1024  # boundaries and part headers allowed on top of the image's bytes
+BODY_TYPES = ("image/png", "image/jpeg", "image/webp", "image/bmp", "image/tiff", "image/x-portable-pixmap",
+              "application/octet-stream")
+FORMATS = ("png16", "npy", "color", "json")
+PUBLIC = ("/healthz", "/")
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one server accepts. ``workers``: threads that decode, infer and encode (inference itself
+    is serialised by the predictor's lock, so more workers mostly add memory); ``queue``: requests
+    that may wait for a worker before new ones get 503; ``read_timeout_s``: deadline to receive a
+    whole body."""
+
+    max_bytes: int = MAX_BYTES
+    max_pixels: int = MAX_PIXELS
+    workers: int = 1
+    queue: int = 8
+    read_timeout_s: float = 30.0
+
+    def __post_init__(self) -> None:
+        for name in ("max_bytes", "max_pixels", "workers"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.queue < 0 or not self.read_timeout_s > 0:
+            raise ConfigError("queue must be >= 0 and read_timeout_s > 0")
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, headers: dict | None = None):
+        self.status, self.message, self.headers = status, message, headers
+
+
+def check_token(token: str | None) -> str | None:
+    """A usable token or None; an empty or blank token is refused (it would lock everyone out)."""
+    if token is None:
+        return None
+    if not token.strip():
+        raise ConfigError("the token is empty: give a non-empty --token / FASTDPT_TOKEN, or none at all")
+    return token.strip()
 
 
 def create_app(predictor: Predictor, token: str | None = None, max_bytes: int = MAX_BYTES,
-               max_pixels: int = MAX_PIXELS):
-    app = FastAPI(title="fastdpt", version="1", docs_url="/docs")
+               max_pixels: int = MAX_PIXELS, limits: Limits | None = None) -> FastAPI:
+    limits = limits or Limits(max_bytes=max_bytes, max_pixels=max_pixels)
+    token = check_token(token)
+    pool = ThreadPoolExecutor(limits.workers, thread_name_prefix="fastdpt-serve")
+
+    @asynccontextmanager
+    async def lifespan(app):
+        yield
+        pool.shutdown(wait=False, cancel_futures=True)
+
+    app = FastAPI(title="fastdpt", version="1", lifespan=lifespan)
     registry = CollectorRegistry()
     requests = Counter("fastdpt_requests", "HTTP requests", ["route", "status"], registry=registry)
-    latency = Histogram("fastdpt_inference_seconds", "Depth inference latency (decode to encoded answer)",
+    latency = Histogram("fastdpt_inference_seconds", "Depth request latency (decode to encoded answer)",
                         buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30), registry=registry)
+    waiting = Gauge("fastdpt_requests_in_flight", "Depth requests running or queued", registry=registry)
+    state = {"in_flight": 0}
+    routes = {"/v1/depth", "/v1/models", "/healthz", "/metrics", "/", "/docs", "/redoc", "/openapi.json"}
 
-    class ApiError(Exception):
-        def __init__(self, status: int, message: str):
-            self.status, self.message = status, message
+    def error(status: int, message: str, headers: dict | None = None) -> JSONResponse:
+        return JSONResponse({"error": message, "status": status}, status_code=status, headers=headers)
 
-    def error(status: int, message: str) -> JSONResponse:
-        return JSONResponse({"error": message, "status": status}, status_code=status)
+    def authorised(request: Request) -> bool:
+        if token is None or request.url.path in PUBLIC:
+            return True
+        got = request.headers.get("authorization", "")
+        return got.startswith("Bearer ") and hmac.compare_digest(got[7:].encode(), token.encode())
+
+    @app.middleware("http")
+    async def guard(request: Request, call_next):
+        """Auth first, then the route; every outcome (500s too) is JSON and counted."""
+        route = request.url.path if request.url.path in routes else "other"
+        if not authorised(request):
+            response = error(401, "missing or wrong bearer token")
+        else:
+            try:
+                response = await call_next(request)
+            except Exception:  # noqa: BLE001 - the one place that turns any failure into a clean 500
+                log.exception("unhandled error on %s", route)
+                response = error(500, "internal error")
+        requests.labels(route, str(response.status_code)).inc()
+        return response
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError):
-        return error(exc.status, exc.message)
+        return error(exc.status, exc.message, exc.headers)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException):
-        return error(exc.status_code, str(exc.detail))
+        message = {404: "not found", 405: "method not allowed"}.get(exc.status_code, "request refused")
+        return error(exc.status_code, message)
 
-    @app.middleware("http")
-    async def count(request: Request, call_next):
-        response = await call_next(request)
-        route = request.scope.get("route")
-        requests.labels(getattr(route, "path", "other"), str(response.status_code)).inc()
-        return response
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, exc: RequestValidationError):
+        names = sorted({str(e.get("loc", ["", "?"])[-1]) for e in exc.errors()})
+        return error(422, f"invalid value for {', '.join(names)}")
 
-    def check_token(request: Request) -> None:
-        if token is None:
-            return
-        got = request.headers.get("authorization", "")
-        if not (got.startswith("Bearer ") and hmac.compare_digest(got[7:].encode(), token.encode())):
-            raise ApiError(401, "missing or wrong bearer token")
+    async def read_body(request: Request, limit: int) -> bytes:
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise ApiError(413, f"upload larger than {limits.max_bytes} bytes")
+        chunks: list[bytes] = []
 
-    async def read_upload(request: Request) -> bytes:
-        length = request.headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > max_bytes + 4096:
-            raise ApiError(413, f"upload larger than {max_bytes} bytes")
-        ctype = request.headers.get("content-type", "")
-        if ctype.startswith("multipart/form-data"):
-            form = await request.form(max_files=1, max_fields=4, max_part_size=max_bytes + 1)
-            upload = form.get("image")
-            if upload is None or not hasattr(upload, "read"):
-                raise ApiError(400, "multipart upload needs a file field named 'image'")
-            if upload.content_type and not upload.content_type.startswith(IMAGE_TYPES):
-                raise ApiError(415, f"unsupported content type {upload.content_type}")
-            data = await upload.read(max_bytes + 1)
-        elif ctype.startswith(IMAGE_TYPES) or ctype == "":
-            data = b""
+        async def receive() -> None:
+            size = 0
             async for chunk in request.stream():
-                data += chunk
-                if len(data) > max_bytes:
-                    break
+                size += len(chunk)
+                if size > limit:
+                    raise ApiError(413, f"upload larger than {limits.max_bytes} bytes")
+                chunks.append(chunk)
+
+        try:
+            await asyncio.wait_for(receive(), limits.read_timeout_s)
+        except asyncio.TimeoutError:
+            raise ApiError(408, f"the upload did not arrive within {limits.read_timeout_s:g} s") from None
+        return b"".join(chunks)
+
+    async def read_image_bytes(request: Request) -> bytes:
+        ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if ctype == "multipart/form-data":
+            body = await read_body(request, limits.max_bytes + MULTIPART_OVERHEAD)
+            data = multipart_field(body, request.headers["content-type"], "image")
+        elif ctype in BODY_TYPES:
+            data = await read_body(request, limits.max_bytes)
+        elif not ctype:
+            raise ApiError(415, "no Content-Type: send the image with its type (e.g. image/png) or as multipart")
         else:
-            raise ApiError(415, f"unsupported content type {ctype}; send an image")
-        if len(data) > max_bytes:
-            raise ApiError(413, f"upload larger than {max_bytes} bytes")
+            raise ApiError(415, f"unsupported content type {ctype[:80]}; send PNG, JPEG, WebP, BMP or TIFF")
+        if len(data) > limits.max_bytes:
+            raise ApiError(413, f"upload larger than {limits.max_bytes} bytes")
         if not data:
             raise ApiError(400, "empty upload")
         return data
 
-    def decode(data: bytes) -> np.ndarray:
+    def work(data: bytes, fmt: str, values: bool, color: bool, t0: float):
+        """Decode, infer, encode: runs in the worker pool, never on the event loop."""
         try:
-            return decode_image(data, max_pixels, "image")
+            image = decode_image(data, limits.max_pixels, "image")
         except ImageTooLargeError as e:
             raise ApiError(413, str(e)) from None
         except ImageError as e:
             raise ApiError(400, str(e)) from None
+        del data
+        try:
+            result = predictor.predict(image)
+        except FastDPTError as e:
+            raise ApiError(400, str(e)) from None
+        d = result.depth
+        if fmt == "png16":
+            return encode_png(depth_to_png16(d, result.kind)), "image/png", result.kind
+        if fmt == "npy":
+            buf = io.BytesIO()
+            np.save(buf, d.astype(np.float32, copy=False))
+            return buf.getvalue(), "application/octet-stream", result.kind
+        if fmt == "color":
+            return encode_png(colorize(d, result.kind)), "image/png", result.kind
+        payload = {"shape": list(d.shape), "kind": result.kind, "model": predictor.config.name,
+                   "unit": "m" if result.kind == "metric" else "relative inverse depth",
+                   "min": float(np.nanmin(d)), "max": float(np.nanmax(d)), "mean": float(np.nanmean(d)),
+                   "latency_ms": round((time.perf_counter() - t0) * 1000, 2)}
+        if values:
+            payload["values_f32_base64"] = base64.b64encode(d.astype("<f4", copy=False).tobytes()).decode()
+        if color:
+            payload["color_png_base64"] = base64.b64encode(encode_png(colorize(d, result.kind))).decode()
+        return payload, None, result.kind
 
     @app.post("/v1/depth")
     async def depth(request: Request, format: str = "json", values: int = 0, color: int = 0):
-        check_token(request)
-        if format not in ("png16", "npy", "color", "json"):
-            raise ApiError(400, "format must be png16, npy, color or json")
-        data = await read_upload(request)
-        t0 = time.perf_counter()
-        image = decode(data)
-        result = await run_in_threadpool(predictor.predict, image)
-        d = result.depth
-        headers = {"X-Depth-Kind": result.kind, "X-Model": predictor.config.name}
-        if format == "png16":
-            body, media = encode_png(depth_to_png16(d, result.kind)), "image/png"
-        elif format == "npy":
-            buf = io.BytesIO()
-            np.save(buf, d.astype(np.float32))
-            body, media = buf.getvalue(), "application/octet-stream"
-        elif format == "color":
-            body, media = encode_png(colorize(d, result.kind)), "image/png"
-        else:
-            payload = {"shape": list(d.shape), "kind": result.kind, "model": predictor.config.name,
-                       "unit": "m" if result.kind == "metric" else "relative inverse depth",
-                       "min": float(np.nanmin(d)), "max": float(np.nanmax(d)), "mean": float(np.nanmean(d)),
-                       "latency_ms": round((time.perf_counter() - t0) * 1000, 2)}
-            if values:
-                payload["values_f32_base64"] = base64.b64encode(d.astype("<f4").tobytes()).decode()
-            if color:
-                payload["color_png_base64"] = base64.b64encode(encode_png(colorize(d, result.kind))).decode()
-            latency.observe(time.perf_counter() - t0)
-            return JSONResponse(payload, headers=headers)
+        if format not in FORMATS:
+            raise ApiError(400, f"format must be one of {', '.join(FORMATS)}")
+        if state["in_flight"] >= limits.workers + limits.queue:
+            raise ApiError(503, "busy: too many requests in progress, retry shortly", {"Retry-After": "1"})
+        state["in_flight"] += 1
+        waiting.set(state["in_flight"])
+        try:
+            try:
+                data = await read_image_bytes(request)
+            except ClientDisconnect:
+                raise ApiError(400, "the client went away during the upload") from None
+            t0 = time.perf_counter()
+            body, media, kind = await asyncio.get_running_loop().run_in_executor(
+                pool, work, data, format, bool(values), bool(color), t0)
+        finally:
+            state["in_flight"] -= 1
+            waiting.set(state["in_flight"])
         latency.observe(time.perf_counter() - t0)
+        headers = {"X-Depth-Kind": kind, "X-Model": predictor.config.name}
+        if media is None:
+            return JSONResponse(body, headers=headers)
         return Response(body, media_type=media, headers=headers)
 
     @app.get("/v1/models")
@@ -147,8 +257,8 @@ def create_app(predictor: Predictor, token: str | None = None, max_bytes: int = 
         return {"loaded": predictor.config.name, "kind": predictor.config.output_kind, "presets": list_models()}
 
     @app.get("/healthz")
-    def healthz():
-        return {"status": "ok", "model": predictor.config.name}
+    async def healthz():
+        return {"status": "ok", "model": predictor.config.name, "in_flight": state["in_flight"]}
 
     @app.get("/metrics")
     def metrics():
@@ -161,11 +271,116 @@ def create_app(predictor: Predictor, token: str | None = None, max_bytes: int = 
         return page
 
     app.state.predictor = predictor
+    app.state.limits = limits
     return app
 
 
-def serve(predictor: Predictor, host: str = "127.0.0.1", port: int = 8000, token: str | None = None,
-          max_bytes: int = MAX_BYTES) -> None:
+def multipart_field(body: bytes, content_type: str, name: str, max_parts: int = 8) -> bytes:
+    """The bytes of form field ``name`` in a multipart body held in memory (nothing touches disk)."""
+    from python_multipart.exceptions import MultipartParseError
+    from python_multipart.multipart import MultipartParser, parse_options_header
+
+    _, params = parse_options_header(content_type)
+    boundary = params.get(b"boundary")
+    if not boundary:
+        raise ApiError(400, "multipart upload without a boundary")
+    parts: list[dict] = []
+    cur: dict = {}
+
+    def begin():
+        if len(parts) >= max_parts:
+            raise ApiError(400, f"more than {max_parts} multipart fields")
+        cur.clear()
+        cur.update(headers={}, field=b"", value=b"", data=[])
+
+    def header_end():
+        cur["headers"][cur["field"].lower()] = cur["value"]
+        cur["field"], cur["value"] = b"", b""
+
+    callbacks = {
+        "on_part_begin": begin,
+        "on_header_field": lambda d, s, e: cur.__setitem__("field", cur["field"] + d[s:e]),
+        "on_header_value": lambda d, s, e: cur.__setitem__("value", cur["value"] + d[s:e]),
+        "on_header_end": header_end,
+        "on_part_data": lambda d, s, e: cur["data"].append(d[s:e]),
+        "on_part_end": lambda: parts.append(dict(cur)),
+    }
+    try:
+        parser = MultipartParser(boundary, callbacks)
+        parser.write(body)
+        parser.finalize()
+    except MultipartParseError:
+        raise ApiError(400, "malformed multipart upload") from None
+    for part in parts:
+        _, disp = parse_options_header(part["headers"].get(b"content-disposition", b""))
+        if disp.get(b"name") == name.encode():
+            return b"".join(part["data"])
+    raise ApiError(400, f"multipart upload needs a file field named '{name}'")
+
+
+# -- the server process ------------------------------------------------------------------------------
+def _protocol(max_connections: int, first_request_s: float):
+    """uvicorn's h11 protocol with a connection cap and a deadline for a new connection's first
+    request (uvicorn itself waits forever for a silent connection)."""
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class Guarded(H11Protocol):
+        def connection_made(self, transport):
+            super().connection_made(transport)
+            if len(self.connections) > max_connections:
+                transport.close()
+                return
+            self._first = self.loop.call_later(first_request_s, self._close_if_silent)
+
+        def _close_if_silent(self):
+            if self.cycle is None and not self.transport.is_closing():
+                self.transport.close()
+
+        def connection_lost(self, exc):
+            first = getattr(self, "_first", None)
+            if first is not None:
+                first.cancel()
+            super().connection_lost(exc)
+
+    return Guarded
+
+
+def server_config(app, host: str = "127.0.0.1", port: int = 8000, max_connections: int = 64,
+                  first_request_s: float = 10.0, keep_alive_s: float = 5.0, log_level: str = "info"):
+    """The uvicorn configuration :func:`serve` runs (tests start real servers with it too)."""
     import uvicorn
 
-    uvicorn.run(create_app(predictor, token, max_bytes), host=host, port=port, log_level="info")
+    return uvicorn.Config(app, host=host, port=port, log_level=log_level, http=_protocol(max_connections, first_request_s),
+                          timeout_keep_alive=keep_alive_s, limit_concurrency=max_connections,
+                          h11_max_incomplete_event_size=16 * 1024, server_header=False)
+
+
+def serve(predictor: Predictor, host: str = "127.0.0.1", port: int = 8000, token: str | None = None,
+          max_bytes: int = MAX_BYTES, limits: Limits | None = None, allow_no_token: bool = False,
+          max_connections: int = 64) -> None:
+    """Run the service. Listening beyond this machine (any host but loopback) needs a token, unless
+    ``allow_no_token`` says the exposure is intended."""
+    import uvicorn
+
+    token = check_token(token)
+    if token is None and not allow_no_token and host not in ("127.0.0.1", "localhost", "::1"):
+        raise ConfigError(f"serving on {host} without a token would let anyone use it: give --token, "
+                          "--token-file or FASTDPT_TOKEN (or --allow-no-token if that is intended)")
+    app = create_app(predictor, token, limits=limits or Limits(max_bytes=max_bytes))
+    uvicorn.Server(server_config(app, host, port, max_connections)).run()
+
+
+def read_token(token: str | None = None, token_file: str | os.PathLike | None = None) -> str | None:
+    """The token from ``token`` / ``$FASTDPT_TOKEN``, else from ``token_file`` / ``$FASTDPT_TOKEN_FILE``
+    (Docker secrets), else None. A variable that is set but empty is an error, not "no token"."""
+    if token is not None and token_file is not None:
+        raise ConfigError("give --token or --token-file, not both")
+    token = token if token is not None else os.environ.get("FASTDPT_TOKEN")
+    if token is None:
+        token_file = token_file if token_file is not None else os.environ.get("FASTDPT_TOKEN_FILE")
+    if token is None and token_file is not None:
+        try:
+            token = open(token_file).read()
+        except OSError as e:
+            raise ConfigError(f"cannot read the token file {token_file}: {e.strerror}") from None
+    return check_token(token)

@@ -7,7 +7,8 @@ from typing import List, Optional
 
 import typer
 
-from ..errors import FastDPTError
+from ..errors import ConfigError, FastDPTError
+from ..io import MAX_PIXELS
 from .common import (BackendOpt, CmapOpt, DeviceOpt, ModelOpt, PrecisionOpt, StatsOpt, ThreadsOpt, WeightsOpt,
                      build_predictor, console, fail, one_line_errors, out)
 
@@ -166,17 +167,34 @@ def stream(
 def serve(
     model: ModelOpt = "dpt-hybrid-midas",
     weights: WeightsOpt = None,
-    host: str = typer.Option("127.0.0.1", "--host"),
+    host: str = typer.Option("127.0.0.1", "--host", help="listen address; anything but loopback needs a token"),
     port: int = typer.Option(8000, "--port"),
-    token: Optional[str] = typer.Option(None, "--token", envvar="FASTDPT_TOKEN", help="require this bearer token"),
-    max_mb: float = typer.Option(20.0, "--max-mb", help="upload size limit"),
+    token: Optional[str] = typer.Option(None, "--token", help="require this bearer token on every route but "
+                                        "/healthz and the page (or $FASTDPT_TOKEN)"),
+    token_file: Optional[Path] = typer.Option(None, "--token-file", help="read the token from a file, e.g. a Docker "
+                                              "secret (or $FASTDPT_TOKEN_FILE)"),
+    allow_no_token: bool = typer.Option(False, "--allow-no-token", help="serve beyond loopback without a token"),
+    max_mb: float = typer.Option(20.0, "--max-mb", help="upload size limit, MB"),
+    max_pixels: int = typer.Option(MAX_PIXELS, "--max-pixels", help="decoded image size limit"),
+    workers: int = typer.Option(1, "--workers", help="threads that decode, infer and encode"),
+    queue: int = typer.Option(8, "--queue", help="requests that may wait for a worker; more get 503"),
+    max_connections: int = typer.Option(64, "--max-connections", help="open connections at most"),
     backend: BackendOpt = "torch",
     precision: PrecisionOpt = "fp32",
     device: DeviceOpt = "cpu",
     threads: ThreadsOpt = None,
 ) -> None:
     """Serve depth over HTTP (POST /v1/depth, GET /v1/models, /healthz, /metrics, and a web page at /)."""
+    from ..serve import Limits, read_token
     from ..serve import serve as run_server
 
+    if not max_mb > 0:
+        raise ConfigError(f"--max-mb must be positive, got {max_mb:g}")
+    limits = Limits(max_bytes=int(max_mb * 2**20), max_pixels=max_pixels, workers=workers, queue=queue)
+    secret = read_token(token, token_file)
+    if secret is None and not allow_no_token and host not in ("127.0.0.1", "localhost", "::1"):
+        raise ConfigError(f"serving on {host} without a token would let anyone use it: give --token, "
+                          "--token-file or FASTDPT_TOKEN (or --allow-no-token if that is intended)")
     predictor = build_predictor(model, weights, device, backend, precision, threads)
-    run_server(predictor, host, port, token, int(max_mb * 2**20))
+    run_server(predictor, host, port, secret, limits=limits, allow_no_token=allow_no_token,
+               max_connections=max_connections)

@@ -1,0 +1,277 @@
+"""The HTTP service against hostile and careless clients, on a real server on 127.0.0.1."""
+
+import io
+import socket
+import tempfile
+import threading
+import time
+from contextlib import contextmanager
+
+import numpy as np
+import pytest
+from PIL import Image
+
+pytest.importorskip("fastapi")
+import httpx  # noqa: E402
+import uvicorn  # noqa: E402
+from typer.testing import CliRunner  # noqa: E402
+
+import fastdpt  # noqa: E402
+import fastdpt.serve as serve_mod  # noqa: E402
+from conftest import TINY  # noqa: E402
+from fastdpt.cli import app as cli  # noqa: E402
+from fastdpt.errors import ConfigError  # noqa: E402
+from fastdpt.predict import Predictor  # noqa: E402
+from fastdpt.serve import Limits, create_app, read_token, server_config  # noqa: E402
+
+METRIC = TINY.replace(metric=(0.01, 0.0125))
+TOKEN = "s3cret"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+PNG = {"Content-Type": "image/png"}
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def running(app, **config):
+    port = _free_port()
+    srv = uvicorn.Server(server_config(app, "127.0.0.1", port, log_level="warning", **config))
+    t = threading.Thread(target=srv.run, daemon=True)
+    t.start()
+    deadline = time.time() + 30
+    while not srv.started and time.time() < deadline:
+        time.sleep(0.05)
+    try:
+        yield port
+    finally:
+        srv.should_exit = True
+        t.join(timeout=10)
+
+
+def _png(h=48, w=80, seed=0, mode="RGB"):
+    buf = io.BytesIO()
+    if mode == "RGB":
+        Image.fromarray(np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)).save(buf, "PNG")
+    else:
+        Image.new(mode, (w, h)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+class SlowPredictor(Predictor):
+    """A predictor whose inference takes ``delay`` seconds (what a big model costs)."""
+
+    delay = 1.0
+
+    def predict(self, image):
+        time.sleep(self.delay)
+        return super().predict(image)
+
+
+@pytest.fixture(scope="module")
+def predictor():
+    return Predictor(fastdpt.create_model(METRIC).eval())
+
+
+def test_healthz_stays_fast_while_decoding_and_inference_run(predictor, monkeypatch):
+    real = serve_mod.decode_image
+
+    def slow_decode(*a, **k):  # decoding a big image takes time; it must not block the event loop
+        time.sleep(1.5)
+        return real(*a, **k)
+
+    monkeypatch.setattr(serve_mod, "decode_image", slow_decode)
+    with running(create_app(predictor, TOKEN, limits=Limits(workers=1, queue=4))) as port:
+        url = f"http://127.0.0.1:{port}"
+        done = {}
+        t = threading.Thread(target=lambda: done.setdefault("r", httpx.post(f"{url}/v1/depth", content=_png(),
+                                                                            headers={**PNG, **AUTH}, timeout=30)))
+        t.start()
+        time.sleep(0.3)
+        worst = 0.0
+        with httpx.Client(base_url=url, timeout=5) as c:
+            for _ in range(10):
+                t0 = time.perf_counter()
+                assert c.get("/healthz").status_code == 200
+                worst = max(worst, time.perf_counter() - t0)
+                time.sleep(0.05)
+        t.join()
+        assert done["r"].status_code == 200
+        assert worst < 0.25, worst
+
+
+def test_a_full_queue_answers_503_with_retry_after():
+    slow = SlowPredictor(fastdpt.create_model(METRIC).eval())
+    with running(create_app(slow, limits=Limits(workers=1, queue=1))) as port:
+        url = f"http://127.0.0.1:{port}/v1/depth"
+        results = []
+
+        def hit():
+            results.append(httpx.post(url, content=_png(), headers=PNG, timeout=30))
+
+        ts = [threading.Thread(target=hit) for _ in range(4)]
+        for t in ts:
+            t.start()
+            time.sleep(0.1)
+        for t in ts:
+            t.join()
+        codes = sorted(r.status_code for r in results)
+        assert codes == [200, 200, 503, 503], codes
+        busy = next(r for r in results if r.status_code == 503)
+        assert busy.headers["retry-after"] == "1" and busy.json() == {"error": busy.json()["error"], "status": 503}
+
+
+def test_uploads_are_limited_while_streaming_and_never_spooled(predictor, monkeypatch):
+    def no_disk(*a, **k):
+        raise AssertionError("an upload was spooled to a temporary file")
+
+    monkeypatch.setattr(tempfile, "SpooledTemporaryFile", no_disk)
+    monkeypatch.setattr(tempfile, "NamedTemporaryFile", no_disk)
+
+    def send_until_answered(port, head: bytes, first: bytes = b"") -> tuple[bytes, int]:
+        """Stream a chunked body of zeros until the server answers; returns (reply, bytes sent)."""
+        sock = socket.create_connection(("127.0.0.1", port))
+        sock.sendall(head + b"Transfer-Encoding: chunked\r\n\r\n")
+        sent, reply = 0, b""
+        body = first
+        try:
+            while sent < 50 * 2**20 and b"\r\n\r\n" not in reply:
+                chunk = body or b"\0" * 65536
+                body = b""
+                sock.sendall(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
+                sent += len(chunk)
+                sock.setblocking(False)
+                try:
+                    reply += sock.recv(4096)
+                except BlockingIOError:
+                    pass
+                except ConnectionError:
+                    break
+                finally:
+                    sock.setblocking(True)
+        except ConnectionError:
+            pass
+        sock.settimeout(5)
+        try:
+            while b"\r\n\r\n" not in reply:
+                more = sock.recv(4096)
+                if not more:
+                    break
+                reply += more
+        except (socket.timeout, ConnectionError):
+            pass
+        sock.close()
+        return reply, sent
+
+    with running(create_app(predictor, limits=Limits(max_bytes=100_000))) as port:
+        url = f"http://127.0.0.1:{port}/v1/depth"
+        reply, sent = send_until_answered(port, b"POST /v1/depth HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n")
+        assert reply.startswith(b"HTTP/1.1 413") and sent < 16 * 2**20, (reply[:40], sent)  # answered mid-upload (socket buffers hold a few MB)
+        part = (b"--xyz\r\nContent-Disposition: form-data; name=\"image\"; filename=\"a.png\"\r\n"
+                b"Content-Type: image/png\r\n\r\n")
+        reply, sent = send_until_answered(
+            port, b"POST /v1/depth HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=xyz\r\n", part)
+        assert reply.startswith(b"HTTP/1.1 413") and sent < 16 * 2**20, (reply[:40], sent)
+        ok = httpx.post(url, files={"image": ("a.png", _png(), "image/png")}, timeout=30)  # in memory, no disk
+        assert ok.status_code == 200
+
+
+def test_the_token_guards_every_route_but_healthz_and_the_page(predictor):
+    with running(create_app(predictor, TOKEN)) as port:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as c:
+            for path in ("/metrics", "/v1/models", "/docs", "/redoc", "/openapi.json", "/nowhere"):
+                r = c.get(path)
+                assert r.status_code == 401 and r.json() == {"error": "missing or wrong bearer token", "status": 401}, path
+            assert c.get("/healthz").status_code == 200 and c.get("/").status_code == 200
+            r = c.post("/v1/depth?values=" + "x" * 5000, content=_png(), headers=PNG)
+            assert r.status_code == 401  # the token is checked before anything else, validation included
+            c.headers.update(AUTH)
+            r = c.post("/v1/depth?values=" + "x" * 5000, content=_png(), headers=PNG)
+            assert r.status_code == 422 and r.json() == {"error": "invalid value for values", "status": 422}
+            assert "xxxx" not in r.text
+            assert c.get("/openapi.json").status_code == 200 and c.get("/metrics").status_code == 200
+    for bad in ("", "   "):
+        with pytest.raises(ConfigError, match="empty"):
+            create_app(predictor, bad)
+
+
+def test_one_json_error_shape_and_every_error_counted(predictor, monkeypatch):
+    with running(create_app(predictor, limits=Limits(max_pixels=30_000_000))) as port:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as c:
+            wide = _png(1, 60_000, mode="1")  # a few hundred bytes; too wide to encode back as PNG
+            r = c.post("/v1/depth?format=color", content=wide, headers=PNG)
+            assert r.status_code == 413 and "side longer" in r.json()["error"]
+            assert c.post("/v1/depth", content=_png()).status_code == 415  # no Content-Type
+            r = c.post("/v1/depth", content=b"<svg xmlns='http://www.w3.org/2000/svg'/>", headers={"Content-Type": "image/svg+xml"})
+            assert r.status_code == 415
+            gif = io.BytesIO()
+            Image.new("RGB", (8, 8)).save(gif, "GIF")
+            r = c.post("/v1/depth", content=gif.getvalue(), headers=PNG)  # the type lies; the content decides
+            assert r.status_code == 400 and "not a PNG/JPEG" in r.json()["error"] and "0x" not in r.json()["error"]
+
+            def boom(image):
+                raise RuntimeError("secret internals at 0xdeadbeef")
+
+            monkeypatch.setattr(predictor, "predict", boom)
+            r = c.post("/v1/depth", content=_png(), headers=PNG)
+            assert r.status_code == 500 and r.json() == {"error": "internal error", "status": 500}
+            monkeypatch.undo()
+            metrics = c.get("/metrics").text
+            for status in ("413", "415", "400", "500"):
+                assert f'route="/v1/depth",status="{status}"' in metrics, status
+
+
+def test_slow_and_idle_clients_are_cut_off(predictor):
+    app = create_app(predictor, limits=Limits(read_timeout_s=1.0))
+    with running(app, first_request_s=1.0, keep_alive_s=1.0, max_connections=8) as port:
+        silent = socket.create_connection(("127.0.0.1", port))
+        silent.settimeout(5)
+        t0 = time.time()
+        assert silent.recv(1) == b""  # closed by the server, not by us
+        assert time.time() - t0 < 3
+        trickle = socket.create_connection(("127.0.0.1", port))
+        trickle.settimeout(10)
+        trickle.sendall(b"POST /v1/depth HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nContent-Length: 100000\r\n\r\n")
+        t0 = time.time()
+        reply = b""
+        while b"\r\n\r\n" not in reply:
+            trickle.sendall(b"\0")
+            time.sleep(0.2)
+            try:
+                trickle.setblocking(False)
+                reply += trickle.recv(4096)
+            except BlockingIOError:
+                pass
+            finally:
+                trickle.setblocking(True)
+            assert time.time() - t0 < 5
+        assert reply.startswith(b"HTTP/1.1 408")
+        crowd = [socket.create_connection(("127.0.0.1", port)) for _ in range(20)]
+        time.sleep(0.3)
+        closed = 0
+        for s in crowd:
+            s.settimeout(0.2)
+            try:
+                closed += s.recv(1) == b""
+            except socket.timeout:
+                pass
+        assert closed >= 12  # beyond the cap of 8, new connections are closed at once
+        for s in crowd + [silent, trickle]:
+            s.close()
+
+
+def test_token_sources_and_bad_serve_options(tmp_path, monkeypatch):
+    runner = CliRunner()
+    f = tmp_path / "token"
+    f.write_text("abc\n")
+    assert read_token(None, f) == "abc"
+    for args, text in [(["--token", ""], "empty"), (["--max-mb", "-1"], "--max-mb"),
+                       (["--host", "0.0.0.0"], "without a token"), (["--token-file", str(tmp_path / "none")], "token file")]:
+        r = runner.invoke(cli, ["serve", "-m", "fast-effb0-f64-128x416", *args])
+        assert r.exit_code == 2 and text in r.output and "Traceback" not in r.output, (args, r.output)
+    monkeypatch.setenv("FASTDPT_TOKEN", "")
+    r = runner.invoke(cli, ["serve", "-m", "fast-effb0-f64-128x416"])
+    assert r.exit_code == 2 and "empty" in r.output
