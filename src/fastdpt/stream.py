@@ -1,11 +1,17 @@
 """Online depth on frame streams: sources -> bounded queues -> inference (batch 1) -> sinks.
 
 Three threads run side by side: the reader decodes frames, the worker predicts depth, the writer
-encodes the output. Queues are bounded, so memory stays flat. Without ``realtime`` every frame
-is processed (the reader waits when the worker is busy). With ``realtime`` the reader keeps the
-source's pace and drops a frame whenever the worker is still busy. The output then pairs every
-input frame with the most recent depth, so the output video keeps the source frame rate, and the
-drops are counted.
+(the caller's thread) encodes the output. Queues are bounded, so memory stays flat. Without
+``realtime`` every frame is processed (the reader waits when the worker is busy). With ``realtime``
+the reader keeps the source's pace and drops a frame whenever the worker is still busy; the output
+then pairs every input frame with the most recent depth, so the output video keeps the source frame
+rate, and the drops are counted.
+
+Nothing is lost silently: frames that cannot be decoded, that are larger than the pixel limit, or a
+video that ends before the frame count its container declares are counted as ``problems`` (with
+``strict=True`` the first one stops the stream); frames of another size than the first are processed
+and resized for the output video, and counted as ``resized``. Ctrl-C stops within about a second:
+the video written so far is kept under ``<name>.partial<ext>`` and :class:`StreamInterrupted` says so.
 """
 
 from __future__ import annotations
@@ -13,8 +19,10 @@ from __future__ import annotations
 import json
 import os
 import queue
+import tempfile
 import threading
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
@@ -22,87 +30,163 @@ from typing import Callable, Iterator
 import cv2
 import numpy as np
 
-from .errors import FastDPTError, StreamError
-from .io import IMAGE_EXTS, read_image
+from .errors import FastDPTError, ImageError, ImageTooLargeError, StreamError
+from .io import IMAGE_EXTS, MAX_PIXELS, atomic_write, check_output_dir, check_size, read_image, same_file
 from .predict import Predictor
 from .viz import beside, colorize
 
 _END = object()
+VIDEO_EXTS = (".mp4", ".m4v", ".mov", ".avi", ".mkv")
+
+
+class StreamInterrupted(StreamError):
+    """The stream was stopped (Ctrl-C) before its end; ``stats`` and ``partial`` tell what was kept."""
+
+    def __init__(self, message: str, stats: "StreamStats", partial: Path | None):
+        super().__init__(message)
+        self.stats, self.partial = stats, partial
+
+
+@dataclass
+class Problem:
+    """A frame the source could not deliver: ``kind`` (``unreadable``, ``too_large``, ``truncated``)."""
+
+    kind: str
+    message: str
+    count: int = 1
+
 
 # -- sources ---------------------------------------------------------------------------------------
 class VideoSource:
-    """Frames of a video file (RGB), or of a camera when ``path`` is an int index."""
+    """Frames of a video file (RGB), or of a camera when ``path`` is an int index. Frames over
+    ``max_pixels`` are refused up front; a file that ends before its declared frame count yields a
+    ``truncated`` problem at the end."""
 
-    def __init__(self, path: str | int, fps: float | None = None) -> None:
+    def __init__(self, path: str | int, fps: float | None = None, max_pixels: int = MAX_PIXELS) -> None:
         self.name = str(path)
-        if isinstance(path, str) and not Path(path).is_file():
+        self.path = None if isinstance(path, int) else Path(path)
+        if self.path is not None and not self.path.is_file():
             raise StreamError(f"video not found: {path}")
         self.cap = cv2.VideoCapture(path)
         if not self.cap.isOpened():
             raise StreamError(f"cannot open {'camera' if isinstance(path, int) else 'video'} {path}")
         self.fps = fps or self.cap.get(cv2.CAP_PROP_FPS) or 30.0
         self.live = isinstance(path, int)
+        self.declared = 0 if self.live else max(0, int(self.cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0))
+        w, h = int(self.cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(self.cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
+        try:
+            check_size(w, h, max_pixels, self.name)
+        except ImageError as e:
+            self.cap.release()
+            raise StreamError(str(e)) from None
         ok, first = self.cap.read()
         if not ok or first is None:
             self.cap.release()
             raise StreamError(f"{path}: no frame could be decoded (empty, truncated or not a video)")
         self._first = first
 
-    def __iter__(self) -> Iterator[np.ndarray]:
-        frame = self._first
+    def __iter__(self) -> Iterator[np.ndarray | Problem]:
+        frame, n = self._first, 0
         try:
             while frame is not None:
+                n += 1
                 yield cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
                 ok, frame = self.cap.read()
                 if not ok:
                     frame = None
         finally:
             self.cap.release()
+        if self.declared and n < self.declared:
+            yield Problem("truncated", f"{self.name}: the video ends after {n} of its {self.declared} frames "
+                                       "(truncated or damaged)", self.declared - n)
 
 
 class ImageSequence:
-    """Sorted image files of a folder (e.g. a KITTI drive's ``image_02/data``) replayed at ``fps``."""
+    """Sorted image files of a folder (e.g. a KITTI drive's ``image_02/data``) replayed at ``fps``.
+    Unreadable or oversized files become problems; the sequence goes on."""
 
-    def __init__(self, folder: str | os.PathLike, fps: float = 10.0) -> None:
+    def __init__(self, folder: str | os.PathLike, fps: float = 10.0, max_pixels: int = MAX_PIXELS) -> None:
         folder = Path(folder)
         if not folder.is_dir():
             raise StreamError(f"image folder not found: {folder}")
         self.files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTS)
         if not self.files:
             raise StreamError(f"no images in {folder}")
-        self.fps, self.live, self.name = fps, False, str(folder)
+        if not fps > 0:
+            raise StreamError(f"--fps must be positive, got {fps:g}")
+        self.fps, self.live, self.name, self.max_pixels = fps, False, str(folder), max_pixels
+        self.path = folder
 
-    def __iter__(self) -> Iterator[np.ndarray]:
+    def __iter__(self) -> Iterator[np.ndarray | Problem]:
         for p in self.files:
-            yield read_image(p)
+            try:
+                yield read_image(p, self.max_pixels)
+            except ImageTooLargeError as e:
+                yield Problem("too_large", str(e))
+            except ImageError as e:
+                yield Problem("unreadable", str(e))
 
 
 # -- sinks -----------------------------------------------------------------------------------------
 class VideoSink:
-    """Writes side-by-side (input | depth) or depth-only frames to an mp4 at the source rate."""
+    """Writes side-by-side (input | depth) or depth-only frames to a video at the source rate.
 
-    def __init__(self, path: str | os.PathLike, fps: float, side_by_side: bool = True, cmap: str = "Spectral_r"):
+    The path is checked at construction (a known video suffix, a writable folder, not an existing
+    file unless ``overwrite``). Frames go to a private temporary file beside it; ``close()`` renames
+    it to the final name, ``close(partial=True)`` to ``<stem>.partial<suffix>``. A frame of another
+    size than the first is resized to the video's size (``resized`` counts them)."""
+
+    def __init__(self, path: str | os.PathLike, fps: float, side_by_side: bool = True, cmap: str = "Spectral_r",
+                 overwrite: bool = False):
         self.path, self.fps, self.side_by_side, self.cmap = Path(path), fps, side_by_side, cmap
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = self.path.with_name(self.path.stem + ".part" + self.path.suffix)
+        if self.path.suffix.lower() not in VIDEO_EXTS:
+            raise StreamError(f"{self.path}: the output must be a video file ({', '.join(VIDEO_EXTS)})")
+        if self.path.exists() and not overwrite:
+            raise StreamError(f"{self.path} exists; pass --overwrite to replace it or choose another output")
+        try:
+            check_output_dir(self.path.parent)
+        except ImageError as e:
+            raise StreamError(str(e)) from None
+        from .viz import lookup_table
+
+        lookup_table(cmap)
+        self.tmp: Path | None = None
         self.writer = None
+        self.size: tuple[int, int] | None = None
         self.frames = 0
+        self.resized = 0
+
+    @property
+    def partial_path(self) -> Path:
+        return self.path.with_name(self.path.stem + ".partial" + self.path.suffix)
 
     def write(self, frame: np.ndarray, depth: np.ndarray, kind: str) -> None:
         vis = colorize(depth, kind, self.cmap)
         out = beside(frame, vis) if self.side_by_side else vis
         if self.writer is None:
-            h, w = out.shape[:2]
-            self.writer = cv2.VideoWriter(str(self.tmp), cv2.VideoWriter_fourcc(*"mp4v"), self.fps, (w, h))
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{self.path.stem}.", suffix=self.path.suffix, dir=self.path.parent)
+            os.close(fd)
+            self.tmp = Path(tmp)
+            self.size = (out.shape[1], out.shape[0])
+            self.writer = cv2.VideoWriter(tmp, cv2.VideoWriter_fourcc(*"mp4v"), self.fps, self.size)
             if not self.writer.isOpened():
                 raise StreamError(f"cannot write video {self.path}")
+        if (out.shape[1], out.shape[0]) != self.size:
+            out = cv2.resize(out, self.size, interpolation=cv2.INTER_AREA)
+            self.resized += 1
         self.writer.write(cv2.cvtColor(out, cv2.COLOR_RGB2BGR))
         self.frames += 1
 
-    def close(self) -> None:
-        if self.writer is not None:
-            self.writer.release()
-            os.replace(self.tmp, self.path)
+    def close(self, partial: bool = False) -> Path | None:
+        """Finish the file; returns where it is (None when no frame was written)."""
+        if self.writer is None:
+            return None
+        self.writer.release()
+        self.writer = None
+        target = self.partial_path if partial else self.path
+        os.replace(self.tmp, target)
+        return target
 
 
 # -- the pipeline ----------------------------------------------------------------------------------
@@ -112,8 +196,11 @@ class StreamStats:
     frames_out: int = 0
     inferred: int = 0
     dropped: int = 0
+    resized: int = 0
     wall_s: float = 0.0
     source_fps: float = 0.0
+    problems: dict = field(default_factory=dict)  # kind -> count (unreadable, too_large, truncated)
+    messages: list = field(default_factory=list)  # the first few problem messages
     latencies_ms: list = field(default_factory=list, repr=False)
 
     def summary(self) -> dict:
@@ -126,28 +213,58 @@ class StreamStats:
         return d
 
 
+def check_paths(source, output: str | os.PathLike | None) -> None:
+    """The output may never be the input (also through a link)."""
+    src = getattr(source, "path", None)
+    if output is not None and src is not None and (same_file(src, output) or Path(output).resolve() == Path(src).resolve()):
+        raise StreamError(f"the output {output} is the input; choose another output")
+
+
 def run_stream(source, predictor: Predictor, sink: VideoSink | None = None, realtime: bool = False,
-               queue_size: int = 4, max_frames: int | None = None,
+               queue_size: int = 4, max_frames: int | None = None, strict: bool = False,
                on_frame: Callable[[StreamStats], None] | None = None) -> StreamStats:
     """Run ``predictor`` over ``source`` and write to ``sink``; returns the statistics.
 
-    Latency is measured per inferred frame from when it was read to when its depth was ready.
+    Latency is measured per inferred frame from when it was read to when its depth was ready. With
+    ``strict`` the first source problem raises :class:`StreamError`. Ctrl-C (KeyboardInterrupt)
+    raises :class:`StreamInterrupted` within about a second, with the partial video kept.
     """
+    if sink is not None:
+        check_paths(source, sink.path)
     stats = StreamStats(source_fps=float(source.fps))
+    problems: Counter = Counter()
     q_in: queue.Queue = queue.Queue(maxsize=1 if realtime else queue_size)
     q_out: queue.Queue = queue.Queue(maxsize=queue_size)
     errors: list[BaseException] = []
     stop = threading.Event()
-    latest = None  # the most recent depth, reused for dropped frames (main thread only)
     lock = threading.Lock()
+
+    def put(q: queue.Queue, item) -> bool:
+        """Put unless the stream is stopping (never blocks for more than 0.1 s at a time)."""
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
 
     def reader():
         try:
             period = 1.0 / source.fps
             start = time.perf_counter()
-            for i, frame in enumerate(source):
+            i = 0
+            for frame in source:
                 if stop.is_set() or (max_frames is not None and i >= max_frames):
                     break
+                if isinstance(frame, Problem):
+                    with lock:
+                        problems[frame.kind] += frame.count
+                        if len(stats.messages) < 10:
+                            stats.messages.append(frame.message)
+                    if strict:
+                        raise StreamError(f"{frame.message} (--strict)")
+                    continue
                 if realtime and not source.live:  # replay a file at its own rate
                     delay = start + i * period - time.perf_counter()
                     if delay > 0:
@@ -160,30 +277,38 @@ def run_stream(source, predictor: Predictor, sink: VideoSink | None = None, real
                     except queue.Full:
                         with lock:
                             stats.dropped += 1
-                        q_out.put((i, frame, None))  # shown with the latest depth
-                else:
-                    q_in.put((i, frame, t))
+                        if not put(q_out, (i, frame, None)):  # shown with the latest depth
+                            break
+                elif not put(q_in, (i, frame, t)):
+                    break
+                i += 1
         except BaseException as e:  # noqa: BLE001 - reported by run_stream
             errors.append(e)
+            stop.set()
         finally:
-            q_in.put(_END)
+            put(q_in, _END)  # when stopping, nobody waits for it
 
     def worker():
         try:
-            while (item := q_in.get()) is not _END:
+            while not stop.is_set():
+                try:
+                    item = q_in.get(timeout=0.1)
+                except queue.Empty:
+                    continue
+                if item is _END:
+                    break
                 i, frame, t = item
                 res = predictor.predict(frame)
                 with lock:
                     stats.latencies_ms.append((time.perf_counter() - t) * 1000)
                     stats.inferred += 1
-                q_out.put((i, frame, res))
+                if not put(q_out, (i, frame, res)):
+                    break
         except BaseException as e:  # noqa: BLE001
             errors.append(e)
             stop.set()
-            while q_in.get() is not _END:  # let the reader finish
-                pass
         finally:
-            q_out.put(_END)
+            put(q_out, _END)
 
     threads = [threading.Thread(target=reader, daemon=True), threading.Thread(target=worker, daemon=True)]
     t0 = time.perf_counter()
@@ -191,9 +316,16 @@ def run_stream(source, predictor: Predictor, sink: VideoSink | None = None, real
         t.start()
     pending: dict[int, tuple] = {}
     next_i = 0
+    latest = None  # the most recent depth, reused for dropped frames
+    interrupted = False
     try:
         while True:
-            item = q_out.get()
+            try:
+                item = q_out.get(timeout=0.1)
+            except queue.Empty:
+                if stop.is_set() and not any(t.is_alive() for t in threads):
+                    break
+                continue
             if item is _END:
                 break
             i, frame, res = item
@@ -210,18 +342,35 @@ def run_stream(source, predictor: Predictor, sink: VideoSink | None = None, real
                 stats.wall_s = time.perf_counter() - t0
                 if on_frame:
                     on_frame(stats)
+    except KeyboardInterrupt:
+        interrupted = True
+    except BaseException as e:  # noqa: BLE001 - a sink failure: keep what was written, report it
+        errors.append(e)
     finally:
         stop.set()
-        for t in threads:
-            t.join(timeout=30)
+        deadline = time.perf_counter() + 1.0
+        for t in threads:  # a worker in the middle of a long inference is left behind (daemon thread)
+            t.join(timeout=max(0.0, deadline - time.perf_counter()))
+        stats.wall_s = time.perf_counter() - t0
+        stats.problems = dict(problems)
         if sink is not None:
-            sink.close()
-    stats.wall_s = time.perf_counter() - t0
+            stats.resized = sink.resized
+        failed = interrupted or bool(errors)
+        kept = sink.close(partial=failed) if sink is not None else None
+    if interrupted:
+        where = f"; the video so far is in {kept}" if kept else ""
+        raise StreamInterrupted(f"interrupted after {stats.frames_out} frames{where}", stats, kept)
     if errors:
         e = errors[0]
-        raise e if isinstance(e, FastDPTError) else StreamError(f"stream failed: {e}") from e
+        where = f" (the video so far is in {kept})" if kept else ""
+        if isinstance(e, FastDPTError):
+            if kept:
+                raise StreamError(f"{e}{where}") from None
+            raise e
+        raise StreamError(f"stream failed: {type(e).__name__}: {e}{where}") from e
     return stats
 
 
 def write_stats(stats: StreamStats, path: str | os.PathLike) -> None:
-    Path(path).write_text(json.dumps(stats.summary(), indent=1))
+    text = json.dumps(stats.summary(), indent=1)
+    atomic_write(path, lambda p: p.write_text(text))

@@ -112,7 +112,11 @@ class Transforms:
             x = (x.permute(0, 2, 3, 1) if x.is_floating_point() else x).numpy()
         out = []
         for img in x:
-            img = img.astype(np.float32) / 255.0 if img.dtype == np.uint8 else img.astype(np.float32)
+            if img.dtype == np.uint8:
+                img = img.astype(np.float32)
+                img /= 255.0  # in place: one float copy of a large frame, not two (same values)
+            else:
+                img = img.astype(np.float32)
             if img.shape[:2] != size:
                 img = cv2.resize(img, (size[1], size[0]), interpolation=_CV2_INTERP[self.spec.interpolation])
             out.append(img.transpose(2, 0, 1))

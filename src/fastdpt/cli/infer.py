@@ -8,7 +8,7 @@ from typing import List, Optional
 import typer
 
 from ..errors import ConfigError, FastDPTError
-from ..io import MAX_PIXELS
+from ..io import MAX_PIXELS, check_output_dir
 from .common import (BackendOpt, CmapOpt, DeviceOpt, ModelOpt, PrecisionOpt, StatsOpt, ThreadsOpt, WeightsOpt,
                      build_predictor, console, fail, one_line_errors, out)
 
@@ -75,18 +75,28 @@ def predict(
 
 
 def _run_stream(source_factory, output, model, weights, backend, precision, device, threads, realtime,
-                pred_only, cmap, stats_path, max_frames=None):
-    from ..stream import VideoSink, run_stream, write_stats
+                pred_only, cmap, stats_path, max_frames=None, strict=False, overwrite=False):
+    from ..stream import StreamInterrupted, VideoSink, check_paths, run_stream, write_stats
 
     try:
         source = source_factory()
+        if output is not None:  # the output is checked before any model is loaded
+            check_paths(source, output)
+        sink = VideoSink(output, source.fps, side_by_side=not pred_only, cmap=cmap, overwrite=overwrite) if output else None
+        if stats_path is not None:
+            check_output_dir(Path(stats_path).parent)
         predictor = build_predictor(model, weights, device, backend, precision, threads)
-        sink = VideoSink(output, source.fps, side_by_side=not pred_only, cmap=cmap) if output else None
         with console.status("starting") as status:
             def live(st):
                 status.update(f"{st.frames_out} frames, {st.frames_out / max(st.wall_s, 1e-9):.1f} FPS, "
                               f"{st.dropped} dropped")
-            stats = run_stream(source, predictor, sink, realtime=realtime, max_frames=max_frames, on_frame=live)
+            stats = run_stream(source, predictor, sink, realtime=realtime, max_frames=max_frames, strict=strict,
+                               on_frame=live)
+    except StreamInterrupted as e:
+        console.print(f"stopped: {e}", highlight=False, soft_wrap=True)
+        if stats_path:
+            write_stats(e.stats, stats_path)
+        raise typer.Exit(130)
     except FastDPTError as e:
         fail(e)
     summary = stats.summary()
@@ -95,13 +105,22 @@ def _run_stream(source_factory, output, model, weights, backend, precision, devi
               f"{summary['dropped']} dropped; latency p50/p90/p99 {summary['latency_ms_p50']:.0f}/"
               f"{summary['latency_ms_p90']:.0f}/{summary['latency_ms_p99']:.0f} ms"
               + (f" -> {output}" if output else ""), highlight=False)
+    if stats.problems or stats.resized:
+        parts = [f"{n} {kind.replace('_', ' ')}" for kind, n in stats.problems.items()]
+        parts += [f"{stats.resized} of another size (resized for the video)"] if stats.resized else []
+        console.print(f"[yellow]warning:[/yellow] frames not as expected: {', '.join(parts)}; "
+                      + "; ".join(stats.messages[:3]), highlight=False, soft_wrap=True)
     if stats_path:
         write_stats(stats, stats_path)
 
 
+StrictOpt = typer.Option(False, "--strict", help="stop at the first unreadable, oversized or missing frame")
+OverwriteVideoOpt = typer.Option(False, "--overwrite", help="replace an existing output video")
+
+
 def video(
     source: Path = typer.Argument(..., help="input video"),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="output .mp4 (side-by-side by default)"),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="output video (side-by-side by default)"),
     model: ModelOpt = "dpt-hybrid-midas",
     weights: WeightsOpt = None,
     backend: BackendOpt = "torch",
@@ -112,12 +131,14 @@ def video(
     pred_only: bool = typer.Option(False, "--pred-only", help="depth only instead of side by side"),
     cmap: CmapOpt = "Spectral_r",
     stats: StatsOpt = None,
+    strict: bool = StrictOpt,
+    overwrite: bool = OverwriteVideoOpt,
 ) -> None:
     """Depth for every frame of a video, written as a video at the source frame rate."""
     from ..stream import VideoSource
 
     _run_stream(lambda: VideoSource(str(source)), output, model, weights, backend, precision, device, threads,
-                realtime, pred_only, cmap, stats)
+                realtime, pred_only, cmap, stats, strict=strict, overwrite=overwrite)
 
 
 def camera(
@@ -133,12 +154,13 @@ def camera(
     pred_only: bool = typer.Option(False, "--pred-only"),
     cmap: CmapOpt = "Spectral_r",
     stats: StatsOpt = None,
+    overwrite: bool = OverwriteVideoOpt,
 ) -> None:
     """Depth from a camera, live (frames are dropped when inference is slower than the camera)."""
     from ..stream import VideoSource
 
     _run_stream(lambda: VideoSource(index), output, model, weights, backend, precision, device, threads, True,
-                pred_only, cmap, stats, max_frames=frames)
+                pred_only, cmap, stats, max_frames=frames, overwrite=overwrite)
 
 
 def stream(
@@ -155,12 +177,14 @@ def stream(
     pred_only: bool = typer.Option(False, "--pred-only"),
     cmap: CmapOpt = "Spectral_r",
     stats: StatsOpt = None,
+    strict: bool = StrictOpt,
+    overwrite: bool = OverwriteVideoOpt,
 ) -> None:
     """Replay an image sequence at a frame rate through the online pipeline."""
     from ..stream import ImageSequence
 
     _run_stream(lambda: ImageSequence(folder, fps), output, model, weights, backend, precision, device, threads,
-                realtime, pred_only, cmap, stats)
+                realtime, pred_only, cmap, stats, strict=strict, overwrite=overwrite)
 
 
 @one_line_errors
