@@ -16,14 +16,14 @@ def test_every_training_option_is_a_flag_with_the_library_default():
     params = {p.name: p for p in cmd.params}
     for f in fields(TrainConfig):
         assert f.name in params, f"TrainConfig.{f.name} has no command-line option"
-        if f.name in ("model", "out"):
+        if f.name == "out":
             assert params[f.name].required
             continue
         default = params[f.name].default
         if isinstance(f.default, tuple):
             default = tuple(type(f.default[0])(v) for v in default.replace("x", ",").split(","))
         assert default == f.default, (f.name, default, f.default)
-    assert "resume" in params
+    assert "resume" in params and "overwrite" in params
 
 
 def test_train_options_are_validated_before_any_work(tmp_path):

@@ -48,6 +48,10 @@ def load(name_or_path: str | os.PathLike, weights: str | os.PathLike | None = No
     else:
         cfg = get_config(str(name_or_path))
         preset = str(name_or_path) if str(name_or_path) in PRESETS else preset_with_weights(cfg)
+        stored = read_checkpoint_config(weights) if weights is not None else None
+        if stored is not None and stored != cfg:
+            raise WeightsError(f"{weights} holds {stored.name}, not {cfg.name}: leave out the model name to run the "
+                               "checkpoint's own variant, or warm-start the other variant from it (--init)")
         if weights is None:
             if preset is None:
                 raise WeightsNotFoundError(

@@ -17,16 +17,28 @@ from .common import DeviceOpt, ThreadsOpt, console, dataclass_command, one_line_
 
 def _train(values: dict) -> None:
     from ..training import train
+    from ..training.run import resume_config
 
-    resume = values.pop("resume")
-    res = train(TrainConfig(**values), resume=resume)
+    ctx = values.pop("ctx")
+    resume, overwrite = values.pop("resume"), values.pop("overwrite")
+    if resume:  # options not given on the command line are the run's own
+        given = {k: v for k, v in values.items() if ctx.get_parameter_source(k).name != "DEFAULT"}
+        cfg = resume_config(values["out"], **given)
+    else:
+        cfg = TrainConfig(**values)
+    res = train(cfg, resume=resume, overwrite=overwrite)
     out.print(json.dumps(res, indent=1))
 
 
+def _flag(name: str, help: str) -> inspect.Parameter:
+    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=False,
+                             annotation=Annotated[bool, typer.Option(f"--{name}", help=help)])
+
+
 train = one_line_errors(dataclass_command(
-    TrainConfig, _train,
-    extra=[inspect.Parameter("resume", inspect.Parameter.KEYWORD_ONLY, default=False,
-                             annotation=Annotated[bool, typer.Option("--resume", help="continue the run in --out")])]))
+    TrainConfig, _train, extra=[inspect.Parameter("ctx", inspect.Parameter.KEYWORD_ONLY, annotation=typer.Context),
+                                _flag("resume", "continue the run in --out (its options, unless given again)"),
+                                _flag("overwrite", "start over in an --out that holds a run (its files are removed)")]))
 train.__doc__ = "Train a variant (the study's recipe by default: AdamW 1e-5, 20 epochs, batch 1, clip 0.5, SILog)."
 
 

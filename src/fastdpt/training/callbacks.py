@@ -45,6 +45,9 @@ class SaveCheckpoints(L.Callback):
             os.replace(tmp, self.run / "resume.ckpt")
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        loader = getattr(trainer.datamodule, "train_loader", None) if trainer.datamodule is not None else None
+        if loader is not None:  # the position the resume state records: batches trained this epoch
+            loader.batches_done = batch_idx + 1
         if self.every_n_steps and trainer.global_step and trainer.global_step % self.every_n_steps == 0 \
                 and (batch_idx + 1) % trainer.accumulate_grad_batches == 0:
             self._resume_state(trainer)
@@ -52,6 +55,10 @@ class SaveCheckpoints(L.Callback):
     def on_train_epoch_end(self, trainer, module):
         if trainer.sanity_checking:
             return
+        loader = getattr(trainer.datamodule, "train_loader", None) if trainer.datamodule is not None else None
+        if loader is not None:  # the epoch is complete: a resume starts the next one from its beginning
+            loader.batches_done = 0
+            loader.sampler.epoch = trainer.current_epoch + 1
         if trainer.is_global_zero:
             meta = {"epoch": trainer.current_epoch, "global_step": trainer.global_step}
             save_checkpoint(module.model, self.run / "last.safetensors", meta)

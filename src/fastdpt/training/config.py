@@ -25,7 +25,8 @@ def _opt(help: str, default=None, flags: tuple[str, ...] | None = None, required
 class TrainConfig:
     """Everything a training run needs; stored as ``train_config.json`` in the run folder."""
 
-    model: str = _opt("variant to train: preset or canonical name (a metric head for silog)", flags=("--model", "-m"), required=True)
+    model: str = _opt("variant to train: preset or canonical name (a metric head for silog); with --resume, "
+                      "the run's", flags=("--model", "-m"))
     out: str = _opt("run folder", flags=("--out",), required=True)
     data_root: str | None = _opt("KITTI-format root with raw/, data_depth_annotated/, splits/ (e.g. from `data synth`)")
     raw_root: str | None = _opt("KITTI raw root (default <data-root>/raw)")

@@ -9,6 +9,47 @@ from ..data.augment import Augment
 from ..data.kitti import DataPaths, KittiDepthDataset, collate, read_split
 
 
+class EpochSampler(torch.utils.data.Sampler):
+    """A fresh permutation per epoch from ``seed + epoch`` (so any epoch's order can be made again),
+    starting at ``start`` samples in: the rest of an interrupted epoch, nothing repeated or skipped."""
+
+    def __init__(self, size: int, seed: int = 0) -> None:
+        self.size, self.seed, self.epoch, self.start = size, seed, 0, 0
+
+    def set_epoch(self, epoch: int) -> None:  # Lightning calls this at every epoch start
+        self.epoch = epoch
+
+    def order(self, epoch: int) -> list[int]:
+        return torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed + epoch)).tolist()
+
+    def __iter__(self):
+        start, self.start = self.start, 0
+        return iter(self.order(self.epoch)[start:])
+
+    def __len__(self) -> int:
+        return self.size
+
+
+class ResumableLoader(torch.utils.data.DataLoader):
+    """A DataLoader whose position in the epoch is part of the resume state (Lightning saves
+    ``state_dict()`` in ``resume.ckpt`` and calls ``load_state_dict`` before iterating again).
+
+    ``batches_done`` is set by the run's checkpoint callback from the batch index the training loop
+    reached, not counted while fetching (Lightning fetches a batch ahead)."""
+
+    def __init__(self, dataset, batch_size: int, seed: int, **kwargs) -> None:
+        super().__init__(dataset, batch_size=batch_size, sampler=EpochSampler(len(dataset), seed), **kwargs)
+        self.batches_done = 0
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.sampler.epoch, "samples": self.batches_done * self.batch_size}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.sampler.epoch = int(state["epoch"])
+        self.sampler.start = int(state["samples"])
+        self.batches_done = self.sampler.start // self.batch_size
+
+
 class KittiDataModule(L.LightningDataModule):
     """Training frames with augmentation, validation frames as they are (full size: the evaluation
     protocol applies the KB crop itself).
@@ -20,11 +61,12 @@ class KittiDataModule(L.LightningDataModule):
     """
 
     def __init__(self, paths: DataPaths, augment: Augment = Augment(), batch_size: int = 1, workers: int = 2,
-                 dense_root: str | None = None) -> None:
+                 dense_root: str | None = None, seed: int = 0) -> None:
         super().__init__()
         self.paths, self.augment, self.batch_size, self.workers = paths, augment, batch_size, workers
-        self.dense_root = dense_root
+        self.dense_root, self.seed = dense_root, seed
         self.train_ds = self.val_ds = None
+        self.train_loader: ResumableLoader | None = None
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_ds is None:
@@ -34,13 +76,14 @@ class KittiDataModule(L.LightningDataModule):
             self.val_ds = KittiDepthDataset(read_split(p.splits["val_split"]), p.raw_root, p.gt_root,
                                             augment=Augment.none(kb_crop=False))
 
-    def _loader(self, ds, shuffle: bool, batch_size: int):
-        return torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=shuffle, num_workers=self.workers,
-                                           pin_memory=torch.cuda.is_available(), collate_fn=collate,
-                                           persistent_workers=self.workers > 0)
+    def _options(self) -> dict:
+        return dict(num_workers=self.workers, pin_memory=torch.cuda.is_available(), collate_fn=collate,
+                    persistent_workers=self.workers > 0)
 
     def train_dataloader(self):
-        return self._loader(self.train_ds, True, self.batch_size)
+        """Shuffled by epoch (seeded), resumable mid-epoch."""
+        self.train_loader = ResumableLoader(self.train_ds, self.batch_size, self.seed, **self._options())
+        return self.train_loader
 
     def val_dataloader(self):
-        return self._loader(self.val_ds, False, 1)
+        return torch.utils.data.DataLoader(self.val_ds, batch_size=1, shuffle=False, **self._options())

@@ -13,6 +13,9 @@ Run folder (``out``)::
 from __future__ import annotations
 
 import json
+import os
+import shutil
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -48,7 +51,7 @@ def build(cfg: TrainConfig):
             raise TrainingError("--dense-gt needs --data-root with a dense/ folder (as `fastdpt data synth` writes)")
     aug = Augment(hflip=cfg.hflip, kb_crop=cfg.kb_crop, random_crop=cfg.random_crop, rotate_deg=cfg.rotate_deg,
                   color=cfg.color)
-    data = KittiDataModule(paths, aug, cfg.batch_size, cfg.workers, dense_root=dense)
+    data = KittiDataModule(paths, aug, cfg.batch_size, cfg.workers, dense_root=dense, seed=cfg.seed)
     return module, data
 
 
@@ -62,16 +65,105 @@ def default_logger(cfg: TrainConfig, run: Path):
                         if cfg.tracking_uri is None else None)
 
 
+RUN_FILES = ("train_config.json", "resume.ckpt", "last.safetensors", "best.safetensors", "result.json", "mlflow.db")
+RUN_FOLDERS = ("mlartifacts", "previews", "checkpoints")
+# what may differ between a run and its resume; everything else must be what the run was started with
+RESUME_MAY_CHANGE = {"epochs", "max_steps", "max_time_s", "progress", "workers", "checkpoint_every",
+                     "limit_val_batches", "tracking_uri", "accelerator", "devices"}
+
+
+@contextmanager
+def run_lock(run: Path):
+    """Hold ``<run>/.lock`` for the whole run: a second training into the same folder fails at once."""
+    import fcntl
+
+    run.mkdir(parents=True, exist_ok=True)
+    fd = os.open(run / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.read(fd, 32).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise TrainingError(f"{run} is in use by another training (pid {holder}); wait for it or choose another --out") from None
+    os.ftruncate(fd, 0)
+    os.write(fd, str(os.getpid()).encode())
+    try:
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
+def stored_config(run: str | os.PathLike) -> TrainConfig:
+    """The options a run in ``run`` was started with (its ``train_config.json``)."""
+    path = Path(run) / "train_config.json"
+    try:
+        return TrainConfig.from_dict(json.loads(path.read_text()))
+    except FileNotFoundError:
+        raise TrainingError(f"nothing to resume: {path} does not exist") from None
+    except (ValueError, TypeError) as e:
+        raise TrainingError(f"{path} cannot be read ({e}); start over with --overwrite") from None
+
+
+def resume_config(run: str | os.PathLike, **changes) -> TrainConfig:
+    """The run's stored options with ``changes`` applied (for ``fastdpt train --out RUN --resume``)."""
+    return TrainConfig.from_dict({**stored_config(run).as_dict(), **changes})
+
+
+def _differences(stored: TrainConfig, given: TrainConfig) -> list[str]:
+    a, b = stored.as_dict(), given.as_dict()
+    a["model"], b["model"] = get_config(a["model"]).name, get_config(b["model"]).name
+    return [f"{k} {a[k]!r} (run) vs {b[k]!r} (given)" for k in a if k not in RESUME_MAY_CHANGE and a[k] != b[k]]
+
+
+def prepare_run(cfg: TrainConfig, resume: bool, overwrite: bool, delete: bool = True) -> None:
+    """Refuse, before anything is written: a resume of nothing, a resume with other options than the
+    run's, an unreadable resume state, or a new run over an old one without ``overwrite`` (which
+    then removes the old run's files)."""
+    run = Path(cfg.out)
+    if run.exists() and not run.is_dir():
+        raise TrainingError(f"--out {run} is a file; choose a folder")
+    if resume and overwrite:
+        raise TrainingError("choose --resume (continue the run) or --overwrite (start over), not both")
+    if resume:
+        state = run / "resume.ckpt"
+        if not state.is_file():
+            raise TrainingError(f"nothing to resume: {state} does not exist")
+        diff = _differences(stored_config(run), cfg)
+        if diff:
+            raise TrainingError("--resume with other options than the run was started with: " + "; ".join(diff[:4])
+                                + " (give the same options, or start a new run)")
+        try:
+            torch.load(state, map_location="cpu", weights_only=True)
+        except Exception as e:  # noqa: BLE001 - torch raises many types for damaged files
+            what = "empty" if state.stat().st_size == 0 else f"damaged ({type(e).__name__})"
+            raise TrainingError(f"{state} is {what}: the run cannot be resumed; start over with --overwrite") from None
+        return
+    existing = [n for n in RUN_FILES if (run / n).exists()]
+    if existing and not overwrite:
+        raise TrainingError(f"{run} already holds a run ({', '.join(existing[:3])}); pass --resume to continue it, "
+                            "--overwrite to start over, or choose another --out")
+    if overwrite and delete:
+        for n in RUN_FILES:
+            (run / n).unlink(missing_ok=True)
+        for n in RUN_FOLDERS:
+            shutil.rmtree(run / n, ignore_errors=True)
+
+
 def _count(limit: float):
     return int(limit) if limit > 1 else limit
 
 
-def train(cfg: TrainConfig, resume: bool = False, callbacks: list | None = None, logger=None) -> dict:
-    """Train (or resume) a run.
+def train(cfg: TrainConfig, resume: bool = False, callbacks: list | None = None, logger=None,
+          overwrite: bool = False) -> dict:
+    """Train (or resume) a run. Only one training may use a run folder at a time (a lock file).
 
     Args:
         cfg: the run's options.
-        resume: continue the run in ``cfg.out`` from its ``resume.ckpt``.
+        resume: continue the run in ``cfg.out`` from its ``resume.ckpt``; the options must be the run's
+            (only ``RESUME_MAY_CHANGE`` may differ, e.g. more epochs). The data order of an interrupted
+            epoch is restored exactly (the rest of that epoch's permutation).
+        overwrite: start a new run in a folder that holds one (its files are removed first).
         callbacks: extra Lightning callbacks (e.g. progress reporting, Ray Tune reporting).
         logger: a Lightning logger; ``None``: MLflow in the run folder (or ``cfg.tracking_uri``);
             ``False``: none.
@@ -81,20 +173,22 @@ def train(cfg: TrainConfig, resume: bool = False, callbacks: list | None = None,
     ``global_step``, ``run``.
     """
     L = _lightning()
-    from .callbacks import SaveCheckpoints
-
     run = Path(cfg.out)
-    resume_path = run / "resume.ckpt"
-    if resume and not resume_path.is_file():
-        raise TrainingError(f"nothing to resume: {resume_path} does not exist")
-    if not resume and resume_path.is_file():
-        raise TrainingError(f"{run} already holds a run; pass --resume to continue it or choose another --out")
     if cfg.precision != "fp32" and not torch.cuda.is_available():
         raise TrainingError(f"--precision {cfg.precision} is for GPUs; on this machine use fp32")
+    prepare_run(cfg, resume, overwrite, delete=False)  # refusals come before anything is written
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     module, data = build(cfg)
-    data.setup("fit")
-    run.mkdir(parents=True, exist_ok=True)
+    data.setup("fit")  # the data is checked before anything is written too
+    with run_lock(run):
+        prepare_run(cfg, resume, overwrite)  # again under the lock: another process may have started
+        return _fit(L, cfg, run, resume, callbacks, logger, module, data)
+
+
+def _fit(L, cfg: TrainConfig, run: Path, resume: bool, callbacks, logger, module, data) -> dict:
+    from .callbacks import SaveCheckpoints
+
+    resume_path = run / "resume.ckpt"
     if cfg.init and not resume:
         from ..weights import warm_start
 
