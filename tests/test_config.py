@@ -85,3 +85,36 @@ def test_derived_fields():
     c = ModelConfig(hooks=(2, 5), heads=24, attention="performer")
     assert c.num_blocks == 6 and c.head_dim == 32 and c.num_features == int(32 * __import__("math").log(32))
     assert ModelConfig(attention="performer").num_features == 266
+
+
+@pytest.mark.parametrize("name,says", [
+    ("dpt-hybird-kitti", "did you mean dpt-hybrid-kitti"),
+    ("r50.h8-11.heads12.softmax.f256", "input size is missing"),
+    ("r50.h8-11.heads12.softmax.f256@384", "input size '384' should be"),
+    ("r50.heads12.softmax.f256@384x384", "hook field after the backbone"),
+    ("effb0.h0-1.heads12.softmx.f64@192x640", "unknown or misplaced field 'softmx'"),
+    ("effb0.h0-1.f64.heads12@192x640", "misplaced field 'heads12'"),
+    ("effb0.h0-1.heads12.softmax.f64.kiti@128x416", "field 'kiti'"),
+    ("r18.h0-1@192x640", "unknown backbone 'r18'"),
+])
+def test_name_errors_say_which_field_is_wrong(name, says):
+    with pytest.raises(ConfigError) as e:
+        get_config(name)
+    assert says in str(e.value) and "\n" not in str(e.value)
+
+
+def test_tables_never_cut_names():
+    import io
+
+    from rich.console import Console
+
+    from fastdpt.cli.common import print_table
+
+    names = list_models("study@192x640")
+    for width in (60, 80, 120):
+        buf = io.StringIO()
+        print_table("t", ["canonical name", "params (M)", "GMACs", "output", "official weights"],
+                    [[n, "50.32", "70.1", "metric", ""] for n in names], console=Console(width=width, file=buf))
+        text = buf.getvalue()
+        assert all(n in text for n in names), width
+        assert max(len(line) for line in text.splitlines()) <= width

@@ -157,3 +157,27 @@ def test_formats_outside_the_allowlist_are_refused_by_content(tmp_path):
     Image.new("1", (6000, 5000)).save(tmp_path / "bomb.png")  # small file, 30 MP declared
     with pytest.raises(ImageTooLargeError, match="larger than the limit"):
         read_image(tmp_path / "bomb.png")
+
+
+def test_data_synth_warm_start_and_export_never_overwrite_silently(tmp_path, ckpt, official_sd):
+    import torch
+
+    r = runner.invoke(app, ["data", "synth", "--out", str(tmp_path / "d"), "--drives", "2", "--frames", "12",
+                            "--size", "64x192", "--workers", "1"])
+    assert r.exit_code == 0, r.output
+    split = (tmp_path / "d" / "splits" / "test_files_with_gt.txt").read_bytes()
+    r = runner.invoke(app, ["data", "synth", "--out", str(tmp_path / "d"), "--drives", "3", "--frames", "12",
+                            "--size", "64x192", "--workers", "1"])
+    assert r.exit_code == 2 and "--overwrite" in r.output
+    assert (tmp_path / "d" / "splits" / "test_files_with_gt.txt").read_bytes() == split
+    init = tmp_path / "official.pt"
+    torch.save(official_sd, init)
+    target = tmp_path / "w.safetensors"
+    target.write_bytes(b"precious")
+    r = runner.invoke(app, ["warm-start", "effb0.h0-1.heads12.softmax.f32.kitti@64x192", "--init", str(init),
+                            "-o", str(target)])
+    assert r.exit_code == 2 and "--overwrite" in r.output and target.read_bytes() == b"precious"
+    onnx_out = tmp_path / "e.onnx"
+    onnx_out.write_bytes(b"precious")
+    r = runner.invoke(app, ["export", str(ckpt), "-o", str(onnx_out)])
+    assert r.exit_code == 2 and "--overwrite" in r.output and onnx_out.read_bytes() == b"precious"

@@ -202,10 +202,8 @@ class ModelConfig:
         ``heads``, the attention and ``f`` may be omitted and take their defaults."""
         m = _NAME_RE.fullmatch(name.strip())
         if not m:
-            raise ConfigError(
-                f"{name!r} is neither a preset nor a canonical variant name "
-                f"({NAME_GRAMMAR}); run `fastdpt models` to list presets"
-            )
+            raise ConfigError(f"{name!r} is neither a preset nor a variant name: {diagnose_name(name)}; "
+                              "`fastdpt models` lists the presets")
         g = m.groupdict()
         metric = None
         if g["out"] in METRIC_HEADS:
@@ -240,3 +238,46 @@ _NAME_RE = re.compile(
     r"(?:\.(?P<norm>imagenet))?"
     r"@(?P<H>\d+)x(?P<W>\d+)(?P<keep>-keep)?"
 )
+
+
+# -- saying which field of a name is wrong --------------------------------------------------------------
+_FIELDS = [  # optional fields after the hooks, in grammar order: (what, pattern)
+    ("heads<n>", re.compile(r"heads\d+")),
+    ("softmax|performer[M]", re.compile(r"(softmax|performer)\d*")),
+    ("f<features>", re.compile(r"f\d+")),
+    ("kitti|nyu|m<scale>_<shift>", re.compile(rf"(kitti|nyu|m{_FLOAT}_{_FLOAT})")),
+    ("imagenet", re.compile(r"imagenet")),
+]
+
+
+def diagnose_name(name: str) -> str:
+    """Which field of a would-be canonical name is missing or wrong, in words."""
+    name = name.strip()
+    if "@" not in name:
+        if "." not in name:
+            return f"it has no fields (a variant name reads {NAME_GRAMMAR}, e.g. effb0.h0-1@192x640)"
+        return "the network input size is missing (@<H>x<W> at the end, e.g. @192x640)"
+    head, _, size = name.rpartition("@")
+    if not re.fullmatch(r"\d+x\d+(-keep)?", size):
+        return f"the input size {size!r} should be <H>x<W> or <H>x<W>-keep, e.g. 192x640"
+    backbone, _, rest = head.partition(".")
+    if backbone not in BACKBONES:
+        return f"unknown backbone {backbone!r}; choose one of {', '.join(BACKBONES)}"
+    m = re.match(r"h\d+-\d+", rest)
+    if not m:
+        token = rest.split(".")[0] if rest else ""
+        return f"the hook field after the backbone should be h<a>-<b> (e.g. h0-1), got {token!r}"
+    pos, expected = m.end(), 0
+    while pos < len(rest):
+        if rest[pos] != ".":
+            return f"unexpected {rest[pos:]!r} after {rest[:pos]!r}"
+        for i in range(expected, len(_FIELDS)):
+            fm = _FIELDS[i][1].match(rest, pos + 1)
+            if fm and (fm.end() == len(rest) or rest[fm.end()] == "."):
+                pos, expected = fm.end(), i + 1
+                break
+        else:
+            token = rest[pos + 1:].split(".")[0]
+            allowed = ", ".join(w for w, _ in _FIELDS[expected:]) or "nothing more"
+            return f"unknown or misplaced field {token!r} (after {rest[:pos]!r} come, in order: {allowed})"
+    return "its fields are in order but a value is out of range"

@@ -326,6 +326,18 @@ def check_output_dir(path: str | os.PathLike) -> Path:
     return path
 
 
+def check_new_file(path: str | os.PathLike, overwrite: bool = False) -> Path:
+    """``path`` may be written: it does not exist (or ``overwrite``), it is not a folder, and its
+    folder can be written. Checked before any work, so nothing runs for an output that cannot land."""
+    path = Path(path)
+    if path.is_dir():
+        raise ImageError(f"{path} is a folder; give a file name")
+    if path.exists() and not overwrite:
+        raise ImageError(f"{path} exists; pass --overwrite to replace it or choose another name")
+    check_output_dir(path.parent)
+    return path
+
+
 def ensure_output_dir(path: str | os.PathLike) -> Path:
     """Create ``path`` (with parents) or fail with one line if it is a file or cannot be written."""
     path = Path(path)

@@ -7,6 +7,7 @@ architecture itself lives in the config alone.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+import difflib
 from fnmatch import fnmatchcase
 from itertools import product
 
@@ -89,7 +90,13 @@ def get_config(name_or_config: str | ModelConfig) -> ModelConfig:
         return name_or_config
     if name_or_config in PRESETS:
         return PRESETS[name_or_config].config
-    return ModelConfig.from_name(name_or_config)
+    try:
+        return ModelConfig.from_name(name_or_config)
+    except ConfigError as e:
+        close = difflib.get_close_matches(str(name_or_config), list(PRESETS), n=3, cutoff=0.75)
+        if close:
+            raise ConfigError(f"{e}; did you mean {' or '.join(close)}?") from None
+        raise
 
 
 def preset_with_weights(config: ModelConfig) -> str | None:

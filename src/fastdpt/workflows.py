@@ -39,11 +39,21 @@ class ExportReport:
     int8_max_rel: float | None = None
 
 
+def int8_path(path: str | os.PathLike) -> Path:
+    path = Path(path)
+    return path.with_name(path.stem + "-int8.onnx")
+
+
 def export_and_verify(model: torch.nn.Module, output: str | os.PathLike, size: tuple[int, int] | None = None,
-                      int8: bool = False, calibration_frames: int = 8) -> ExportReport:
+                      int8: bool = False, calibration_frames: int = 8, overwrite: bool = False) -> ExportReport:
     """Export ``model`` to ONNX at network ``size`` (default: its config's), check it against PyTorch
     on :func:`verification_inputs`, and with ``int8`` also write ``<stem>-int8.onnx`` (static QDQ,
-    calibrated on ``calibration_frames`` synthetic driving frames) and check that too."""
+    calibrated on ``calibration_frames`` synthetic driving frames) and check that too. Existing
+    files are kept unless ``overwrite``."""
+    from .io import check_new_file
+
+    for path in [output] + ([int8_path(output)] if int8 else []):
+        check_new_file(path, overwrite)
     size = tuple(size or model.config.input_size)
     path = export_onnx(model, output, size)
     inputs = verification_inputs(model, size)
@@ -51,7 +61,7 @@ def export_and_verify(model: torch.nn.Module, output: str | os.PathLike, size: t
     report = ExportReport(path, err["max_abs"], err["max_rel"], len(inputs))
     if int8:
         calib = [x.numpy() for x in verification_inputs(model, size, seed=1, frames=calibration_frames)[1:]]
-        q = quantize_int8(path, path.with_name(path.stem + "-int8.onnx"), calibration=calib)
+        q = quantize_int8(path, int8_path(path), calibration=calib)
         qerr = compare(model, q, inputs)
         report.int8_path, report.int8_max_abs, report.int8_max_rel = q, qerr["max_abs"], qerr["max_rel"]
     return report

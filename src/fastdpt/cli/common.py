@@ -13,6 +13,7 @@ from typing import Annotated, Callable, Optional
 
 import typer
 from rich.console import Console
+from rich.table import Table
 
 from ..errors import FastDPTError
 
@@ -64,6 +65,21 @@ def set_threads(threads: int | None) -> None:
         import torch
 
         torch.set_num_threads(threads)
+
+
+def check_model(model: str, weights=None) -> None:
+    """A model argument that cannot work fails here, before inputs are read or anything is loaded:
+    a checkpoint or ONNX file that does not exist, or a name that is no preset or variant."""
+    from ..presets import get_config
+
+    path = Path(str(model))
+    if path.suffix in (".safetensors", ".onnx", ".pt", ".pth"):
+        if not path.is_file():
+            raise FastDPTError(f"model file not found: {path}")
+    else:
+        get_config(str(model))
+    if weights is not None and not Path(weights).is_file():
+        raise FastDPTError(f"weights file not found: {weights}")
 
 
 def build_predictor(model, weights, device, backend, precision, threads):
@@ -126,3 +142,26 @@ def dataclass_command(cls, call: Callable[[dict], None], exclude: tuple[str, ...
     command.__signature__ = inspect.Signature(params)
     command.__annotations__ = {p.name: p.annotation for p in params}
     return command
+
+
+# -- tables that never cut names -----------------------------------------------------------------------
+def print_table(title: str, headers: list[str], rows: list[list[str]], names: tuple[int, ...] = (0,),
+                console: Console | None = None) -> None:
+    """A table whose name columns (``names``: column indexes) are never cut, whatever the terminal's
+    width: columns on the right that do not fit are left out (and the caption says which; ``--json``
+    has them all), what still does not fit wraps."""
+    console = console or out
+    widths = [max([len(h)] + [len(r[i]) for r in rows]) + 3 for i, h in enumerate(headers)]
+    shown = list(range(len(headers)))
+    while sum(widths[i] for i in shown) + 1 > console.width and any(i not in names for i in shown):
+        shown.remove(max(i for i in shown if i not in names))
+    dropped = [headers[i] for i in range(len(headers)) if i not in shown]
+    table = Table(title=title, caption=f"left out at this width: {', '.join(dropped)}" if dropped else None)
+    for i in shown:
+        if i in names:
+            table.add_column(headers[i], no_wrap=True, min_width=widths[i] - 3)
+        else:
+            table.add_column(headers[i], overflow="fold")
+    for r in rows:
+        table.add_row(*(r[i] for i in shown))
+    console.print(table)

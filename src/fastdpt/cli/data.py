@@ -23,6 +23,7 @@ def synth(
     size: str = typer.Option("375x1242", "--size", help="image size HxW"),
     seed: int = typer.Option(0, "--seed"),
     workers: Optional[int] = typer.Option(None, "--workers", help="render processes (default: up to 2)"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace a dataset already in --out"),
 ) -> None:
     """Render procedural driving sequences in KITTI's on-disk format."""
     from rich.progress import Progress
@@ -32,7 +33,8 @@ def synth(
     hw = parse_size(size)
     with Progress(console=console, transient=True) as bar:
         task = bar.add_task("rendering", total=drives * frames)
-        res = render(out_dir, drives, frames, hw, seed, workers, progress=lambda done, total: bar.update(task, completed=done))
+        res = render(out_dir, drives, frames, hw, seed, workers, progress=lambda done, total: bar.update(task, completed=done),
+                     overwrite=overwrite)
     out.print(f"{res.frames} frames ({res.annotated} annotated) in {res.seconds:.1f} s -> {res.out}", highlight=False)
     for split, names in res.drives.items():
         out.print(f"  {split}: {', '.join(names)}  ({res.out / 'splits' / (split + '_files_with_gt.txt')})", highlight=False)

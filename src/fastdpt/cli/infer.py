@@ -10,7 +10,7 @@ import typer
 from ..errors import ConfigError, FastDPTError
 from ..io import MAX_PIXELS, check_output_dir
 from .common import (BackendOpt, CmapOpt, DeviceOpt, ModelOpt, PrecisionOpt, StatsOpt, ThreadsOpt, WeightsOpt,
-                     build_predictor, console, fail, one_line_errors, out)
+                     build_predictor, check_model, console, fail, one_line_errors, out)
 
 
 @one_line_errors
@@ -40,6 +40,7 @@ def predict(
     from ..viz import lookup_table
     from ..workflows import predict_files
 
+    check_model(model, weights)
     files, missing = collect_inputs(inputs)
     if calib is not None:
         focal = calib_focal(calib)
@@ -85,6 +86,7 @@ def _run_stream(source_factory, output, model, weights, backend, precision, devi
         sink = VideoSink(output, source.fps, side_by_side=not pred_only, cmap=cmap, overwrite=overwrite) if output else None
         if stats_path is not None:
             check_output_dir(Path(stats_path).parent)
+        check_model(model, weights)
         predictor = build_predictor(model, weights, device, backend, precision, threads)
         with console.status("starting") as status:
             def live(st):
@@ -212,6 +214,7 @@ def serve(
     from ..serve import Limits, read_token
     from ..serve import serve as run_server
 
+    check_model(model, weights)
     if not max_mb > 0:
         raise ConfigError(f"--max-mb must be positive, got {max_mb:g}")
     limits = Limits(max_bytes=int(max_mb * 2**20), max_pixels=max_pixels, workers=workers, queue=queue)

@@ -6,11 +6,10 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
-from rich.table import Table
 
 from ..errors import ConfigError, FastDPTError
 from .common import (BackendOpt, DeviceOpt, PrecisionOpt, ThreadsOpt, WeightsOpt, console, one_line_errors, out,
-                     parse_size)
+                     parse_size, print_table)
 
 
 @one_line_errors
@@ -36,13 +35,13 @@ def models(
         rows.append(row)
     if json_out:
         atomic_write(json_out, lambda p: p.write_text(json.dumps(rows, indent=1)))
-    table = Table(title=f"fastdpt presets ({len(rows)})")
-    for col in ("name", "canonical name", "params (M)", *(["GMACs"] if macs else []), "output", "official weights"):
-        table.add_column(col)
-    for r in rows:
-        table.add_row(r["name"] if r["name"] != r["canonical"] else "", r["canonical"], f"{r['params'] / 1e6:.2f}",
-                      *([f"{r['macs'] / 1e9:.1f}"] if macs else []), r["output"], "yes" if r["weights"] else "")
-    out.print(table)
+    aliases = any(r["name"] != r["canonical"] for r in rows)
+    headers = [*(["name"] if aliases else []), "canonical name", "params (M)", *(["GMACs"] if macs else []), "output",
+               "official weights"]
+    cells = [[*([r["name"] if r["name"] != r["canonical"] else ""] if aliases else []), r["canonical"],
+              f"{r['params'] / 1e6:.2f}", *([f"{r['macs'] / 1e9:.1f}"] if macs else []), r["output"],
+              "yes" if r["weights"] else ""] for r in rows]
+    print_table(f"fastdpt presets ({len(rows)})", headers, cells, names=(0, 1) if aliases else (0,))
 
 
 @one_line_errors
@@ -76,16 +75,13 @@ def bench(
         rows = bench_many(names, baseline, on_row=report, input_size=size, batch_size=batch_size, device=device,
                           precision=precision, runs=runs, warmup=warmup, threads=threads, backend=backend,
                           calibration=calibration)
-    table = Table(title=f"fastdpt bench: {size[0]}x{size[1]} frames, {device}, {backend} {precision}, "
-                        f"{rows[0].threads} threads")
-    for col in ("variant", "net", "params (M)", "GMACs", "latency ms (p50/p90)", "FPS", "throughput", "peak MB",
-                *(["speed-up"] if baseline else [])):
-        table.add_column(col)
-    for r in rows:
-        table.add_row(r.name, r.net_size, f"{r.params / 1e6:.1f}", f"{r.macs / 1e9:.1f}",
-                      f"{r.latency_ms_median:.1f} / {r.latency_ms_p90:.1f}", f"{r.fps:.2f}", f"{r.throughput:.2f}",
-                      f"{r.peak_mem_mb:.0f}", *([f"{r.speedup:.2f}x"] if baseline else []))
-    out.print(table)
+    headers = ["variant", *(["speed-up"] if baseline else []), "latency ms (p50/p90)", "FPS", "net", "params (M)",
+               "GMACs", "throughput", "peak MB"]
+    cells = [[r.name, *([f"{r.speedup:.2f}x"] if baseline else []), f"{r.latency_ms_median:.1f} / {r.latency_ms_p90:.1f}",
+              f"{r.fps:.2f}", r.net_size, f"{r.params / 1e6:.1f}", f"{r.macs / 1e9:.1f}", f"{r.throughput:.2f}",
+              f"{r.peak_mem_mb:.0f}"] for r in rows]
+    print_table(f"fastdpt bench: {size[0]}x{size[1]} frames, {device}, {backend} {precision}, {rows[0].threads} threads",
+                headers, cells)
     if json_path:
         write_bench_json(rows, json_path)
 
@@ -112,11 +108,14 @@ def warm_start(
     init: Path = typer.Option(..., "--init", help="weights to start from (official, HF or fastdpt)"),
     output: Path = typer.Option(..., "--output", "-o", help="fastdpt .safetensors checkpoint to write"),
     backbone_weights: Optional[str] = typer.Option(None, "--backbone-weights", help="timm CNN checkpoint, or 'hub'"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing output file"),
 ) -> None:
     """Build a (modified) variant from existing weights, print the report, save a checkpoint."""
     from ..api import create_model
+    from ..io import check_new_file
     from ..weights import save_checkpoint
 
+    check_new_file(output, overwrite)
     m = create_model(model, init=init, backbone_weights=backbone_weights)
     console.print(str(m.load_report), highlight=False)
     out.print(str(save_checkpoint(m, output, {"init": str(init)})), highlight=False)
@@ -131,16 +130,23 @@ def export(
     output: Path = typer.Option(..., "--output", "-o", help="the .onnx file to write"),
     input_size: Optional[str] = typer.Option(None, "--input-size", help="network input HxW (default: the variant's)"),
     untrained: bool = typer.Option(False, "--untrained", help="export random weights (speed tests only)"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace existing output files"),
 ) -> None:
     """Export to ONNX with the variant's name in the metadata; check it against PyTorch."""
     from .. import api
     from ..workflows import export_and_verify
 
+    from ..io import check_new_file
+    from ..workflows import int8_path
+
     if fmt != "onnx":
         raise FastDPTError(f"unknown export format {fmt!r}; only onnx is supported")
+    size = parse_size(input_size) if input_size else None
+    for path in [output] + ([int8_path(output)] if int8 else []):
+        check_new_file(path, overwrite)  # before the model is loaded
     m = api.create_model(model) if untrained else api.load(model, weights)
     with console.status("exporting"):
-        rep = export_and_verify(m, output, parse_size(input_size) if input_size else None, int8=int8)
+        rep = export_and_verify(m, output, size, int8=int8, overwrite=overwrite)
     out.print(f"{rep.path}: max abs error {rep.max_abs:.3g}, max rel error {rep.max_rel:.3g} "
               f"({rep.inputs} random and synthetic-scene inputs)", highlight=False)
     if rep.int8_path:

@@ -477,22 +477,38 @@ class SynthSummary:
     seconds: float
 
 
+SYNTH_PARTS = ("raw", "data_depth_annotated", "dense", "splits")
+
+
 def synth(out: str | os.PathLike, drives: int = 4, frames: int = 40, size: tuple[int, int] = KITTI_SIZE,
-          seed: int = 0, workers: int | None = None, progress=None) -> SynthSummary:
+          seed: int = 0, workers: int | None = None, progress=None, overwrite: bool = False) -> SynthSummary:
     """Render ``drives`` drives of ``frames`` frames into ``out`` (see the module docstring).
 
     Drives are split train / val / test: the last drive is test, the one before it val (with 3 or
-    more drives), the rest train; with 2 drives val and test share the last one.
+    more drives), the rest train; with 2 drives val and test share the last one. A folder that
+    already holds a dataset is refused unless ``overwrite`` (then its dataset folders are removed).
     """
+    import shutil
     import time
+
+    from ..io import check_output_dir
 
     if drives < 2:
         raise ConfigError("synth needs at least 2 drives (one to train on, one to test on)")
     if frames < 2 * NO_GT_EDGE + 1:
         raise ConfigError(f"synth needs more than {2 * NO_GT_EDGE} frames per drive (the first and last "
                          f"{NO_GT_EDGE} have no annotation)")
-    t0 = time.perf_counter()
+    if any(s < 32 for s in size):
+        raise ConfigError(f"frames of {size[0]}x{size[1]} are too small; use at least 32x32")
     out = Path(out)
+    check_output_dir(out)
+    existing = [p for p in SYNTH_PARTS if (out / p).exists()]
+    if existing and not overwrite:
+        raise ConfigError(f"{out} already holds a dataset ({', '.join(existing)}); pass --overwrite to replace it "
+                          "or choose another --out")
+    for p in existing:
+        shutil.rmtree(out / p)
+    t0 = time.perf_counter()
     names = [drive_name(i + 1) for i in range(drives)]
     split_drives = {"test": names[-1:], "val": names[-2:-1] if drives >= 3 else names[-1:],
                     "train": names[:-2] if drives >= 3 else names[:1]}

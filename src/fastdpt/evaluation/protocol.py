@@ -107,3 +107,23 @@ def eval_pngs(pred_dir: str | os.PathLike, gt_root: str | os.PathLike, entries: 
     res["images"] = avg.count
     res["skipped"] = skipped
     return res
+
+
+def best_constant(entries: list[SplitEntry], gt_root: str | os.PathLike, protocol: Protocol = Protocol(),
+                  candidates: int = 99) -> dict:
+    """The best a model that ignores its input can score: the constant depth (among ``candidates``
+    quantiles of the valid GT) with the lowest mean AbsRel over the frames, and all its metrics.
+    A trained model that does not beat it has learnt nothing useful yet."""
+    gts = [read_depth_png(p) for e in entries if (p := find_gt(gt_root, e.gt)) is not None]
+    if not gts:
+        raise DataError(f"no annotated frame under {gt_root}")
+    values = np.concatenate([g[(g > protocol.min_depth) & (g < protocol.max_depth)] for g in gts])
+    best = None
+    for c in np.quantile(values, np.linspace(0.01, 0.99, candidates)):
+        avg = MetricAverager()
+        for g in gts:
+            avg.add(score_image(np.full_like(g, c), g, protocol.crop, False, protocol.min_depth, protocol.max_depth))
+        m = avg.result()
+        if best is None or m["abs_rel"] < best["abs_rel"]:
+            best = {**m, "depth": float(c), "images": avg.count}
+    return best

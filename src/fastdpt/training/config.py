@@ -60,6 +60,7 @@ class TrainConfig:
     color: bool = _opt("colour jitter", False, flags=("--color-jitter",))
     limit_train_batches: float = _opt("fraction (<= 1) or number (> 1) of training batches an epoch", 1.0)
     limit_val_batches: float = _opt("fraction (<= 1) or number (> 1) of validation batches", 1.0)
+    val_every: int = _opt("validate (and choose best.safetensors) every N epochs", 1)
     checkpoint_every: int = _opt("also save the resume state every N optimiser steps (0: epoch ends only)", 0)
     max_time_s: float | None = _opt("stop after this much training time, seconds", None)
     tracking_uri: str | None = _opt("MLflow tracking URI (default: SQLite in the run folder)")
@@ -80,7 +81,7 @@ class TrainConfig:
             raise ConfigError(f"--monitor must be one of {', '.join(METRIC_KEYS)}, got {self.monitor!r}")
         if self.precision not in ("fp32", "fp16", "bf16"):
             raise ConfigError(f"--precision must be fp32, fp16 or bf16, got {self.precision!r}")
-        for name in ("epochs", "batch_size", "accumulate"):
+        for name in ("epochs", "batch_size", "accumulate", "val_every"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         if not self.lr > 0:

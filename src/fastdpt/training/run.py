@@ -207,7 +207,7 @@ def _fit(L, cfg: TrainConfig, run: Path, resume: bool, callbacks, logger, module
         precision=precision, callbacks=[saver, *(callbacks or [])], logger=logger,
         enable_checkpointing=False, enable_progress_bar=cfg.progress, enable_model_summary=False,
         limit_train_batches=_count(cfg.limit_train_batches), limit_val_batches=_count(cfg.limit_val_batches),
-        num_sanity_val_steps=0, log_every_n_steps=1, accelerator=cfg.accelerator, devices=cfg.devices,
+        num_sanity_val_steps=0, log_every_n_steps=1, check_val_every_n_epoch=cfg.val_every, accelerator=cfg.accelerator, devices=cfg.devices,
         default_root_dir=str(run), deterministic=False,
         max_time={"seconds": cfg.max_time_s} if cfg.max_time_s else None,
     )
