@@ -50,8 +50,13 @@ def load(name_or_path: str | os.PathLike, weights: str | os.PathLike | None = No
         preset = str(name_or_path) if str(name_or_path) in PRESETS else preset_with_weights(cfg)
         stored = read_checkpoint_config(weights) if weights is not None else None
         if stored is not None and stored != cfg:
-            raise WeightsError(f"{weights} holds {stored.name}, not {cfg.name}: leave out the model name to run the "
-                               "checkpoint's own variant, or warm-start the other variant from it (--init)")
+            what = f"{weights} holds {stored.name}, not {cfg.name}"
+            try:  # say which tensors differ too, when they do
+                load_weights(DPT(cfg), weights)
+            except WeightsError as e:
+                raise WeightsError(f"{what}; {e}") from None
+            raise WeightsError(f"{what}: leave out the model name to run the checkpoint's own variant, or "
+                               "warm-start the other variant from it (--init)")
         if weights is None:
             if preset is None:
                 raise WeightsNotFoundError(
