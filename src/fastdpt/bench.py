@@ -1,8 +1,11 @@
 """Speed of variants: parameters, MACs, latency of the whole online step, throughput, memory.
 
-Latency is what one frame costs online: the Predictor's whole step (the variant's transforms in,
-forward, resize back to the frame size), at batch 1, after warm-up, synchronised, median and p90
-over runs.
+Latency is what one frame costs online: the Predictor's whole step (frame in host memory -> the
+variant's transforms in, forward, resize back to the frame size -> depth in host memory), at batch
+1, after warm-up, synchronised, median and p90 over runs. Beside it, ``net_ms_median`` is the
+network alone (the backend on an input already on the device), so the per-frame overhead shows.
+On a GPU, peak memory is that of the measured passes only (reset after warm-up, so cuDNN's
+algorithm search is not counted).
 Throughput is the forward pass alone on a batch of pre-processed frames.
 MACs come from ``torch.utils.flop_counter`` on the meta device (matmuls and convolutions;
 elementwise work is not counted), as FLOPs / 2.
@@ -54,6 +57,8 @@ class BenchRow:
     peak_mem_mb: float
     runs: int
     backend: str = "torch"
+    net_ms_median: float | None = None
+    channels_last: bool = False
     speedup: float | None = None
 
     def as_dict(self) -> dict:
@@ -165,7 +170,8 @@ def cudnn_benchmark(enabled: bool) -> Iterator[None]:
 def bench_variant(name: str, input_size: tuple[int, int] = (352, 1216), batch_size: int = 1,
                   device: str = "cpu", precision: str = "fp32", runs: int = 10, warmup: int = 2,
                   threads: int | None = None, model: torch.nn.Module | None = None,
-                  backend: str = "torch", calibration: Sequence[np.ndarray] | None = None) -> BenchRow:
+                  backend: str = "torch", calibration: Sequence[np.ndarray] | None = None,
+                  channels_last: bool = False, compile_mode: str | None = None) -> BenchRow:
     """Benchmark one variant (random weights unless ``model`` is given) on frames of ``input_size``
     through a backend (``torch``, ``compile``, ``onnxruntime``; int8 through ONNX Runtime, calibrated
     on ``calibration`` frames). Thread count and cuDNN settings are restored afterwards."""
@@ -173,23 +179,30 @@ def bench_variant(name: str, input_size: tuple[int, int] = (352, 1216), batch_si
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError("--device cuda asked for, but no CUDA device is available")
     with torch_threads(threads), cudnn_benchmark(dev.type == "cuda"):
-        return _bench(name, input_size, batch_size, dev, precision, runs, warmup, threads, model, backend, calibration)
+        return _bench(name, input_size, batch_size, dev, precision, runs, warmup, threads, model, backend, calibration,
+                      channels_last, compile_mode)
 
 
-def _bench(name, input_size, batch_size, dev, precision, runs, warmup, threads, model, backend, calibration):
+def _bench(name, input_size, batch_size, dev, precision, runs, warmup, threads, model, backend, calibration,
+           channels_last, compile_mode):
     cfg = get_config(name)
     net = network_size(*input_size, cfg)
     rss_before = _reset_cpu_peak() if dev.type == "cpu" else None
     model = (model or DPT(cfg)).eval().to(dev)
-    if dev.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(dev)
     predictor = Predictor(model, device=dev, backend=backend, precision=precision, threads=threads,
-                          calibration=calibration)
+                          calibration=calibration, channels_last=channels_last, compile_mode=compile_mode)
     try:
         frame = np.random.default_rng(0).integers(0, 256, (*input_size, 3), dtype=np.uint8)
-        predictor.predict(frame)  # builds lazily compiled / exported graphs outside the timed runs
-
-        lat = _timed(lambda: predictor.predict(frame), dev, warmup, runs)
+        predictor.predict(frame)  # builds lazily compiled / exported / captured graphs outside the timed runs
+        x = predictor.transforms.preprocess(frame)
+        for _ in range(warmup):
+            predictor.predict(frame)
+            predictor.backend(x)
+        _sync(dev)
+        if dev.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(dev)
+        lat = _timed(lambda: predictor.predict(frame), dev, 0, runs)
+        net_times = _timed(lambda: predictor.backend(x), dev, 0, runs)
         med = statistics.median(lat)
         p90 = float(np.percentile(lat, 90))
         if batch_size == 1 or backend == "onnxruntime":  # exported graphs take batch 1
@@ -207,6 +220,7 @@ def _bench(name, input_size, batch_size, dev, precision, runs, warmup, threads, 
         latency_ms_p90=round(p90, 2), fps=round(1000.0 / med, 3), throughput=round(throughput, 3),
         batch_size=batch_size if backend != "onnxruntime" else 1, threads=torch.get_num_threads(), device=str(dev),
         precision=precision, backend=backend, peak_mem_mb=round(peak, 1), runs=runs,
+        net_ms_median=round(statistics.median(net_times), 3), channels_last=channels_last,
     )
 
 

@@ -43,14 +43,18 @@ class Predictor:
         calibration: representative RGB frames (H x W x 3 uint8) for int8; each is resized to the
             network size of the exported graph.
         resize: how frames are resized into the network (see :mod:`fastdpt.transforms`).
+        channels_last: run convolutions in channels-last memory order (often faster on GPUs).
+        compile_mode: ``torch.compile`` mode for the ``compile`` backend (e.g. ``reduce-overhead``).
 
-    Safe to call from several threads: inference is serialised by a lock.
+    Safe to call from several threads: inference is serialised by a lock. On a GPU the whole step
+    stays on the device: uint8 frames are uploaded once (pinned, non-blocking), resized, normalised,
+    run, resized back (and colour-mapped, :meth:`colorizer`) there; only the result comes back.
     """
 
     def __init__(self, model: torch.nn.Module | str | os.PathLike, weights: str | os.PathLike | None = None,
                  device: str | torch.device = "cpu", backend: str = "torch", precision: str = "fp32",
                  threads: int | None = None, calibration: Sequence[np.ndarray] | None = None,
-                 resize: str = "auto") -> None:
+                 resize: str = "auto", channels_last: bool = False, compile_mode: str | None = None) -> None:
         from .runtime import OrtBackend, make_backend, onnx_config
 
         self.device = torch.device(device)
@@ -68,7 +72,8 @@ class Predictor:
             self.model = model.to(self.device).eval()
             self.config = model.config
             calib = self._calibration(calibration) if calibration is not None else None
-            self.backend = make_backend(backend, self.model, self.device, precision, threads, calibration=calib)
+            self.backend = make_backend(backend, self.model, self.device, precision, threads, calibration=calib,
+                                        channels_last=channels_last, compile_mode=compile_mode)
         self.transforms = Transforms(self.config, self.device, resize=resize)
         self._lock = threading.Lock()
 
@@ -110,6 +115,12 @@ class Predictor:
             results += [DepthResult(d, self.config.output_kind) for d in depth]
             i = j
         return results
+
+    def colorizer(self, cmap: str = "Spectral_r"):
+        """Colour maps on the predictor's device (see :class:`fastdpt.viz.DeviceColorizer`)."""
+        from .viz import DeviceColorizer
+
+        return DeviceColorizer(cmap, self.device)
 
     def close(self) -> None:
         """Release the backend's cached graphs and sessions (and their temporary files)."""

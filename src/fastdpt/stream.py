@@ -33,7 +33,7 @@ import numpy as np
 from .errors import FastDPTError, ImageError, ImageTooLargeError, StreamError
 from .io import IMAGE_EXTS, MAX_PIXELS, atomic_write, check_output_dir, check_size, read_image, same_file
 from .predict import Predictor
-from .viz import beside, colorize
+from .viz import beside
 
 _END = object()
 VIDEO_EXTS = (".mp4", ".m4v", ".mov", ".avi", ".mkv")
@@ -128,21 +128,86 @@ class ImageSequence:
 
 
 # -- sinks -----------------------------------------------------------------------------------------
+CODECS = ("auto", "h264", "mp4v")
+
+
+def h264_available() -> bool:
+    """Whether PyAV (``pip install av``, or ``.[video]``) with an H.264 encoder is installed."""
+    try:
+        import av
+
+        av.codec.Codec("libx264", "w")
+        return True
+    except Exception:  # noqa: BLE001 - missing module or encoder
+        return False
+
+
+class _Mp4vWriter:
+    """OpenCV's mp4v (MPEG-4 part 2): always available, but browsers do not play it."""
+
+    def __init__(self, path: str, fps: float, size: tuple[int, int]):
+        self.writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*"mp4v"), fps, size)
+        if not self.writer.isOpened():
+            raise StreamError(f"cannot write video {path}")
+
+    def write(self, rgb: np.ndarray) -> None:
+        self.writer.write(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+
+    def close(self) -> None:
+        self.writer.release()
+
+
+class _H264Writer:
+    """H.264 (yuv420p) through PyAV's FFmpeg: what browsers and phones play. Odd sides are padded by
+    one pixel (4:2:0 needs even ones)."""
+
+    def __init__(self, path: str, fps: float, size: tuple[int, int]):
+        import av
+        from fractions import Fraction
+
+        self.container = av.open(path, mode="w")
+        self.stream = self.container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
+        self.stream.width, self.stream.height = size[0] + size[0] % 2, size[1] + size[1] % 2
+        self.stream.pix_fmt = "yuv420p"
+        self.stream.options = {"crf": "20", "preset": "veryfast"}
+        self.av = av
+
+    def write(self, rgb: np.ndarray) -> None:
+        h, w = rgb.shape[:2]
+        if (w, h) != (self.stream.width, self.stream.height):
+            rgb = np.pad(rgb, ((0, self.stream.height - h), (0, self.stream.width - w), (0, 0)), mode="edge")
+        frame = self.av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
+        for packet in self.stream.encode(frame):
+            self.container.mux(packet)
+
+    def close(self) -> None:
+        for packet in self.stream.encode(None):
+            self.container.mux(packet)
+        self.container.close()
+
+
 class VideoSink:
     """Writes side-by-side (input | depth) or depth-only frames to a video at the source rate.
 
-    The path is checked at construction (a known video suffix, a writable folder, not an existing
-    file unless ``overwrite``). Frames go to a private temporary file beside it; ``close()`` renames
-    it to the final name, ``close(partial=True)`` to ``<stem>.partial<suffix>``. A frame of another
-    size than the first is resized to the video's size (``resized`` counts them)."""
+    ``codec``: ``h264`` (PyAV; browsers play it), ``mp4v`` (OpenCV, always there) or ``auto``
+    (H.264 when PyAV is installed). The path is checked at construction (a known video suffix, a
+    writable folder, not an existing file unless ``overwrite``). Frames go to a private temporary
+    file beside it; ``close()`` renames it to the final name, ``close(partial=True)`` to
+    ``<stem>.partial<suffix>``. A frame of another size than the first is resized to the video's
+    size (``resized`` counts them)."""
 
     def __init__(self, path: str | os.PathLike, fps: float, side_by_side: bool = True, cmap: str = "Spectral_r",
-                 overwrite: bool = False):
+                 overwrite: bool = False, codec: str = "auto"):
         self.path, self.fps, self.side_by_side, self.cmap = Path(path), fps, side_by_side, cmap
         if self.path.suffix.lower() not in VIDEO_EXTS:
             raise StreamError(f"{self.path}: the output must be a video file ({', '.join(VIDEO_EXTS)})")
         if self.path.exists() and not overwrite:
             raise StreamError(f"{self.path} exists; pass --overwrite to replace it or choose another output")
+        if codec not in CODECS:
+            raise StreamError(f"codec must be one of {', '.join(CODECS)}, got {codec!r}")
+        if codec == "h264" and not h264_available():
+            raise StreamError("H.264 output needs PyAV: pip install av (or -e '.[video]'), or use --codec mp4v")
+        self.codec = ("h264" if h264_available() else "mp4v") if codec == "auto" else codec
         try:
             check_output_dir(self.path.parent)
         except ImageError as e:
@@ -160,8 +225,8 @@ class VideoSink:
     def partial_path(self) -> Path:
         return self.path.with_name(self.path.stem + ".partial" + self.path.suffix)
 
-    def write(self, frame: np.ndarray, depth: np.ndarray, kind: str) -> None:
-        vis = colorize(depth, kind, self.cmap)
+    def write(self, frame: np.ndarray, vis: np.ndarray) -> None:
+        """One output frame: the input frame and its colour-mapped depth (H x W x 3 uint8)."""
         out = beside(frame, vis) if self.side_by_side else vis
         if self.writer is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -169,20 +234,18 @@ class VideoSink:
             os.close(fd)
             self.tmp = Path(tmp)
             self.size = (out.shape[1], out.shape[0])
-            self.writer = cv2.VideoWriter(tmp, cv2.VideoWriter_fourcc(*"mp4v"), self.fps, self.size)
-            if not self.writer.isOpened():
-                raise StreamError(f"cannot write video {self.path}")
+            self.writer = (_H264Writer if self.codec == "h264" else _Mp4vWriter)(tmp, self.fps, self.size)
         if (out.shape[1], out.shape[0]) != self.size:
             out = cv2.resize(out, self.size, interpolation=cv2.INTER_AREA)
             self.resized += 1
-        self.writer.write(cv2.cvtColor(out, cv2.COLOR_RGB2BGR))
+        self.writer.write(out)
         self.frames += 1
 
     def close(self, partial: bool = False) -> Path | None:
         """Finish the file; returns where it is (None when no frame was written)."""
         if self.writer is None:
             return None
-        self.writer.release()
+        self.writer.close()
         self.writer = None
         target = self.partial_path if partial else self.path
         os.replace(self.tmp, target)
@@ -220,20 +283,41 @@ def check_paths(source, output: str | os.PathLike | None) -> None:
         raise StreamError(f"the output {output} is the input; choose another output")
 
 
+@dataclass
+class FrameOutput:
+    """What the worker hands to the writer: ``depth`` (H x W float32, when kept), ``vis`` (the colour
+    map, H x W x 3 uint8, when there is a sink) and the depth's ``kind``."""
+
+    depth: np.ndarray | None
+    vis: np.ndarray | None
+    kind: str
+
+
 def run_stream(source, predictor: Predictor, sink: VideoSink | None = None, realtime: bool = False,
                queue_size: int = 4, max_frames: int | None = None, strict: bool = False,
-               on_frame: Callable[[StreamStats], None] | None = None) -> StreamStats:
+               on_frame: Callable[[StreamStats], None] | None = None, batch_size: int = 1,
+               on_output: Callable[[int, np.ndarray, FrameOutput], None] | None = None) -> StreamStats:
     """Run ``predictor`` over ``source`` and write to ``sink``; returns the statistics.
+
+    The worker runs the whole step on the predictor's device (upload, transforms, network, resize
+    back, colour map) and brings back only the colour map (and the depth when ``on_output`` wants
+    it). ``batch_size`` > 1 (not with ``realtime``) is the throughput mode for offline video: up to
+    that many waiting frames of one size run as one batch; order and counts stay the same.
 
     Latency is measured per inferred frame from when it was read to when its depth was ready. With
     ``strict`` the first source problem raises :class:`StreamError`. Ctrl-C (KeyboardInterrupt)
     raises :class:`StreamInterrupted` within about a second, with the partial video kept.
     """
+    if batch_size < 1 or (realtime and batch_size > 1):
+        raise StreamError("batch_size must be 1 with realtime (online), and at least 1 otherwise")
+    colorize = predictor.colorizer(sink.cmap) if sink is not None else None
+    keep_depth = on_output is not None
+    kind = predictor.config.output_kind
     if sink is not None:
         check_paths(source, sink.path)
     stats = StreamStats(source_fps=float(source.fps))
     problems: Counter = Counter()
-    q_in: queue.Queue = queue.Queue(maxsize=1 if realtime else queue_size)
+    q_in: queue.Queue = queue.Queue(maxsize=1 if realtime else max(queue_size, 2 * batch_size))
     q_out: queue.Queue = queue.Queue(maxsize=queue_size)
     errors: list[BaseException] = []
     stop = threading.Event()
@@ -288,22 +372,44 @@ def run_stream(source, predictor: Predictor, sink: VideoSink | None = None, real
         finally:
             put(q_in, _END)  # when stopping, nobody waits for it
 
+    def infer(items) -> bool:
+        """One batch of frames of one size, on the device; False when the stream is stopping."""
+        depth = predictor.predict_batch([f for _, f, _ in items])
+        vis = colorize(depth, kind).cpu().numpy() if colorize is not None else [None] * len(items)
+        depth = depth.cpu().numpy() if keep_depth else [None] * len(items)
+        now = time.perf_counter()
+        with lock:
+            stats.latencies_ms += [(now - t) * 1000 for _, _, t in items]
+            stats.inferred += len(items)
+        return all(put(q_out, (i, f, FrameOutput(d, v, kind))) for (i, f, _), d, v in zip(items, depth, vis))
+
     def worker():
         try:
-            while not stop.is_set():
+            ended = False
+            while not stop.is_set() and not ended:
                 try:
                     item = q_in.get(timeout=0.1)
                 except queue.Empty:
                     continue
                 if item is _END:
                     break
-                i, frame, t = item
-                res = predictor.predict(frame)
-                with lock:
-                    stats.latencies_ms.append((time.perf_counter() - t) * 1000)
-                    stats.inferred += 1
-                if not put(q_out, (i, frame, res)):
-                    break
+                items = [item]
+                while len(items) < batch_size:  # throughput mode: take what is waiting
+                    try:
+                        more = q_in.get_nowait()
+                    except queue.Empty:
+                        break
+                    if more is _END:
+                        ended = True
+                        break
+                    items.append(more)
+                start = 0
+                for j in range(1, len(items) + 1):  # runs of one frame size
+                    if j == len(items) or items[j][1].shape != items[start][1].shape:
+                        if not infer(items[start:j]):
+                            ended = True
+                            break
+                        start = j
         except BaseException as e:  # noqa: BLE001
             errors.append(e)
             stop.set()
@@ -336,7 +442,9 @@ def run_stream(source, predictor: Predictor, sink: VideoSink | None = None, real
                     latest = res
                 if latest is not None:
                     if sink is not None:
-                        sink.write(frame, latest.depth, latest.kind)
+                        sink.write(frame, latest.vis)
+                    if on_output is not None:
+                        on_output(next_i, frame, latest)
                     stats.frames_out += 1
                 next_i += 1
                 stats.wall_s = time.perf_counter() - t0

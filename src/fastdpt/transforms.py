@@ -23,6 +23,7 @@ Resizing back is ``F.interpolate`` (bicubic, align_corners=False) everywhere, as
 
 from __future__ import annotations
 
+import threading
 from typing import Sequence
 
 import cv2
@@ -67,6 +68,8 @@ class Transforms:
         self.resize = ("cv2" if self.device.type == "cpu" else "torch") if resize == "auto" else resize
         self._mean = torch.tensor(self.spec.mean, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
         self._std = torch.tensor(self.spec.std, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
+        self._staging: dict = {}  # CUDA: (shape, dtype) -> two pinned host buffers, used in turn
+        self._staging_lock = threading.Lock()
 
     def network_size(self, height: int, width: int) -> tuple[int, int]:
         return self.spec.network_size(height, width)
@@ -126,9 +129,30 @@ class Transforms:
         if isinstance(x, torch.Tensor) and x.is_floating_point():  # (B, 3, H, W) in [0, 1]
             return x.to(self.device, torch.float32)
         if isinstance(x, np.ndarray):
-            x = torch.from_numpy(np.ascontiguousarray(x))
+            x = self._upload(x) if self.device.type == "cuda" else torch.from_numpy(np.ascontiguousarray(x))
         x = x.to(self.device, non_blocking=True).permute(0, 3, 1, 2)
         return x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()
+
+    def _upload(self, frames: np.ndarray) -> torch.Tensor:
+        """Frames to the GPU once, as they are (uint8), from a pinned host buffer, without blocking:
+        two buffers per shape are used in turn, each reused only after its last copy finished."""
+        key = (frames.shape, frames.dtype.str)
+        with self._staging_lock:
+            if key not in self._staging:
+                if len(self._staging) >= 4:  # frame sizes change (keep-aspect variants): keep the recent ones
+                    self._staging.pop(next(iter(self._staging)))
+                like = torch.from_numpy(np.ascontiguousarray(frames[:0]))
+                self._staging[key] = [[torch.empty(frames.shape, dtype=like.dtype).pin_memory(), None] for _ in range(2)]
+            slots = self._staging[key]
+            slots.append(slots.pop(0))  # rotate: take the least recently used
+            slot = slots[-1]
+            if slot[1] is not None:
+                slot[1].synchronize()
+            slot[0].numpy()[...] = frames
+            on_device = slot[0].to(self.device, non_blocking=True)
+            slot[1] = torch.cuda.Event()
+            slot[1].record()
+        return on_device
 
     # -- out -----------------------------------------------------------------------------------------
     def postprocess(self, y: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

@@ -71,3 +71,40 @@ def colorize(depth: np.ndarray, kind: str, cmap: str = "Spectral_r") -> np.ndarr
 def beside(image: np.ndarray, vis: np.ndarray) -> np.ndarray:
     """The input frame and its colour map next to each other (same height)."""
     return np.concatenate([np.asarray(image, np.uint8), vis], axis=1)
+
+
+class DeviceColorizer:
+    """The same colour maps on any torch device: the lookup table lives on the device and only the
+    uint8 image comes back (3 bytes a pixel instead of 4 for the float depth).
+
+    The index rule is :func:`colorize`'s. In float64 (the default on the CPU) the result equals
+    :func:`colorize` exactly; in float32 (the default elsewhere) a pixel on a table boundary may take
+    the neighbouring entry."""
+
+    def __init__(self, cmap: str = "Spectral_r", device="cpu", dtype=None) -> None:
+        import torch
+
+        self.device = torch.device(device)
+        self.lut = torch.as_tensor(lookup_table(cmap), device=self.device)
+        self.scale = index_scale(cmap)
+        self.dtype = dtype or (torch.float64 if self.device.type == "cpu" else torch.float32)
+
+    def __call__(self, depth, kind: str):
+        """(H, W) or (B, H, W) depth tensor -> (..., H, W, 3) uint8 tensor on the same device."""
+        import torch
+
+        d = depth.to(self.device, self.dtype)
+        if kind == "metric":
+            d = 1.0 / torch.clamp_min(d, 1e-3)
+        finite = torch.isfinite(d)
+        lo = torch.where(finite, d, torch.inf).amin(dim=(-2, -1), keepdim=True)
+        hi = torch.where(finite, d, -torch.inf).amax(dim=(-2, -1), keepdim=True)
+        none = ~finite.any(dim=-1, keepdim=True).any(dim=-2, keepdim=True)
+        lo = torch.where(none, torch.zeros_like(lo), lo)
+        hi = torch.where(none, torch.ones_like(hi), hi)
+        span = hi - lo
+        flat = span < 1e-12
+        norm = torch.where(flat, torch.zeros_like(d), (d - lo) / torch.where(flat, torch.ones_like(span), span))
+        norm = torch.nan_to_num(norm).clamp_(0, 1)
+        idx = torch.clamp_max(norm * self.scale, 255).to(torch.long)
+        return self.lut[idx]

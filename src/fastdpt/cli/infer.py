@@ -76,14 +76,17 @@ def predict(
 
 
 def _run_stream(source_factory, output, model, weights, backend, precision, device, threads, realtime,
-                pred_only, cmap, stats_path, max_frames=None, strict=False, overwrite=False):
+                pred_only, cmap, stats_path, max_frames=None, strict=False, overwrite=False, batch=1, codec="auto"):
     from ..stream import StreamInterrupted, VideoSink, check_paths, run_stream, write_stats
 
     try:
         source = source_factory()
         if output is not None:  # the output is checked before any model is loaded
             check_paths(source, output)
-        sink = VideoSink(output, source.fps, side_by_side=not pred_only, cmap=cmap, overwrite=overwrite) if output else None
+        sink = VideoSink(output, source.fps, side_by_side=not pred_only, cmap=cmap, overwrite=overwrite,
+                         codec=codec) if output else None
+        if batch < 1 or (realtime and batch > 1):
+            raise ConfigError("--batch must be 1 with --realtime or a camera (online), and at least 1 otherwise")
         if stats_path is not None:
             check_output_dir(Path(stats_path).parent)
         check_model(model, weights)
@@ -93,7 +96,7 @@ def _run_stream(source_factory, output, model, weights, backend, precision, devi
                 status.update(f"{st.frames_out} frames, {st.frames_out / max(st.wall_s, 1e-9):.1f} FPS, "
                               f"{st.dropped} dropped")
             stats = run_stream(source, predictor, sink, realtime=realtime, max_frames=max_frames, strict=strict,
-                               on_frame=live)
+                               on_frame=live, batch_size=batch)
     except StreamInterrupted as e:
         console.print(f"stopped: {e}", highlight=False, soft_wrap=True)
         if stats_path:
@@ -117,6 +120,8 @@ def _run_stream(source_factory, output, model, weights, backend, precision, devi
 
 
 StrictOpt = typer.Option(False, "--strict", help="stop at the first unreadable, oversized or missing frame")
+BatchOpt = typer.Option(1, "--batch", help="throughput mode for offline video: frames a batch (1: online)")
+CodecOpt = typer.Option("auto", "--codec", help="auto (H.264 when PyAV is installed) | h264 | mp4v")
 OverwriteVideoOpt = typer.Option(False, "--overwrite", help="replace an existing output video")
 
 
@@ -135,12 +140,14 @@ def video(
     stats: StatsOpt = None,
     strict: bool = StrictOpt,
     overwrite: bool = OverwriteVideoOpt,
+    batch: int = BatchOpt,
+    codec: str = CodecOpt,
 ) -> None:
     """Depth for every frame of a video, written as a video at the source frame rate."""
     from ..stream import VideoSource
 
     _run_stream(lambda: VideoSource(str(source)), output, model, weights, backend, precision, device, threads,
-                realtime, pred_only, cmap, stats, strict=strict, overwrite=overwrite)
+                realtime, pred_only, cmap, stats, strict=strict, overwrite=overwrite, batch=batch, codec=codec)
 
 
 def camera(
@@ -157,12 +164,13 @@ def camera(
     cmap: CmapOpt = "Spectral_r",
     stats: StatsOpt = None,
     overwrite: bool = OverwriteVideoOpt,
+    codec: str = CodecOpt,
 ) -> None:
     """Depth from a camera, live (frames are dropped when inference is slower than the camera)."""
     from ..stream import VideoSource
 
     _run_stream(lambda: VideoSource(index), output, model, weights, backend, precision, device, threads, True,
-                pred_only, cmap, stats, max_frames=frames, overwrite=overwrite)
+                pred_only, cmap, stats, max_frames=frames, overwrite=overwrite, codec=codec)
 
 
 def stream(
@@ -181,12 +189,14 @@ def stream(
     stats: StatsOpt = None,
     strict: bool = StrictOpt,
     overwrite: bool = OverwriteVideoOpt,
+    batch: int = BatchOpt,
+    codec: str = CodecOpt,
 ) -> None:
     """Replay an image sequence at a frame rate through the online pipeline."""
     from ..stream import ImageSequence
 
     _run_stream(lambda: ImageSequence(folder, fps), output, model, weights, backend, precision, device, threads,
-                realtime, pred_only, cmap, stats, strict=strict, overwrite=overwrite)
+                realtime, pred_only, cmap, stats, strict=strict, overwrite=overwrite, batch=batch, codec=codec)
 
 
 @one_line_errors

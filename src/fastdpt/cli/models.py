@@ -57,8 +57,11 @@ def bench(
     warmup: int = typer.Option(2, "--warmup"),
     baseline: Optional[str] = typer.Option(None, "--baseline", help="report speed-up over this variant, measured in the same run"),
     json_path: Optional[Path] = typer.Option(None, "--json", help="write the rows as JSON"),
+    channels_last: bool = typer.Option(False, "--channels-last", help="channels-last convolutions (GPU)"),
+    compile_mode: Optional[str] = typer.Option(None, "--compile-mode", help="torch.compile mode, e.g. reduce-overhead"),
 ) -> None:
-    """Parameters, MACs, latency (median, p90), FPS, throughput and memory of variants."""
+    """Parameters, MACs, the whole online step (latency median/p90, FPS) beside the network alone,
+    throughput and memory of variants; --baseline adds speed-ups measured in the same run."""
     from ..bench import bench_many, write_bench_json
 
     size = parse_size(input_size)
@@ -74,12 +77,12 @@ def bench(
 
         rows = bench_many(names, baseline, on_row=report, input_size=size, batch_size=batch_size, device=device,
                           precision=precision, runs=runs, warmup=warmup, threads=threads, backend=backend,
-                          calibration=calibration)
-    headers = ["variant", *(["speed-up"] if baseline else []), "latency ms (p50/p90)", "FPS", "net", "params (M)",
-               "GMACs", "throughput", "peak MB"]
+                          calibration=calibration, channels_last=channels_last, compile_mode=compile_mode)
+    headers = ["variant", *(["speed-up"] if baseline else []), "step ms (p50/p90)", "net ms", "FPS", "net size",
+               "params (M)", "GMACs", "throughput", "peak MB"]
     cells = [[r.name, *([f"{r.speedup:.2f}x"] if baseline else []), f"{r.latency_ms_median:.1f} / {r.latency_ms_p90:.1f}",
-              f"{r.fps:.2f}", r.net_size, f"{r.params / 1e6:.1f}", f"{r.macs / 1e9:.1f}", f"{r.throughput:.2f}",
-              f"{r.peak_mem_mb:.0f}"] for r in rows]
+              f"{r.net_ms_median:.1f}", f"{r.fps:.2f}", r.net_size, f"{r.params / 1e6:.1f}", f"{r.macs / 1e9:.1f}",
+              f"{r.throughput:.2f}", f"{r.peak_mem_mb:.0f}"] for r in rows]
     print_table(f"fastdpt bench: {size[0]}x{size[1]} frames, {device}, {backend} {precision}, {rows[0].threads} threads",
                 headers, cells)
     if json_path:

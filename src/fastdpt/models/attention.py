@@ -107,6 +107,6 @@ class Attention(nn.Module):
         q, k, v = qkv.unbind(0)
         if self.kernel == "softmax":
             out = F.scaled_dot_product_attention(q, k, v)
-        else:
-            out = favor_attention(q, k, v, self.projection)
+        else:  # exp() of random features: float32 whatever the weights' precision
+            out = favor_attention(q.float(), k.float(), v.float(), self.projection.float()).to(q.dtype)
         return self.proj(out.transpose(1, 2).reshape(b, n, c))

@@ -160,7 +160,8 @@ class DPT(nn.Module):
         f1, f2, t3, t4, grid = self.encoder(x)
         y = self.decoder(f1, f2, self.reassemble[0](t3, grid), self.reassemble[1](t4, grid))
         y = self.head(y).squeeze(1)
-        if self.config.metric is not None:
+        if self.config.metric is not None:  # in float32 whatever the weights' precision
+            y = y.float()
             scale, shift = self.config.metric
             y = 1.0 / torch.clamp(scale * y + shift, min=1e-8)
         return y

@@ -5,9 +5,10 @@ predictor's device. Every backend keeps one cache of runners keyed by input shap
 graph, an ONNX Runtime session), built on first use and reused after.
 """
 
-from .backends import BACKENDS, PRECISIONS, Backend, OrtBackend, TorchBackend, make_backend
+from .backends import (BACKENDS, PRECISIONS, Backend, CudaGraphBackend, OrtBackend, TorchBackend, cast_for_inference,
+                       make_backend)
 from .export import compare, export_onnx, onnx_config
 from .quantize import quantize_int8
 
-__all__ = ["BACKENDS", "PRECISIONS", "Backend", "OrtBackend", "TorchBackend", "compare", "export_onnx",
+__all__ = ["BACKENDS", "PRECISIONS", "Backend", "CudaGraphBackend", "OrtBackend", "TorchBackend", "cast_for_inference", "compare", "export_onnx",
            "make_backend", "onnx_config", "quantize_int8"]

@@ -7,7 +7,6 @@ import shutil
 import tempfile
 import threading
 import weakref
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Callable, Hashable
 
@@ -17,8 +16,8 @@ import torch
 from ..config import ModelConfig
 from ..errors import ConfigError, FastDPTError
 
-BACKENDS = ("torch", "compile", "onnxruntime")
-PRECISIONS = ("fp32", "fp16", "bf16", "int8")
+BACKENDS = ("torch", "compile", "cudagraph", "onnxruntime")
+PRECISIONS = ("fp32", "tf32", "fp16", "bf16", "int8")
 
 # calibration for int8: network size (h, w) -> normalised inputs (1, 3, h, w) at that size
 Calibration = Callable[[tuple[int, int]], list[torch.Tensor]]
@@ -59,31 +58,101 @@ class Backend:
         self._runners.clear()
 
 
+NORMS = (torch.nn.LayerNorm, torch.nn.GroupNorm, torch.nn.modules.batchnorm._BatchNorm)
+HALF = {"fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def cast_for_inference(model: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
+    """A copy of ``model`` with its weights in ``dtype`` (cast once), normalisation layers kept in
+    float32: their input is cast up and their output back, so statistics never lose precision."""
+    import copy
+
+    model = copy.deepcopy(model).to(dtype)
+    for m in model.modules():
+        if isinstance(m, NORMS):
+            m.float()
+            m.register_forward_pre_hook(lambda mod, args: tuple(a.float() if torch.is_tensor(a) else a for a in args))
+            m.register_forward_hook(lambda mod, args, out: out.to(dtype))
+    return model
+
+
+def prepare(model: torch.nn.Module, device: torch.device, precision: str, channels_last: bool = False):
+    """The model a torch backend runs, and the dtype its input takes. fp16/bf16: weights cast (GPU
+    only; on a CPU they are far slower than fp32); tf32: fp32 weights with TensorFloat-32 matmuls and
+    convolutions (a process-wide PyTorch setting, on GPUs that have it)."""
+    if precision == "int8":
+        raise ConfigError("int8 runs through ONNX Runtime: use --backend onnxruntime --precision int8")
+    if precision in ("fp16", "bf16", "tf32") and device.type == "cpu":
+        raise ConfigError(f"{precision} on this CPU is far slower than fp32 (no native support); use fp32")
+    model = model.to(device).eval()
+    dtype = HALF.get(precision, torch.float32)
+    if precision in HALF:
+        model = cast_for_inference(model, dtype)
+    if precision == "tf32":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return model, dtype
+
+
 class TorchBackend(Backend):
     """Eager PyTorch (one runner for every shape), or ``torch.compile`` (one compiled graph per
-    input shape); fp16/bf16 through autocast on GPUs."""
+    input shape; ``compile_mode`` e.g. ``reduce-overhead`` for CUDA graphs inside compile)."""
 
-    def __init__(self, model: torch.nn.Module, device: torch.device, precision: str = "fp32", compile: bool = False):
+    def __init__(self, model: torch.nn.Module, device: torch.device, precision: str = "fp32", compile: bool = False,
+                 channels_last: bool = False, compile_mode: str | None = None):
         super().__init__(device)
-        if precision == "int8":
-            raise ConfigError("int8 runs through ONNX Runtime: use --backend onnxruntime --precision int8")
-        if precision in ("fp16", "bf16") and device.type == "cpu":
-            raise ConfigError(f"{precision} on this CPU is far slower than fp32 (no native support); use fp32")
-        self.model = model.to(device).eval()
-        self.compile = compile
-        self.dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision)
+        self.model, self.dtype = prepare(model, device, precision, channels_last)
+        self.compile, self.compile_mode, self.channels_last = compile, compile_mode, channels_last
 
     def key(self, shape: torch.Size) -> Hashable:
         return tuple(shape) if self.compile else None
 
     def build(self, shape: torch.Size):
-        fn = torch.compile(self.model, dynamic=False) if self.compile else self.model
-        device_type, dtype = self.device.type, self.dtype
+        fn = torch.compile(self.model, dynamic=False, mode=self.compile_mode) if self.compile else self.model
+        device, dtype = self.device, self.dtype
+        memory = torch.channels_last if self.channels_last else torch.contiguous_format
 
         def run(x: torch.Tensor) -> torch.Tensor:
-            amp = torch.autocast(device_type, dtype=dtype) if dtype else nullcontext()
-            with torch.inference_mode(), amp:
-                return fn(x.to(self.device)).float()
+            with torch.inference_mode():
+                return fn(x.to(device, dtype).contiguous(memory_format=memory)).float()
+
+        return run
+
+
+class CudaGraphBackend(Backend):
+    """CUDA graphs: per input shape, the forward pass is captured once (after warm-up on a side
+    stream) into a graph with static input and output buffers and replayed for every frame, so a
+    frame costs one graph launch instead of hundreds of kernel launches. Each backend has its own
+    memory pool; calls are serialised by the Predictor's lock."""
+
+    def __init__(self, model: torch.nn.Module, device: torch.device, precision: str = "fp32",
+                 channels_last: bool = False, warmup: int = 3):
+        super().__init__(device)
+        if device.type != "cuda" or not torch.cuda.is_available():
+            raise ConfigError("the cudagraph backend needs a CUDA device (--device cuda)")
+        self.model, self.dtype = prepare(model, device, precision, channels_last)
+        self.memory = torch.channels_last if channels_last else torch.contiguous_format
+        self.warmup = warmup
+        self.pool = torch.cuda.graph_pool_handle()
+
+    def build(self, shape: torch.Size):
+        static_in = torch.zeros(tuple(shape), device=self.device, dtype=self.dtype).contiguous(memory_format=self.memory)
+        side = torch.cuda.Stream(self.device)
+        side.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(side), torch.inference_mode():
+            for _ in range(self.warmup):
+                self.model(static_in)
+        torch.cuda.current_stream(self.device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.inference_mode(), torch.cuda.graph(graph, pool=self.pool):
+            static_out = self.model(static_in).float()
+
+        def run(x: torch.Tensor) -> torch.Tensor:
+            static_in.copy_(x)
+            graph.replay()
+            return static_out.clone()
 
         return run
 
@@ -102,7 +171,7 @@ class OrtBackend(Backend):
             import onnxruntime as ort
         except ImportError:
             raise FastDPTError("the onnxruntime backend needs `pip install -e '.[onnx]'`") from None
-        if precision in ("fp16", "bf16"):
+        if precision in ("fp16", "bf16", "tf32"):
             raise ConfigError("the onnxruntime backend runs fp32 or int8 (quantised) models")
         if precision == "int8" and onnx_path is None and calibration is None:
             raise ConfigError("int8 export needs calibration inputs (representative frames); pass calibration=")
@@ -175,11 +244,15 @@ class OrtBackend(Backend):
 
 
 def make_backend(backend: str, model: torch.nn.Module, device: torch.device, precision: str = "fp32",
-                 threads: int | None = None, calibration: Calibration | None = None) -> Backend:
+                 threads: int | None = None, calibration: Calibration | None = None, channels_last: bool = False,
+                 compile_mode: str | None = None) -> Backend:
     if backend not in BACKENDS:
         raise ConfigError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if precision not in PRECISIONS:
         raise ConfigError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     if backend == "onnxruntime":
         return OrtBackend(model, device, precision, threads=threads, calibration=calibration)
-    return TorchBackend(model, device, precision, compile=backend == "compile")
+    if backend == "cudagraph":
+        return CudaGraphBackend(model, device, precision, channels_last=channels_last)
+    return TorchBackend(model, device, precision, compile=backend == "compile", channels_last=channels_last,
+                        compile_mode=compile_mode)

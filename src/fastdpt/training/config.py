@@ -49,6 +49,8 @@ class TrainConfig:
     dense_gt: bool = _opt("train on dense depth maps (synthetic data's dense/) instead of sparse annotations",
                           False, flags=("--dense-gt/--sparse-gt",))
     precision: str = _opt("fp32 | fp16 | bf16 (mixed precision, GPU only)", "fp32")
+    channels_last: bool = _opt("channels-last convolutions (faster on GPUs)", False,
+                               flags=("--channels-last/--no-channels-last",))
     workers: int = _opt("data loader processes", 2)
     seed: int = _opt("random seed (recorded in the run)", 0)
     monitor: str = _opt(f"validation metric that picks best.safetensors ({', '.join(METRIC_KEYS)})", "abs_rel")

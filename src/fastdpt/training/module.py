@@ -28,6 +28,7 @@ class DepthModule(L.LightningModule):
         loss_options: keyword arguments of a named loss (e.g. ``{"lam": 0.5}``).
         lr, betas, eps, weight_decay: AdamW.
         protocol: how validation frames are scored (:class:`~fastdpt.evaluation.Protocol`, or its fields).
+        channels_last: channels-last memory order for the convolutions (faster on GPUs with bf16).
 
     The forward path is :class:`~fastdpt.transforms.Transforms` (resize in, normalise) -> DPT ->
     resize back to the ground truth's size: the Predictor's path. Validation logs ``val/<metric>``
@@ -36,13 +37,17 @@ class DepthModule(L.LightningModule):
 
     def __init__(self, model: str, loss: str | Callable = "silog", loss_options: dict | None = None,
                  lr: float = 1e-5, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
-                 weight_decay: float = 0.01, protocol: Protocol | dict | None = None) -> None:
+                 weight_decay: float = 0.01, protocol: Protocol | dict | None = None,
+                 channels_last: bool = False) -> None:
         super().__init__()
         # hyperparameters hold plain values only, so resume.ckpt loads with weights_only=True
         protocol = asdict(protocol) if isinstance(protocol, Protocol) else dict(protocol or asdict(Protocol()))
         self.save_hyperparameters(ignore=["loss"] if callable(loss) else None)
         self.config = get_config(model)
         self.model = DPT(self.config)
+        self.memory = torch.channels_last if channels_last else torch.contiguous_format
+        if channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
         self.loss_fn = make_loss(loss, self.config.output_kind, **(loss_options or {})) if isinstance(loss, str) else loss
         self.protocol = Protocol(**protocol)
         self._val = MetricAverager()
@@ -58,7 +63,8 @@ class DepthModule(L.LightningModule):
     def depth(self, images: torch.Tensor, size: tuple[int, int] | None = None) -> torch.Tensor:
         """(B, 3, H, W) images in [0, 1] -> depth (B, H', W') at ``size`` (default H x W)."""
         t = self.transforms()
-        return t.postprocess(self.model(t.preprocess(images)), size or tuple(images.shape[-2:]))
+        x = t.preprocess(images).contiguous(memory_format=self.memory)
+        return t.postprocess(self.model(x), size or tuple(images.shape[-2:]))
 
     def training_step(self, batch, batch_idx):
         pred = self.depth(batch["image"], tuple(batch["depth"].shape[-2:]))

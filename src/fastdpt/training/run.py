@@ -42,7 +42,7 @@ def build(cfg: TrainConfig):
 
     options = {"lam": cfg.silog_lambda} if cfg.loss == "silog" else {}
     module = DepthModule(cfg.model, loss=cfg.loss, loss_options=options, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps,
-                         weight_decay=cfg.weight_decay, protocol=cfg.protocol)
+                         weight_decay=cfg.weight_decay, protocol=cfg.protocol, channels_last=cfg.channels_last)
     paths = cfg.paths()
     dense = None
     if cfg.dense_gt:
