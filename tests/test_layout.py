@@ -24,7 +24,7 @@ LAYERS = [
     ["api", "evaluation", "runtime"],
     ["predict"],
     ["training", "stream", "bench", "serve", "workflows"],
-    ["demo"],
+    ["demo", "study"],
     ["cli"],
     ["__init__"],
 ]

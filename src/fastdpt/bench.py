@@ -274,3 +274,68 @@ def _cpu_name() -> str:
     except OSError:
         pass
     return platform.processor()
+
+
+# -- attention scaling ---------------------------------------------------------------------------------
+ATTN_TOKENS = (144, 576, 1024, 2304, 4096, 9216)
+ATTN_HEADS = (1, 12, 24)
+ATTN_FEATURES = (None, 64, 128)  # FAVOR+ random features per head (None: int(d ln d))
+
+
+def bench_attention(device: str = "cpu", heads=ATTN_HEADS, tokens=ATTN_TOKENS, features=ATTN_FEATURES, dim: int = 768,
+                    runs: int = 3, warmup: int = 1, threads: int | None = None, max_matrix_gb: float = 2.0,
+                    on_row: Callable[[dict], None] | None = None) -> list[dict]:
+    """One attention block (qkv projection, attention, output projection), batch 1, ``dim`` wide:
+    exact softmax through ``scaled_dot_product_attention`` (``sdpa``), the same written out as
+    softmax(QK^T)V (``math``; skipped where its N x N matrices would pass ``max_matrix_gb``), and
+    FAVOR+ with each number of random features. Median milliseconds per configuration."""
+    import torch.nn.functional as F
+
+    from .models.attention import Attention
+
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda asked for, but no CUDA device is available")
+    rows = []
+    with torch_threads(threads), torch.inference_mode():
+        for h in heads:
+            kernels = [("sdpa", Attention(dim, h, kernel="softmax"))]
+            for m in features:
+                kernels.append((f"favor{'' if m is None else m}", Attention(dim, h, kernel="performer", nb_features=m)))
+            for n in tokens:
+                x = torch.randn(1, n, dim, device=dev)
+                for name, attn in kernels:
+                    attn = attn.to(dev).eval()
+                    ms = statistics.median(_timed(lambda: attn(x), dev, warmup, runs))
+                    rows.append({"kernel": name, "heads": h, "tokens": n, "ms": round(ms, 3),
+                                 "features": attn.projection.shape[0] if name.startswith("favor") else None})
+                    if on_row:
+                        on_row(rows[-1])
+                matrix_gb = h * n * n * 4 / 2**30
+                if matrix_gb <= max_matrix_gb:
+                    attn = kernels[0][1]
+
+                    def math_path():
+                        b, t, c = x.shape
+                        q, k, v = attn.qkv(x).reshape(b, t, 3, h, c // h).permute(2, 0, 3, 1, 4).unbind(0)
+                        w = F.softmax((q @ k.transpose(-2, -1)) * (c // h) ** -0.5, dim=-1)
+                        return attn.proj((w @ v).transpose(1, 2).reshape(b, t, c))
+
+                    ms = statistics.median(_timed(math_path, dev, warmup, runs))
+                    rows.append({"kernel": "math", "heads": h, "tokens": n, "ms": round(ms, 3), "features": None})
+                else:
+                    rows.append({"kernel": "math", "heads": h, "tokens": n, "ms": None, "features": None,
+                                 "skipped": f"{matrix_gb:.1f} GB of attention matrices"})
+                if on_row:
+                    on_row(rows[-1])
+    return rows
+
+
+def favor_crossover(rows: list[dict]) -> dict:
+    """Per head count, the smallest token count from which default FAVOR+ is faster than SDPA (None: never)."""
+    out = {}
+    for h in sorted({r["heads"] for r in rows}):
+        sd = {r["tokens"]: r["ms"] for r in rows if r["heads"] == h and r["kernel"] == "sdpa"}
+        fv = {r["tokens"]: r["ms"] for r in rows if r["heads"] == h and r["kernel"] == "favor"}
+        out[h] = next((n for n in sorted(sd) if n in fv and fv[n] < sd[n]), None)
+    return out

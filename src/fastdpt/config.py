@@ -83,6 +83,15 @@ class Preprocessing:
         return _multiple_of(sh * height, self.multiple_of), _multiple_of(sw * width, self.multiple_of)
 
 
+def _is_timm_cnn(backbone: str) -> bool:
+    """``timm-<name>`` where <name> is a model timm knows (checked offline, in timm's registry)."""
+    if not backbone.startswith("timm-") or not re.fullmatch(r"[a-z0-9_]+", backbone[5:]):
+        return False
+    import timm
+
+    return timm.is_model(backbone[5:])
+
+
 def _multiple_of(x: float, m: int) -> int:
     # np.round semantics (halves to even), as the official code
     return max(m, int(round(x / m)) * m)
@@ -96,6 +105,8 @@ class ModelConfig:
         backbone: convolutional stem. ``r50``: the ViT-Hybrid ResNetV2 (stages 3, 4, 9; conv hooks are
             stages 0 and 1). ``effb0``: timm EfficientNet-B0 (conv hooks are block groups 1 and 2;
             its 1280-channel 1/32 map is brought to 1/16 tokens by ConvTranspose2d(1280, 768, 2, 2)).
+            ``timm-<name>``: any timm CNN through ``features_only`` (hooks at strides 4 and 8, tokens
+            from its last map at stride 16 or 32), e.g. ``timm-mobilenetv3_large_100``.
         hooks: the two 0-indexed transformer blocks whose outputs feed the decoder. Blocks after
             ``max(hooks)`` are not built at all.
         heads: attention heads; any divisor of 768. The qkv projection is shared, so the number of
@@ -129,8 +140,9 @@ class ModelConfig:
         object.__setattr__(self, "input_size", tuple(int(s) for s in self.input_size))
         if self.metric is not None:
             object.__setattr__(self, "metric", tuple(float(v) for v in self.metric))
-        if self.backbone not in BACKBONES:
-            raise ConfigError(f"unknown backbone {self.backbone!r}; choose one of {list(BACKBONES)}")
+        if self.backbone not in BACKBONES and not _is_timm_cnn(self.backbone):
+            raise ConfigError(f"unknown backbone {self.backbone!r}; choose one of {list(BACKBONES)} or timm-<name> "
+                              "for any timm CNN (e.g. timm-mobilenetv3_large_100, timm-resnet18)")
         if len(self.hooks) != 2 or not (0 <= self.hooks[0] < self.hooks[1] < MAX_BLOCKS):
             raise ConfigError(f"hooks must be two increasing block indices in 0..{MAX_BLOCKS - 1}, got {self.hooks}")
         if self.heads < 1 or EMBED_DIM % self.heads:
@@ -232,7 +244,7 @@ NAME_GRAMMAR = ("<backbone>.h<a>-<b>.heads<n>.<softmax|performer[M]>.f<F>[.<kitt
                 "@<H>x<W>[-keep]")
 _FLOAT = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
 _NAME_RE = re.compile(
-    r"(?P<backbone>[a-z0-9_]+)\.h(?P<h0>\d+)-(?P<h1>\d+)(?:\.heads(?P<heads>\d+))?"
+    r"(?P<backbone>[a-z0-9_]+|timm-[a-z0-9_]+)\.h(?P<h0>\d+)-(?P<h1>\d+)(?:\.heads(?P<heads>\d+))?"
     r"(?:\.(?P<attn>softmax|performer)(?P<m>\d+)?)?(?:\.f(?P<f>\d+))?"
     rf"(?:\.(?P<out>kitti|nyu|m(?P<ms>{_FLOAT})_(?P<mt>{_FLOAT})))?"
     r"(?:\.(?P<norm>imagenet))?"
@@ -261,8 +273,8 @@ def diagnose_name(name: str) -> str:
     if not re.fullmatch(r"\d+x\d+(-keep)?", size):
         return f"the input size {size!r} should be <H>x<W> or <H>x<W>-keep, e.g. 192x640"
     backbone, _, rest = head.partition(".")
-    if backbone not in BACKBONES:
-        return f"unknown backbone {backbone!r}; choose one of {', '.join(BACKBONES)}"
+    if backbone not in BACKBONES and not _is_timm_cnn(backbone):
+        return f"unknown backbone {backbone!r}; choose one of {', '.join(BACKBONES)} or timm-<a timm CNN>"
     m = re.match(r"h\d+-\d+", rest)
     if not m:
         token = rest.split(".")[0] if rest else ""

@@ -280,7 +280,7 @@ def warm_start(model: nn.Module, source: str | os.PathLike | Mapping[str, torch.
 
 def _init_backbone(model: nn.Module, backbone_weights, cnn_new: list[str]) -> str:
     cnn = model.encoder.cnn
-    name = type(cnn).timm_name
+    name = cnn.timm_name
     if backbone_weights is None:
         return (f"{len(cnn_new)} CNN tensors have no DPT weights and no ImageNet weights were given: "
                 f"randomly initialised (pass backbone_weights=PATH to a timm {name} checkpoint, or 'hub' when online)")

@@ -14,6 +14,7 @@ from . import infer as _infer
 from . import models as _models
 from . import train as _train
 from .data import data_app
+from .study import study_app
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Online monocular depth estimation with efficient Dense Prediction Transformers.")
@@ -25,6 +26,7 @@ for _name, _fn in [("models", _models.models), ("predict", _infer.predict), ("be
                    ("eval", _train.evaluate), ("eval-pngs", _train.eval_pngs)]:
     app.command(_name)(_fn)
 app.add_typer(data_app, name="data")
+app.add_typer(study_app, name="study")
 
 
 def main() -> None:  # pragma: no cover

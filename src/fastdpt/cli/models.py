@@ -61,9 +61,12 @@ def bench(
     compile_mode: Optional[str] = typer.Option(None, "--compile-mode", help="torch.compile mode, e.g. reduce-overhead"),
 ) -> None:
     """Parameters, MACs, the whole online step (latency median/p90, FPS) beside the network alone,
-    throughput and memory of variants; --baseline adds speed-ups measured in the same run."""
+    throughput and memory of variants; --baseline adds speed-ups measured in the same run.
+    `fastdpt bench attention` instead times one attention block against the number of tokens."""
     from ..bench import bench_many, write_bench_json
 
+    if names == ["attention"]:
+        return _bench_attention(device, runs, warmup, threads, json_path)
     size = parse_size(input_size)
     calibration = None
     if precision == "int8":
@@ -155,3 +158,30 @@ def export(
     if rep.int8_path:
         out.print(f"{rep.int8_path}: int8 vs PyTorch fp32: max abs error {rep.int8_max_abs:.3g}, "
                   f"max rel error {rep.int8_max_rel:.3g}", highlight=False)
+
+
+def _bench_attention(device: str, runs: int, warmup: int, threads, json_path) -> None:
+    import json
+    import sys
+
+    from ..bench import bench_attention, environment, favor_crossover
+    from ..io import atomic_write
+
+    with console.status("timing attention") as status:
+        rows = bench_attention(device, runs=min(runs, 3), warmup=min(warmup, 1), threads=threads,
+                               on_row=lambda r: status.update(f"{r['kernel']} {r['heads']} heads {r['tokens']} tokens"))
+    kernels = sorted({r["kernel"] for r in rows})
+    tokens = sorted({r["tokens"] for r in rows})
+    def cell(h, n, k) -> str:
+        r = next((r for r in rows if r["heads"] == h and r["tokens"] == n and r["kernel"] == k), None)
+        return "" if r is None else "skipped" if r["ms"] is None else f"{r['ms']:.2f}"
+
+    for h in sorted({r["heads"] for r in rows}):
+        cells = [[str(n), *[cell(h, n, k) for k in kernels]] for n in tokens]
+        print_table(f"attention block, {h} heads, ms ({device})", ["tokens", *kernels], cells)
+    cross = favor_crossover(rows)
+    out.print("FAVOR+ (default features) overtakes SDPA from: " +
+              ", ".join(f"{h} heads: {n if n else 'never'}" + (" tokens" if n else "") for h, n in cross.items()), highlight=False)
+    if json_path:
+        payload = {"environment": environment(), "command": " ".join(sys.argv), "rows": rows, "crossover": cross}
+        atomic_write(json_path, lambda p: p.write_text(json.dumps(payload, indent=1)))

@@ -63,8 +63,37 @@ class EfficientNetB0(nn.Module):
         return f1, f2, m.bn2(m.conv_head(x))
 
 
+class TimmCNN(nn.Module):
+    """Any timm CNN through its ``features_only`` interface (the backbone axis of a study, beyond the
+    reference study's two): hooks are its feature maps at strides 4 and 8, tokens come from its last
+    feature map (stride 16: a 1x1 projection; stride 32: ConvTranspose2d to 1/16, as EfficientNet-B0)."""
+
+    def __init__(self, timm_name: str) -> None:
+        super().__init__()
+        from ..errors import ConfigError
+
+        self.timm_name = timm_name
+        self.model = timm.create_model(timm_name, features_only=True, pretrained=False)
+        reductions = list(self.model.feature_info.reduction())
+        channels = list(self.model.feature_info.channels())
+        if 4 not in reductions or 8 not in reductions or reductions[-1] not in (16, 32):
+            raise ConfigError(f"timm model {timm_name!r} has feature strides {reductions}: a DPT backbone needs "
+                              "maps at strides 4 and 8 and a last one at 16 or 32")
+        self.picks = (reductions.index(4), reductions.index(8), len(reductions) - 1)
+        self.channels = (channels[self.picks[0]], channels[self.picks[1]])
+        self.last_channels = channels[-1]
+        self.last_stride = reductions[-1]
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        feats = self.model(x)
+        return feats[self.picks[0]], feats[self.picks[1]], feats[self.picks[2]]
+
+
 BACKBONE_CLASSES = {"r50": ResNetHybrid, "effb0": EfficientNetB0}
+TIMM_PREFIX = "timm-"
 
 
 def build_backbone(name: str) -> nn.Module:
+    if name.startswith(TIMM_PREFIX):
+        return TimmCNN(name[len(TIMM_PREFIX):])
     return BACKBONE_CLASSES[name]()

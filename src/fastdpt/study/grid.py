@@ -1,0 +1,149 @@
+"""A study's grid: a preset group (``study@192x640``), a list of names, or a YAML/JSON file of axes
+whose product is the grid::
+
+    backbone: [r50, effb0, timm-mobilenetv3_large_100]
+    hooks: [[0, 1], [2, 5], [8, 11]]
+    attention: [softmax, performer]
+    heads: 12                      # one value: one level
+    input_size: [192, 640]         # one size (a list of sizes is an axis)
+    features: 256
+    output: m0.01_0.0125           # kitti | nyu | relative | m<scale>_<shift>
+    train:                         # any TrainConfig option; a list is an axis (tuple options: a list of lists)
+      max_steps: 200
+      lr: [1e-4, 3e-4]
+
+Each trial is one variant with one set of training options; its id is the canonical name, plus the
+training options that vary in the grid (``<name>~lr=0.0003``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field, fields
+from itertools import product
+from pathlib import Path
+
+from ..config import METRIC_HEADS, ModelConfig
+from ..errors import ConfigError
+from ..presets import get_config, list_models, resolve_names
+from ..training.config import TrainConfig
+
+MODEL_AXES = ("backbone", "hooks", "heads", "attention", "performer_features", "features", "input_size",
+              "keep_aspect", "output", "norm")
+FIXED_TRAIN = ("model", "out", "data_root", "raw_root", "gt_root", "train_split", "val_split", "init",
+               "backbone_weights", "tracking_uri", "progress")
+
+
+@dataclass(frozen=True)
+class TrialSpec:
+    """One trial: ``model`` (canonical name), ``train`` (options over the study's), ``baseline`` (the
+    reference row: timed always, trained only when asked), ``fail_once`` (fault injection for tests:
+    a marker path; the first attempt fails after training a little)."""
+
+    id: str
+    model: str
+    train: dict = field(default_factory=dict)
+    baseline: bool = False
+    fail_once: str | None = None
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def _output(value) -> tuple[float, float] | None:
+    if value in (None, "relative"):
+        return None
+    if value in METRIC_HEADS:
+        return METRIC_HEADS[value]
+    text = str(value)
+    if text.startswith("m") and "_" in text:
+        try:
+            a, b = text[1:].split("_")
+            return float(a), float(b)
+        except ValueError:
+            pass
+    raise ConfigError(f"output must be kitti, nyu, relative or m<scale>_<shift>, got {value!r}")
+
+
+def _levels(key: str, value) -> list:
+    """An axis' levels: a list is an axis, except for pair-valued keys, where a list of lists is."""
+    pair = key in ("hooks", "input_size")
+    if isinstance(value, list) and (not pair or (value and isinstance(value[0], (list, tuple)))):
+        return value
+    return [value]
+
+
+def _train_levels(key: str, value) -> list:
+    types = {f.name: f for f in fields(TrainConfig)}
+    if key not in types or key in FIXED_TRAIN:
+        raise ConfigError(f"unknown or study-wide training option {key!r} in the grid's train: section")
+    tuple_typed = isinstance(types[key].default, tuple) or "tuple" in str(types[key].type)
+    if isinstance(value, list) and (not tuple_typed or (value and isinstance(value[0], (list, tuple)))):
+        return value
+    return [value]
+
+
+def grid_from_axes(axes: dict) -> list[TrialSpec]:
+    axes = dict(axes)
+    train_axes = axes.pop("train", {}) or {}
+    unknown = sorted(set(axes) - set(MODEL_AXES))
+    if unknown:
+        raise ConfigError(f"unknown grid axes {unknown}; model axes are {', '.join(MODEL_AXES)} (and train:)")
+    model_keys = list(axes)
+    model_levels = [_levels(k, axes[k]) for k in model_keys]
+    train_keys = list(train_axes)
+    train_levels = [_train_levels(k, train_axes[k]) for k in train_keys]
+    varying = [k for k, lv in zip(train_keys, train_levels) if len(lv) > 1]
+    specs, seen = [], set()
+    for combo in product(*model_levels):
+        values = dict(zip(model_keys, combo))
+        if "output" in values:
+            values["metric"] = _output(values.pop("output"))
+        for key in ("hooks", "input_size"):
+            if key in values:
+                values[key] = tuple(values[key])
+        cfg = ModelConfig(**values)
+        for tcombo in product(*train_levels):
+            train = dict(zip(train_keys, tcombo))
+            suffix = ",".join(f"{k}={train[k]}" for k in varying)
+            sid = cfg.name + (f"~{suffix}" if suffix else "")
+            if sid not in seen:
+                seen.add(sid)
+                specs.append(TrialSpec(sid, cfg.name, train))
+    return specs
+
+
+def load_grid(spec: str | os.PathLike | list[str]) -> list[TrialSpec]:
+    """Trials from a preset group or glob, a list of names, or a ``.yaml``/``.yml``/``.json`` file of axes."""
+    if isinstance(spec, (list, tuple)):
+        names = resolve_names(list(spec))
+        return [TrialSpec(get_config(n).name, get_config(n).name) for n in names]
+    path = Path(str(spec))
+    if path.suffix.lower() in (".yaml", ".yml", ".json"):
+        if not path.is_file():
+            raise ConfigError(f"grid file not found: {path}")
+        text = path.read_text()
+        try:
+            if path.suffix.lower() == ".json":
+                axes = json.loads(text)
+            else:
+                import yaml
+
+                axes = yaml.safe_load(text)
+        except Exception as e:  # noqa: BLE001 - YAML and JSON parse errors
+            raise ConfigError(f"cannot read the grid file {path}: {e}") from None
+        if not isinstance(axes, dict):
+            raise ConfigError(f"{path}: a grid file maps axes to levels (a mapping at the top)")
+        return grid_from_axes(axes)
+    if not list_models(str(spec)) and "," not in str(spec):
+        get_config(str(spec))  # a single name: its error says what is wrong
+    return load_grid(str(spec).split(","))
+
+
+def default_baseline(specs: list[TrialSpec]) -> str:
+    """The unmodified DPT-Hybrid (ResNet-50, hooks 8/11, 12 heads, softmax, 256 features) with the grid's
+    input size and output head: what every speed-up is measured against."""
+    first = get_config(specs[0].model)
+    return ModelConfig(input_size=first.input_size, keep_aspect=first.keep_aspect, metric=first.metric,
+                       norm=first.norm).name

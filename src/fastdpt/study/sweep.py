@@ -1,0 +1,198 @@
+"""``run_study``: a grid of trials on Ray Tune, on this machine or a Ray cluster.
+
+Local by default: Ray starts in this process and trials run one after the other (each takes every
+CPU, or a GPU each when there are GPUs). With ``address`` (``auto`` after ``ray start --head`` on this
+machine, ``host:port``, or ``ray://host:10001``) trials spread over the cluster; ``out`` must then be
+on storage every node sees (NFS), since trials write their rows, runs and checkpoints there.
+
+Fault tolerance: a trial that raises (or whose worker dies) is retried up to ``max_failures`` times and
+resumes its training from its last ``resume.ckpt``; a trial that diverges (non-finite loss) is recorded
+as failed with its reason and not retried; ``resume=True`` continues an interrupted study
+(``Tuner.restore``) and never trains a finished trial again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+
+from ..errors import ConfigError, FastDPTError
+from .grid import TrialSpec, default_baseline, load_grid
+from .results import assemble, read_row, read_rows, write_row
+from .trial import StudySettings, run_trial
+
+EXPERIMENT = "fastdpt-study"
+
+
+def _trainable(config: dict) -> None:
+    """The Ray Tune function trainable: one trial."""
+    from ray import tune
+
+    spec = TrialSpec(**config["trial"])
+    settings = StudySettings.load(config["study"])
+
+    def report(metrics: dict, run: Path | None) -> None:
+        if run is None:
+            tune.report(metrics)
+            return
+        with tempfile.TemporaryDirectory() as d:
+            Path(d, "run.json").write_text(json.dumps({"run": str(run)}))
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
+
+    # a retry gets the checkpoint it last reported; it points at the run folder whose resume.ckpt the
+    # training continues from
+    run_trial(spec, settings, report, resumed=tune.get_checkpoint() is not None)
+
+
+def parse_resources(text: str | None) -> dict:
+    """``cpu=4,gpu=1`` -> {"cpu": 4.0, "gpu": 1.0}; default: every CPU (trials one at a time), a GPU
+    each when there are GPUs."""
+    if not text:
+        return {"cpu": float(os.cpu_count() or 1), "gpu": 1.0 if torch.cuda.is_available() else 0.0}
+    out = {}
+    for part in text.split(","):
+        key, _, value = part.partition("=")
+        if key.strip() not in ("cpu", "gpu") or not value:
+            raise ConfigError(f"--resources takes cpu=N,gpu=M, got {text!r}")
+        try:
+            out[key.strip()] = float(value)
+        except ValueError:
+            raise ConfigError(f"--resources takes numbers, got {part!r}") from None
+    return out
+
+
+def _parent_run(settings: StudySettings) -> str:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=settings.tracking)
+    exp = client.get_experiment_by_name(EXPERIMENT)
+    exp_id = exp.experiment_id if exp else client.create_experiment(
+        EXPERIMENT, artifact_location=None if settings.tracking_uri else (Path(settings.out) / "mlartifacts").resolve().as_uri())
+    run = client.create_run(exp_id, run_name=Path(settings.out).name, tags={"fastdpt.grid": settings.grid})
+    client.log_param(run.info.run_id, "grid", settings.grid[:500])
+    client.log_param(run.info.run_id, "baseline", settings.baseline)
+    for k, v in settings.train.items():
+        client.log_param(run.info.run_id, f"train.{k}", v)
+    return run.info.run_id
+
+
+def run_study(grid, out: str | os.PathLike, data_root: str | os.PathLike | None = None, *, epochs: int | None = None,
+              max_steps: int | None = None, init: str | None = None, backbone_weights: str | None = None,
+              baseline: str | None = None, train_baseline: bool = False, address: str | None = None,
+              resources: str | dict | None = None, max_failures: int = 2, resume: bool = False,
+              tracking_uri: str | None = None, bench_sizes: list | None = None, bench_runs: int = 5,
+              train: dict | None = None, raw_root=None, gt_root=None, splits: dict | None = None,
+              bench_frame: tuple[int, int] = (352, 1216), fail_once: dict | None = None, verbose: int = 1) -> list[dict]:
+    """Run the grid and return the results table (also in ``out/results.json`` and ``results.csv``).
+
+    ``grid``: a preset group, a list of names, or a YAML/JSON file of axes (see :mod:`.grid`).
+    ``baseline``: the reference variant, timed in the same run (default: the unmodified DPT-Hybrid at
+    the grid's input size; ``"none"`` for no baseline), trained only with ``train_baseline``.
+    ``fail_once``: {trial id: marker path} fault injection for tests.
+    """
+    import ray
+    from ray import tune
+
+    out = Path(out).resolve()
+    specs = load_grid(grid)
+    if not specs:
+        raise ConfigError("the grid is empty")
+    if resume:
+        if not (out / "study.json").is_file():
+            raise FastDPTError(f"nothing to resume: {out} holds no study")
+        settings = StudySettings.load(out)
+        specs = [TrialSpec(**s) for s in json.loads((out / "trials.json").read_text())]
+    else:
+        if (out / "study.json").exists():
+            raise FastDPTError(f"{out} already holds a study: pass --resume to continue it or choose another --out")
+        base = None if baseline == "none" else (baseline or default_baseline(specs))
+        if base is not None:
+            from ..presets import get_config
+
+            base = get_config(base).name
+            specs = [TrialSpec(f"{base}~baseline", base, baseline=True)] + [s for s in specs if s.id != base]
+        options = dict(train or {})
+        if epochs is not None:
+            options["epochs"] = epochs
+        if max_steps is not None:
+            options["max_steps"] = max_steps
+        splits = splits or {}
+        settings = StudySettings(out=str(out), data_root=str(data_root) if data_root else None, raw_root=raw_root,
+                                 gt_root=gt_root, train_split=splits.get("train"), val_split=splits.get("val"),
+                                 test_split=splits.get("test"), init=init, backbone_weights=backbone_weights,
+                                 train=options, bench_sizes=[tuple(s) for s in (bench_sizes or [])], bench_runs=bench_runs,
+                                 bench_frame=tuple(bench_frame),
+                                 train_baseline=train_baseline, tracking_uri=tracking_uri, grid=str(grid), baseline=base)
+        settings.paths()  # the data is named before anything starts
+        if fail_once:
+            specs = [TrialSpec(**{**s.as_dict(), "fail_once": fail_once.get(s.id)}) for s in specs]
+        settings.save()
+        (out / "trials.json").write_text(json.dumps([s.as_dict() for s in specs], indent=1))
+        settings.parent_run_id = _parent_run(settings)
+        settings.save()
+    res = parse_resources(resources) if not isinstance(resources, dict) else resources
+    started_here = False
+    if not ray.is_initialized():
+        if address:
+            ray.init(address=address, log_to_driver=verbose > 0)
+        else:
+            ray.init(num_cpus=os.cpu_count(), num_gpus=torch.cuda.device_count(), include_dashboard=False,
+                     object_store_memory=256 * 2**20, log_to_driver=verbose > 0)
+        started_here = True
+    try:
+        storage = str(out / "ray")
+        trainable = tune.with_resources(_trainable, res)
+        if resume and tune.Tuner.can_restore(os.path.join(storage, "tune")):
+            tuner = tune.Tuner.restore(os.path.join(storage, "tune"), trainable=trainable, resume_errored=True)
+        else:
+            tuner = tune.Tuner(
+                trainable,
+                param_space={"trial": tune.grid_search([s.as_dict() for s in specs]), "study": str(out)},
+                tune_config=tune.TuneConfig(reuse_actors=False),
+                run_config=tune.RunConfig(name="tune", storage_path=storage, verbose=verbose,
+                                          failure_config=tune.FailureConfig(max_failures=max_failures),
+                                          checkpoint_config=tune.CheckpointConfig()))  # tiny pointer files, kept
+        grid_result = tuner.fit()
+        for r in grid_result:  # trials that failed for good: their row says why
+            if r.error is not None:
+                tid = r.config["trial"]["id"] if r.config else None
+                row = read_row(out, tid) if tid else None
+                if row is not None and row.get("status") == "running":
+                    row.update(status="failed", error=_first_line(r.error))
+                    write_row(out, row)
+    finally:
+        if started_here:
+            ray.shutdown()
+        rows = assemble(out)
+    return rows
+
+
+def _first_line(error) -> str:
+    text = str(error).strip().splitlines()
+    useful = [line for line in text if "Error" in line or "error" in line]
+    return (useful[-1] if useful else (text[-1] if text else repr(error)))[:500]
+
+
+def status(study: str | os.PathLike) -> dict:
+    """Trials done / running / failed (with each failure's reason) / waiting, from the rows."""
+    study = Path(study)
+    if not (study / "study.json").is_file():
+        raise FastDPTError(f"{study} is not a study folder (no study.json)")
+    planned = json.loads((study / "trials.json").read_text()) if (study / "trials.json").is_file() else []
+    rows = {r["name"]: r for r in read_rows(study)}
+    out = {"done": [], "running": [], "failed": [], "waiting": []}
+    for spec in planned:
+        r = rows.get(spec["id"])
+        if r is None:
+            out["waiting"].append({"name": spec["id"]})
+        elif r["status"] in ("ok", "baseline"):
+            out["done"].append({"name": r["name"], "abs_rel": r.get("abs_rel"), "fps": r.get("fps")})
+        elif r["status"] == "failed":
+            out["failed"].append({"name": r["name"], "error": r.get("error"), "attempts": r.get("attempts")})
+        else:
+            out["running"].append({"name": r["name"], "host": r.get("host"), "attempts": r.get("attempts")})
+    return out

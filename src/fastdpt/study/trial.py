@@ -1,0 +1,229 @@
+"""One trial of a study, start to finish, in one process: warm start -> train -> evaluate on the test
+split (BTS protocol) -> benchmark on the trial's device -> one row, written as soon as the trial ends.
+
+A trial is idempotent: a finished trial's row is returned as it is (a resumed study never trains it
+again), and an interrupted one resumes its training from its run folder's ``resume.ckpt``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import socket
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from ..errors import FastDPTError, NonFiniteLossError
+from .grid import TrialSpec
+from .results import read_row, write_row
+
+Reporter = Callable[[dict], None]
+
+
+@dataclass
+class StudySettings:
+    """What every trial of a study shares; stored as ``STUDY/study.json``."""
+
+    out: str
+    data_root: str | None = None
+    raw_root: str | None = None
+    gt_root: str | None = None
+    train_split: str | None = None
+    val_split: str | None = None
+    test_split: str | None = None
+    init: str | None = None
+    backbone_weights: str | None = None
+    train: dict = field(default_factory=dict)  # TrainConfig options for every trial (the grid's override these)
+    bench_frame: tuple[int, int] = (352, 1216)  # frames fed to the benchmark (KITTI after the KB crop)
+    bench_sizes: list = field(default_factory=list)  # network sizes each variant is timed at ([]: its own)
+    bench_runs: int = 5
+    bench_warmup: int = 1
+    train_baseline: bool = False
+    tracking_uri: str | None = None
+    parent_run_id: str | None = None
+    grid: str = ""
+    baseline: str | None = None
+
+    def save(self) -> None:
+        Path(self.out).mkdir(parents=True, exist_ok=True)
+        (Path(self.out) / "study.json").write_text(json.dumps(asdict(self), indent=1, default=str))
+
+    @classmethod
+    def load(cls, study: str | os.PathLike) -> "StudySettings":
+        path = Path(study) / "study.json"
+        if not path.is_file():
+            raise FastDPTError(f"{study} is not a study folder (no study.json)")
+        data = json.loads(path.read_text())
+        data["bench_frame"] = tuple(data.get("bench_frame", (352, 1216)))
+        data["bench_sizes"] = [tuple(s) for s in data.get("bench_sizes", [])]
+        return cls(**data)
+
+    @property
+    def tracking(self) -> str:
+        return self.tracking_uri or f"sqlite:///{(Path(self.out) / 'mlflow.db').resolve()}"
+
+    def paths(self):
+        from ..data.kitti import DataPaths
+
+        return DataPaths.resolve(self.data_root, self.raw_root, self.gt_root, train_split=self.train_split,
+                                 val_split=self.val_split, test_split=self.test_split)
+
+
+def trial_dir(settings: StudySettings, spec: TrialSpec) -> Path:
+    return Path(settings.out) / "trials" / spec.id.replace("/", "_")
+
+
+def _child_run(settings: StudySettings, spec: TrialSpec, previous: dict | None) -> str | None:
+    """The trial's MLflow run, a child of the study's (reused when the trial is retried)."""
+    if not settings.parent_run_id:
+        return None
+    from mlflow.tracking import MlflowClient
+
+    if previous and previous.get("mlflow_run_id"):
+        return previous["mlflow_run_id"]
+    client = MlflowClient(tracking_uri=settings.tracking)
+    parent = client.get_run(settings.parent_run_id)
+    child = client.create_run(parent.info.experiment_id, run_name=spec.id,
+                              tags={"mlflow.parentRunId": settings.parent_run_id, "fastdpt.model": spec.model})
+    return child.info.run_id
+
+
+class _Report:
+    """Lightning callback: the epoch's validation metrics to Ray Tune with a checkpoint that points at
+    the run folder (Tune keeps it; a retried trial resumes from the run folder's resume.ckpt)."""
+
+    def __new__(cls, reporter: Reporter | None, run: Path, fail_once: str | None):
+        import lightning as L
+
+        class Report(L.Callback):
+            def on_train_epoch_end(self, trainer, module):
+                metrics = {f"val_{k}": v for k, v in (getattr(module, "val_metrics", {}) or {}).items()
+                           if isinstance(v, float) and math.isfinite(v)}
+                if reporter is not None:
+                    reporter({"epoch": trainer.current_epoch, "step": trainer.global_step, **metrics,
+                              "phase": "train"}, run)
+                if fail_once and not Path(fail_once).exists():  # fault injection (tests): fail after a checkpoint
+                    Path(fail_once).write_text(str(os.getpid()))
+                    raise RuntimeError("injected failure (fail_once)")
+
+        return Report()
+
+
+def run_trial(spec: TrialSpec, settings: StudySettings, reporter: Callable[[dict, Path | None], None] | None = None,
+              resumed: bool = False) -> dict:
+    """Run (or resume, or return the finished row of) one trial; returns its row. ``resumed``: Ray
+    restarted this trial from its last checkpoint (recorded in the row)."""
+    from ..api import create_model, load
+    from ..bench import bench_variant
+    from ..data.kitti import fits_kb_crop, read_split
+    from ..evaluation import METRIC_KEYS, Protocol, evaluate
+    from ..io import read_image
+    from ..predict import Predictor
+    from ..presets import get_config
+    from ..training import TrainConfig, train
+
+    previous = read_row(settings.out, spec.id)
+    if previous and (previous.get("status") in ("ok", "baseline") or previous.get("diverged")):
+        if reporter is not None:
+            reporter(_numbers(previous, phase="done"), None)
+        return previous  # finished: a resumed study does not redo it
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    row = {"name": spec.id, "model": spec.model, "status": "running", "baseline": spec.baseline,
+           "host": socket.gethostname(), "device": device, "started": time.time(),
+           "attempts": (previous or {}).get("attempts", 0) + 1, "train": spec.train, "resumed": resumed}
+    row["mlflow_run_id"] = _child_run(settings, spec, previous)
+    write_row(settings.out, row)
+    paths = settings.paths()
+    test = read_split(paths.splits["test_split"])
+    first = next((e for e in test if (paths.raw_root / e.rgb).is_file()), None)
+    frame = read_image(paths.raw_root / first.rgb).shape[:2] if first else settings.bench_frame
+    protocol = Protocol("garg", kb_crop=fits_kb_crop(*frame))
+    run = trial_dir(settings, spec)
+    model, train_s, result = None, None, None
+    if not spec.baseline or settings.train_baseline:
+        options = {**settings.train, **spec.train}
+        cfg = TrainConfig(model=spec.model, out=str(run / "run"), data_root=settings.data_root, raw_root=settings.raw_root,
+                          gt_root=settings.gt_root, train_split=settings.train_split, val_split=settings.val_split,
+                          init=settings.init, backbone_weights=settings.backbone_weights, progress=False,
+                          tracking_uri=settings.tracking if row["mlflow_run_id"] else None,
+                          **{"kb_crop": protocol.kb_crop, **options})
+        resume = (run / "run" / "resume.ckpt").is_file()
+        logger = False
+        if row["mlflow_run_id"]:
+            from lightning.pytorch.loggers import MLFlowLogger
+
+            logger = MLFlowLogger(tracking_uri=settings.tracking, run_id=row["mlflow_run_id"])
+        run.mkdir(parents=True, exist_ok=True)
+        with open(run / "trainings.log", "a") as log:  # one line per training started (resumes included)
+            log.write(f"{time.time():.3f} {socket.gethostname()} pid {os.getpid()} resume={resume}\n")
+        t0 = time.perf_counter()
+        try:
+            result = train(cfg, resume=resume, callbacks=[_Report(reporter, run, spec.fail_once)], logger=logger,
+                           overwrite=not resume)
+        except NonFiniteLossError as e:  # diverged: recorded as failed with its reason, not retried
+            row.update(status="failed", diverged=True, error=str(e), finished=time.time())
+            write_row(settings.out, row)
+            _log_mlflow(settings, row)
+            if reporter is not None:
+                reporter(_numbers(row, phase="failed"), None)
+            return row
+        train_s = time.perf_counter() - t0  # this attempt's (a retried trial's earlier attempts are not added)
+        model = load(run / "run" / "best.safetensors")
+    elif settings.init:  # the baseline, not trained: scored with the weights it starts from (e.g. official)
+        model = create_model(spec.model, init=settings.init, backbone_weights=settings.backbone_weights).eval()
+    metrics = {k: float("nan") for k in METRIC_KEYS}
+    if model is not None:
+        metrics = evaluate(Predictor(model, device=device), test, paths.raw_root, paths.gt_root, protocol)
+    cfg = get_config(spec.model)
+    sizes = [tuple(s) for s in settings.bench_sizes] or [cfg.input_size]
+    if cfg.input_size not in sizes:
+        sizes = [cfg.input_size] + sizes
+    bench = {}
+    for size in sizes:
+        b = bench_variant(cfg.replace(input_size=size).name, settings.bench_frame, device=device,
+                          runs=settings.bench_runs, warmup=settings.bench_warmup)
+        tag = f"{size[0]}x{size[1]}"
+        bench[f"latency_ms_{tag}"] = b.latency_ms_median
+        bench[f"fps_{tag}"] = b.fps
+        bench[f"macs_{tag}"] = b.macs
+        if size == cfg.input_size:
+            bench.update(latency_ms_median=b.latency_ms_median, fps=b.fps, params=b.params, macs=b.macs,
+                         net_ms_median=b.net_ms_median, bench_threads=b.threads)
+    row.update(status="baseline" if spec.baseline else "ok", **{k: metrics[k] for k in METRIC_KEYS},
+               images=metrics.get("images"), **bench, train_s=round(train_s, 1) if train_s else None,
+               steps=result["global_step"] if result else None, best_epoch=result["best_epoch"] if result else None,
+               checkpoint=str(run / "run" / "best.safetensors") if result else settings.init,
+               finished=time.time(), error=None)
+    write_row(settings.out, row)
+    _log_mlflow(settings, row)
+    if reporter is not None:
+        reporter(_numbers(row, phase="done"), None)
+    return row
+
+
+def _numbers(row: dict, **extra) -> dict:
+    return {**{k: v for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}, **extra}
+
+
+def _log_mlflow(settings: StudySettings, row: dict) -> None:
+    if not row.get("mlflow_run_id"):
+        return
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=settings.tracking)
+    rid = row["mlflow_run_id"]
+    client.log_param(rid, "canonical_name", row["model"])
+    client.log_param(rid, "status", row["status"])
+    if row.get("checkpoint"):
+        client.log_param(rid, "checkpoint", row["checkpoint"])
+    if row.get("error"):
+        client.set_tag(rid, "error", str(row["error"])[:5000])
+    for k, v in row.items():
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and k not in ("started", "finished"):
+            client.log_metric(rid, f"study/{k}", float(v))
+    client.set_terminated(rid, "FINISHED" if row["status"] in ("ok", "baseline") else "FAILED")

@@ -1,0 +1,206 @@
+"""The study on Ray Tune, on synthetic KITTI-format data with tiny variants and a step budget:
+a grid end to end with its results table and report, a trial that fails once and is retried, an
+interrupted study that resumes without training finished trials again, and the same grid on a real
+local Ray cluster started with `ray start --head` on 127.0.0.1."""
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("ray")
+pytest.importorskip("lightning")
+
+from typer.testing import CliRunner  # noqa: E402
+
+from fastdpt.cli import app  # noqa: E402
+from fastdpt.data.synthetic import synth  # noqa: E402
+from fastdpt.study.grid import load_grid  # noqa: E402
+from fastdpt.study.results import load_results, pareto_front  # noqa: E402
+from fastdpt.study.sweep import run_study, status  # noqa: E402
+
+GRID = """
+backbone: [effb0]
+hooks: [[0, 1], [0, 2]]
+attention: [softmax, performer32]
+heads: 4
+features: 32
+input_size: [64, 192]
+output: m0.01_0.0125
+train:
+  max_steps: 4
+  batch_size: 2
+  workers: 0
+  lr: 0.001
+  kb_crop: false
+"""
+QUICK = dict(bench_frame=(64, 192), bench_runs=1, verbose=0, resources="cpu=2")
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    out = tmp_path_factory.mktemp("synth")
+    synth(out, drives=3, frames=14, size=(64, 192), seed=4, workers=1)
+    return out
+
+
+def _grid(tmp_path, text=GRID):
+    path = tmp_path / "grid.yaml"
+    path.write_text(text.replace("performer32", "performer"))
+    return path
+
+
+def _trainings(study: Path) -> dict:
+    return {p.parent.name: len(p.read_text().splitlines()) for p in (study / "trials").glob("*/trainings.log")}
+
+
+def test_grid_files_expand_to_trials(tmp_path):
+    specs = load_grid(_grid(tmp_path))
+    assert [s.model for s in specs] == [
+        "effb0.h0-1.heads4.softmax.f32.m0.01_0.0125@64x192", "effb0.h0-1.heads4.performer.f32.m0.01_0.0125@64x192",
+        "effb0.h0-2.heads4.softmax.f32.m0.01_0.0125@64x192", "effb0.h0-2.heads4.performer.f32.m0.01_0.0125@64x192"]
+    assert all(s.train["max_steps"] == 4 for s in specs)
+    two = load_grid(_grid(tmp_path, GRID.replace("lr: 0.001", "lr: [0.001, 0.0003]")))
+    assert len(two) == 8 and two[1].id.endswith("~lr=0.0003")
+    assert len(load_grid("study@192x640")) == 36
+
+
+def test_a_grid_runs_end_to_end_with_a_retried_trial(data, tmp_path):
+    study = tmp_path / "study"
+    flaky = "effb0.h0-2.heads4.softmax.f32.m0.01_0.0125@64x192"
+    marker = tmp_path / "failed-once"
+    rows = run_study(str(_grid(tmp_path)), study, data, max_failures=2, fail_once={flaky: str(marker)}, **QUICK)
+    table = json.loads((study / "results.json").read_text())
+    assert table == json.loads(json.dumps(rows)) and (study / "results.csv").is_file()
+    by = {r["name"]: r for r in table}
+    base = next(r for r in table if r.get("baseline"))
+    assert base["model"] == "r50.h8-11.heads12.softmax.f256.m0.01_0.0125@64x192" and base["speedup"] == 1.0
+    trials = [r for r in table if not r.get("baseline")]
+    assert len(trials) == 4 and all(r["status"] == "ok" for r in trials)
+    for r in trials:
+        for key in ("d1", "abs_rel", "rmse", "silog", "fps", "latency_ms_median", "params", "macs", "speedup", "train_s"):
+            assert isinstance(r[key], (int, float)) and r[key] == r[key], (r["name"], key)
+        assert r["speedup"] == pytest.approx(base["latency_ms_median"] / r["latency_ms_median"], rel=1e-2)
+    # the injected failure: retried from the last checkpoint, and then finished
+    assert marker.is_file() and by[flaky]["attempts"] == 2 and by[flaky]["steps"] == 4
+    assert _trainings(study)[flaky.replace("/", "_")] == 2
+    st = status(study)
+    assert len(st["done"]) == 5 and not st["failed"] and not st["waiting"]
+    # MLflow: one parent run for the study, a child per trial
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{study / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("fastdpt-study").experiment_id])
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
+    assert len(parents) == 1 and len(children) == 5
+    child = next(c for c in children if c.data.tags["fastdpt.model"] == flaky)
+    assert child.data.params["canonical_name"] == flaky and "study/abs_rel" in child.data.metrics
+    # the report, from the results table alone (+ the checkpoints for the qualitative grid)
+    r = CliRunner().invoke(app, ["study", "report", str(study), "-o", str(tmp_path / "report")])
+    assert r.exit_code == 0, r.output
+    md = (tmp_path / "report" / "report.md").read_text()
+    assert "## Accuracy by hooks" in md and "## Accuracy by backbone" not in md and "Pareto front" in md
+    assert "not from KITTI" in md
+    front = pareto_front([t for t in trials])
+    assert all(f"`{t['name']}`" in md for t in front)
+    for fig in ("accuracy_vs_fps.png", "fps_by_factor.png", "qualitative.png"):
+        assert (tmp_path / "report" / "figures" / fig).stat().st_size > 1000
+    page = (tmp_path / "report" / "report.html").read_text()
+    assert page.count("data:image/png;base64,") == 3 and "src='figures" not in page  # self-contained
+    _check_in_chromium(tmp_path / "report" / "report.html", images=3)
+
+
+def _check_in_chromium(page: Path, images: int) -> None:
+    chrome = shutil.which("chromium") or shutil.which("chromium-browser")
+    driver = shutil.which("chromedriver")
+    if not (chrome and driver):
+        if os.environ.get("FASTDPT_REQUIRE_BROWSER") == "1":
+            pytest.fail("chromium and chromedriver are required (FASTDPT_REQUIRE_BROWSER=1)")
+        return
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = chrome
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"):
+        opts.add_argument(flag)
+    browser = webdriver.Chrome(service=Service(driver), options=opts)
+    try:
+        browser.get(page.resolve().as_uri())
+        loaded = browser.execute_script(
+            "return Array.from(document.images).map(i => i.complete && i.naturalWidth > 0)")
+        assert loaded == [True] * images
+        assert browser.execute_script("return document.querySelectorAll('table').length") >= 2
+    finally:
+        browser.quit()
+
+
+def test_an_interrupted_study_resumes_without_training_finished_trials_again(data, tmp_path):
+    study = tmp_path / "study"
+    grid = _grid(tmp_path, GRID.replace("max_steps: 4", "max_steps: 6"))
+    cmd = [sys.executable, "-m", "fastdpt.cli", "study", "run", str(grid), "--out", str(study), "--data-root", str(data),
+           "--resources", "cpu=2", "--bench-runs", "1", "--baseline", "none"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        done = [json.loads(p.read_text()) for p in (study / "rows").glob("*.json")] if (study / "rows").is_dir() else []
+        if sum(r["status"] == "ok" for r in done) >= 2:
+            break
+        time.sleep(0.5)
+    assert proc.poll() is None, "the study finished before it could be interrupted"
+    os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C: the driver and the trial it is running
+    proc.wait(timeout=120)
+    before = {r["name"]: r for r in (json.loads(p.read_text()) for p in (study / "rows").glob("*.json"))}
+    finished = {n for n, r in before.items() if r["status"] == "ok"}
+    assert 2 <= len(finished) < 4
+    rows = run_study(str(grid), study, data, resume=True, **QUICK)
+    assert sorted(r["status"] for r in rows) == ["ok"] * 4
+    counts = _trainings(study)
+    for name in finished:
+        assert counts[name] == 1  # not trained again
+        assert next(r for r in rows if r["name"] == name)["finished"] == before[name]["finished"]
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_the_same_grid_on_a_local_ray_cluster(data, tmp_path):
+    port = _free_port()
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    start = subprocess.run(["ray", "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(port),
+                            "--num-cpus", "2", "--include-dashboard", "false", "--disable-usage-stats"],
+                           capture_output=True, text=True, env=env, timeout=120)
+    assert start.returncode == 0, start.stderr[-2000:]
+    try:
+        grid = _grid(tmp_path, GRID.replace("hooks: [[0, 1], [0, 2]]", "hooks: [[0, 1]]").replace(
+            "attention: [softmax, performer32]", "attention: [softmax]"))
+        rows = run_study(str(grid), tmp_path / "study", data, address=f"127.0.0.1:{port}", **QUICK)
+        assert [r["status"] for r in rows] == ["baseline", "ok"]
+        assert load_results(tmp_path / "study")[1]["host"] == socket.gethostname()
+    finally:
+        stop = subprocess.run(["ray", "stop", "--force"], capture_output=True, text=True, env=env, timeout=120)
+        assert stop.returncode == 0
+
+
+def test_attention_benchmark_and_its_crossover(tmp_path):
+    r = CliRunner().invoke(app, ["bench", "attention", "--runs", "1", "--warmup", "0", "--threads", "2",
+                                 "--json", str(tmp_path / "a.json")])
+    assert r.exit_code == 0, r.output
+    d = json.loads((tmp_path / "a.json").read_text())
+    kernels = {row["kernel"] for row in d["rows"]}
+    assert {"sdpa", "math", "favor", "favor64", "favor128"} <= kernels
+    assert {row["tokens"] for row in d["rows"]} == {144, 576, 1024, 2304, 4096, 9216}
+    skipped = [row for row in d["rows"] if row.get("skipped")]
+    assert all(row["kernel"] == "math" and row["heads"] * row["tokens"] ** 2 * 4 > 2 * 2**30 for row in skipped)
+    assert set(d["crossover"]) == {"1", "12", "24"} and "overtakes SDPA" in r.output
