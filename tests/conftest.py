@@ -4,7 +4,12 @@ keys and shapes (written from the key table of REFERENCE.md section 2, not from 
 from __future__ import annotations
 
 import math
+import socket
+import threading
+import time
+from contextlib import contextmanager
 from pathlib import Path
+
 import pytest
 import torch
 
@@ -169,3 +174,31 @@ def hf_hybrid_model():
 @pytest.fixture(scope="session")
 def official_sd():
     return official_state_dict()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def running(app, **config):
+    """A real uvicorn server for ``app`` on a free 127.0.0.1 port (fastdpt's own server configuration);
+    yields the port."""
+    import uvicorn
+
+    from fastdpt.serve import server_config
+
+    port = free_port()
+    srv = uvicorn.Server(server_config(app, "127.0.0.1", port, log_level="warning", **config))
+    t = threading.Thread(target=srv.run, daemon=True)
+    t.start()
+    deadline = time.time() + 30
+    while not srv.started and time.time() < deadline:
+        time.sleep(0.05)
+    try:
+        yield port
+    finally:
+        srv.should_exit = True
+        t.join(timeout=10)

@@ -22,6 +22,7 @@ LAYERS = [
     ["models", "io", "transforms"],
     ["weights", "data"],
     ["api", "evaluation", "runtime"],
+    ["stabilize"],
     ["predict"],
     ["training", "stream", "bench", "serve", "workflows"],
     ["demo", "study"],

@@ -2,9 +2,7 @@ import io
 import os
 from contextlib import contextmanager
 import shutil
-import socket
 import threading
-import time
 
 import numpy as np
 import pytest
@@ -12,44 +10,27 @@ from PIL import Image
 
 pytest.importorskip("fastapi")
 import httpx  # noqa: E402
-import uvicorn  # noqa: E402
 
 import fastdpt  # noqa: E402
-from conftest import TINY  # noqa: E402
+from conftest import TINY, running  # noqa: E402
 from fastdpt.predict import Predictor  # noqa: E402
 from fastdpt.serve import create_app  # noqa: E402
 
 METRIC = TINY.replace(metric=(0.01, 0.0125))
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextmanager
-def running(app):
-    """A real uvicorn server for ``app`` on a free 127.0.0.1 port; yields its base URL."""
-    port = _free_port()
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    t = threading.Thread(target=srv.run, daemon=True)
-    t.start()
-    deadline = time.time() + 30
-    while not srv.started and time.time() < deadline:
-        time.sleep(0.05)
-    try:
+def running_url(app):
+    """The server on 127.0.0.1; yields its base URL."""
+    with running(app) as port:
         yield f"http://127.0.0.1:{port}"
-    finally:
-        srv.should_exit = True
-        t.join(timeout=10)
 
 
 @pytest.fixture(scope="module")
 def server():
     """The server with a token and a small upload limit."""
     predictor = Predictor(fastdpt.create_model(METRIC).eval())
-    with running(create_app(predictor, token="s3cret", max_bytes=200_000, max_pixels=400_000)) as url:
+    with running_url(create_app(predictor, token="s3cret", max_bytes=200_000, max_pixels=400_000)) as url:
         yield url, predictor
 
 
@@ -156,7 +137,7 @@ def test_web_page_in_headless_chromium(tmp_path):
     img = tmp_path / "upload.png"
     img.write_bytes(_png(60, 100, seed=5))
     ref = predictor.predict(np.asarray(Image.open(img).convert("RGB"))).depth
-    with running(create_app(predictor)) as url:
+    with running_url(create_app(predictor)) as url:
         driver = _browser()
         try:
             driver.set_window_size(1400, 900)

@@ -5,7 +5,6 @@ import socket
 import tempfile
 import threading
 import time
-from contextlib import contextmanager
 
 import numpy as np
 import pytest
@@ -13,43 +12,20 @@ from PIL import Image
 
 pytest.importorskip("fastapi")
 import httpx  # noqa: E402
-import uvicorn  # noqa: E402
 from typer.testing import CliRunner  # noqa: E402
 
 import fastdpt  # noqa: E402
 import fastdpt.serve as serve_mod  # noqa: E402
-from conftest import TINY  # noqa: E402
+from conftest import TINY, running  # noqa: E402
 from fastdpt.cli import app as cli  # noqa: E402
 from fastdpt.errors import ConfigError  # noqa: E402
 from fastdpt.predict import Predictor  # noqa: E402
-from fastdpt.serve import Limits, create_app, read_token, server_config  # noqa: E402
+from fastdpt.serve import Limits, create_app, read_token  # noqa: E402
 
 METRIC = TINY.replace(metric=(0.01, 0.0125))
 TOKEN = "s3cret"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 PNG = {"Content-Type": "image/png"}
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextmanager
-def running(app, **config):
-    port = _free_port()
-    srv = uvicorn.Server(server_config(app, "127.0.0.1", port, log_level="warning", **config))
-    t = threading.Thread(target=srv.run, daemon=True)
-    t.start()
-    deadline = time.time() + 30
-    while not srv.started and time.time() < deadline:
-        time.sleep(0.05)
-    try:
-        yield port
-    finally:
-        srv.should_exit = True
-        t.join(timeout=10)
 
 
 def _png(h=48, w=80, seed=0, mode="RGB"):
@@ -275,3 +251,29 @@ def test_token_sources_and_bad_serve_options(tmp_path, monkeypatch):
     monkeypatch.setenv("FASTDPT_TOKEN", "")
     r = runner.invoke(cli, ["serve", "-m", "fast-effb0-f64-128x416"])
     assert r.exit_code == 2 and "empty" in r.output
+
+
+def test_video_sessions_stabilise_over_http(predictor):
+    from fastdpt.data.synthetic import make_scene, render
+
+    scene = make_scene(np.random.default_rng(3), 4)
+    frames = []
+    for f in range(3):
+        buf = io.BytesIO()
+        Image.fromarray(render(scene, f, (96, 320))[0]).save(buf, "PNG")
+        frames.append(buf.getvalue())
+    with running(create_app(predictor)) as port:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", headers=PNG, timeout=60) as c:
+            plain = [np.load(io.BytesIO(c.post("/v1/depth?format=npy", content=f).content)) for f in frames]
+            stab = [np.load(io.BytesIO(c.post("/v1/depth?format=npy&stabilize=flow&session=car-1", content=f).content))
+                    for f in frames]
+            np.testing.assert_allclose(stab[0], plain[0], rtol=1e-5)  # the first frame of a session is as it is
+            assert not np.allclose(stab[2], plain[2])  # later ones are blended with the past
+            other = np.load(io.BytesIO(c.post("/v1/depth?format=npy&stabilize=flow&session=car-2", content=frames[2]).content))
+            np.testing.assert_allclose(other, plain[2], rtol=1e-5)  # sessions do not share state
+            assert c.delete("/v1/sessions/car-1").status_code == 200
+            assert c.delete("/v1/sessions/car-1").status_code == 404
+            r = c.post("/v1/depth?stabilize=flow", content=frames[0])
+            assert r.status_code == 400 and "session" in r.json()["error"]
+            r = c.post("/v1/depth?stabilize=flow&session=" + "x" * 100, content=frames[0])
+            assert r.status_code == 400

@@ -62,29 +62,28 @@ def read_image(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> np.ndar
     path = Path(path)
     if not path.is_file():
         raise ImageError(f"image not found: {path}")
-    try:
-        with Image.open(path, formats=IMAGE_FORMATS) as im:
-            return _decoded_rgb(im, max_pixels, str(path))
-    except ImageError:
-        raise
-    except UnidentifiedImageError:
-        raise ImageError(f"cannot read image {path}: not a {'/'.join(IMAGE_FORMATS)} image") from None
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-        raise ImageError(f"cannot read image {path}: {e}") from None
+    return _open_rgb(path, max_pixels, str(path), f"cannot read image {path}", detail=True)
 
 
 def decode_image(data: bytes, max_pixels: int = MAX_PIXELS, label: str = "upload") -> np.ndarray:
     """Encoded image bytes -> H x W x 3 uint8 RGB, with the same checks as :func:`read_image`.
-    Raises :class:`ImageTooLargeError` for too many pixels, :class:`ImageError` for anything undecodable."""
+    Raises :class:`ImageTooLargeError` for too many pixels, :class:`ImageError` for anything undecodable;
+    its messages name no internals (they go back to HTTP clients)."""
+    return _open_rgb(BytesIO(data), max_pixels, label, "cannot decode the image", detail=False)
+
+
+def _open_rgb(source, max_pixels: int, label: str, failure: str, detail: bool) -> np.ndarray:
+    """The one decoder behind read_image and decode_image: the format allow-list, the size check
+    from the header, then decoding."""
     try:
-        with Image.open(BytesIO(data), formats=IMAGE_FORMATS) as im:
+        with Image.open(source, formats=IMAGE_FORMATS) as im:
             return _decoded_rgb(im, max_pixels, label)
     except ImageError:
         raise
     except UnidentifiedImageError:
-        raise ImageError(f"cannot decode the image: not a {'/'.join(IMAGE_FORMATS)} image") from None
+        raise ImageError(f"{failure}: not a {'/'.join(IMAGE_FORMATS)} image") from None
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-        raise ImageError(f"cannot decode the image: {type(e).__name__}") from None
+        raise ImageError(f"{failure}: {e if detail else type(e).__name__}") from None
 
 
 def check_size(width: int, height: int, max_pixels: int = MAX_PIXELS, label: str = "image") -> None:

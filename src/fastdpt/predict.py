@@ -122,6 +122,29 @@ class Predictor:
 
         return DeviceColorizer(cmap, self.device)
 
+    def stream(self, stabilize: str = "flow", **options) -> "DepthStream":
+        """A stateful, causal stream over this predictor: frames in order, each stabilised against
+        the past (``stabilize``: ``flow``, ``scale`` or ``none``; see :mod:`fastdpt.stabilize`)."""
+        return DepthStream(self, stabilize, **options)
+
     def close(self) -> None:
         """Release the backend's cached graphs and sessions (and their temporary files)."""
         self.backend.close()
+
+
+class DepthStream:
+    """Frames of one video, in order: ``predict(frame)`` returns the stabilised depth; ``reset()``
+    starts again (a new scene; cuts are also detected on their own)."""
+
+    def __init__(self, predictor: Predictor, stabilize: str = "flow", **options) -> None:
+        from .stabilize import Stabilizer
+
+        self.predictor = predictor
+        self.stabilizer = Stabilizer(stabilize, predictor.config.output_kind, **options)
+
+    def predict(self, frame: np.ndarray) -> DepthResult:
+        res = self.predictor.predict(frame)
+        return DepthResult(self.stabilizer(frame, res.depth), res.kind)
+
+    def reset(self) -> None:
+        self.stabilizer.reset()

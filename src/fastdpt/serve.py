@@ -35,7 +35,10 @@ import hmac
 import io
 import logging
 import os
+import re
+import threading
 import time
+from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -118,7 +121,8 @@ def create_app(predictor: Predictor, token: str | None = None, max_bytes: int = 
                         buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30), registry=registry)
     waiting = Gauge("fastdpt_requests_in_flight", "Depth requests running or queued", registry=registry)
     state = {"in_flight": 0}
-    routes = {"/v1/depth", "/v1/models", "/healthz", "/metrics", "/", "/docs", "/redoc", "/openapi.json"}
+    sessions = Sessions()
+    routes = {"/v1/depth", "/v1/models", "/healthz", "/metrics", "/", "/docs", "/redoc", "/openapi.json", "/v1/sessions"}
 
     def error(status: int, message: str, headers: dict | None = None) -> JSONResponse:
         return JSONResponse({"error": message, "status": status}, status_code=status, headers=headers)
@@ -132,7 +136,8 @@ def create_app(predictor: Predictor, token: str | None = None, max_bytes: int = 
     @app.middleware("http")
     async def guard(request: Request, call_next):
         """Auth first, then the route; every outcome (500s too) is JSON and counted."""
-        route = request.url.path if request.url.path in routes else "other"
+        path = "/v1/sessions" if request.url.path.startswith("/v1/sessions/") else request.url.path
+        route = path if path in routes else "other"
         if not authorised(request):
             response = error(401, "missing or wrong bearer token")
         else:
@@ -195,7 +200,7 @@ def create_app(predictor: Predictor, token: str | None = None, max_bytes: int = 
             raise ApiError(400, "empty upload")
         return data
 
-    def work(data: bytes, fmt: str, values: bool, color: bool, t0: float):
+    def work(data: bytes, fmt: str, values: bool, color: bool, t0: float, session=None):
         """Decode, infer, encode: runs in the worker pool, never on the event loop."""
         try:
             image = decode_image(data, limits.max_pixels, "image")
@@ -209,6 +214,10 @@ def create_app(predictor: Predictor, token: str | None = None, max_bytes: int = 
         except FastDPTError as e:
             raise ApiError(400, str(e)) from None
         d = result.depth
+        if session is not None:
+            stabilizer, lock = session
+            with lock:  # a session's frames are stabilised one after the other
+                d = stabilizer(image, d)
         if fmt == "png16":
             return encode_png(depth_to_png16(d, result.kind)), "image/png", result.kind
         if fmt == "npy":
@@ -228,9 +237,17 @@ def create_app(predictor: Predictor, token: str | None = None, max_bytes: int = 
         return payload, None, result.kind
 
     @app.post("/v1/depth")
-    async def depth(request: Request, format: str = "json", values: int = 0, color: int = 0):
+    async def depth(request: Request, format: str = "json", values: int = 0, color: int = 0, stabilize: str = "none",
+                    session: str | None = None):
         if format not in FORMATS:
             raise ApiError(400, f"format must be one of {', '.join(FORMATS)}")
+        stream = None
+        if stabilize != "none":
+            if stabilize not in ("scale", "flow"):
+                raise ApiError(400, "stabilize must be none, scale or flow")
+            if not session or not SESSION_RE.fullmatch(session):
+                raise ApiError(400, "stabilize needs session=<id> (1-64 letters, digits, - or _) naming the video")
+            stream = sessions.get(session, stabilize, predictor.config.output_kind)
         if state["in_flight"] >= limits.workers + limits.queue:
             raise ApiError(503, "busy: too many requests in progress, retry shortly", {"Retry-After": "1"})
         state["in_flight"] += 1
@@ -242,7 +259,7 @@ def create_app(predictor: Predictor, token: str | None = None, max_bytes: int = 
                 raise ApiError(400, "the client went away during the upload") from None
             t0 = time.perf_counter()
             body, media, kind = await asyncio.get_running_loop().run_in_executor(
-                pool, work, data, format, bool(values), bool(color), t0)
+                pool, work, data, format, bool(values), bool(color), t0, stream)
         finally:
             state["in_flight"] -= 1
             waiting.set(state["in_flight"])
@@ -251,6 +268,12 @@ def create_app(predictor: Predictor, token: str | None = None, max_bytes: int = 
         if media is None:
             return JSONResponse(body, headers=headers)
         return Response(body, media_type=media, headers=headers)
+
+    @app.delete("/v1/sessions/{session}")
+    def end_session(session: str):
+        if not sessions.drop(session):
+            raise ApiError(404, "no such session")
+        return {"ended": session}
 
     @app.get("/v1/models")
     def models():
@@ -273,6 +296,40 @@ def create_app(predictor: Predictor, token: str | None = None, max_bytes: int = 
     app.state.predictor = predictor
     app.state.limits = limits
     return app
+
+
+SESSION_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+class Sessions:
+    """Stabiliser state per video session: at most ``limit`` (the least recently used goes first),
+    dropped after ``idle_s`` without a frame."""
+
+    def __init__(self, limit: int = 64, idle_s: float = 300.0) -> None:
+        self.limit, self.idle_s = limit, idle_s
+        self.items: OrderedDict = OrderedDict()
+        self.lock = threading.Lock()
+
+    def get(self, sid: str, mode: str, kind: str):
+        from .stabilize import Stabilizer
+
+        now = time.monotonic()
+        with self.lock:
+            for key in [k for k, v in self.items.items() if now - v[2] > self.idle_s]:
+                del self.items[key]
+            item = self.items.get(sid)
+            if item is None or item[0].mode != mode:
+                item = [Stabilizer(mode, kind), threading.Lock(), now]
+                self.items[sid] = item
+            item[2] = now
+            self.items.move_to_end(sid)
+            while len(self.items) > self.limit:
+                self.items.popitem(last=False)
+            return item[0], item[1]
+
+    def drop(self, sid: str) -> bool:
+        with self.lock:
+            return self.items.pop(sid, None) is not None
 
 
 def multipart_field(body: bytes, content_type: str, name: str, max_parts: int = 8) -> bytes:

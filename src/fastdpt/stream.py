@@ -263,12 +263,16 @@ class StreamStats:
     wall_s: float = 0.0
     source_fps: float = 0.0
     problems: dict = field(default_factory=dict)  # kind -> count (unreadable, too_large, truncated)
+    flicker: float = float("nan")  # of the output depth (0: perfectly stable; see evaluation.temporal)
+    stabilize: str = "none"
+    stabilize_ms: list = field(default_factory=list, repr=False)
     messages: list = field(default_factory=list)  # the first few problem messages
     latencies_ms: list = field(default_factory=list, repr=False)
 
     def summary(self) -> dict:
         lat = np.asarray(self.latencies_ms) if self.latencies_ms else np.asarray([np.nan])
-        d = {k: v for k, v in asdict(self).items() if k != "latencies_ms"}
+        d = {k: v for k, v in asdict(self).items() if k not in ("latencies_ms", "stabilize_ms")}
+        d["stabilize_ms_median"] = float(np.median(self.stabilize_ms)) if self.stabilize_ms else 0.0
         d.update(latency_ms_p50=float(np.percentile(lat, 50)), latency_ms_p90=float(np.percentile(lat, 90)),
                  latency_ms_p99=float(np.percentile(lat, 99)),
                  effective_fps=self.frames_out / self.wall_s if self.wall_s else 0.0,
@@ -296,13 +300,16 @@ class FrameOutput:
 def run_stream(source, predictor: Predictor, sink: VideoSink | None = None, realtime: bool = False,
                queue_size: int = 4, max_frames: int | None = None, strict: bool = False,
                on_frame: Callable[[StreamStats], None] | None = None, batch_size: int = 1,
-               on_output: Callable[[int, np.ndarray, FrameOutput], None] | None = None) -> StreamStats:
+               on_output: Callable[[int, np.ndarray, FrameOutput], None] | None = None,
+               stabilize: str = "none") -> StreamStats:
     """Run ``predictor`` over ``source`` and write to ``sink``; returns the statistics.
 
     The worker runs the whole step on the predictor's device (upload, transforms, network, resize
-    back, colour map) and brings back only the colour map (and the depth when ``on_output`` wants
-    it). ``batch_size`` > 1 (not with ``realtime``) is the throughput mode for offline video: up to
-    that many waiting frames of one size run as one batch; order and counts stay the same.
+    back, colour map) and brings back the colour map and the depth. ``batch_size`` > 1 (not with
+    ``realtime``) is the throughput mode for offline video: up to that many waiting frames of one size
+    run as one batch; order and counts stay the same. ``stabilize`` (``scale`` or ``flow``) runs the
+    causal stabiliser of :mod:`fastdpt.stabilize` over the inferred frames, in order. The stream's
+    ``flicker`` (see :mod:`fastdpt.evaluation.temporal`) is measured on what comes out.
 
     Latency is measured per inferred frame from when it was read to when its depth was ready. With
     ``strict`` the first source problem raises :class:`StreamError`. Ctrl-C (KeyboardInterrupt)
@@ -310,12 +317,17 @@ def run_stream(source, predictor: Predictor, sink: VideoSink | None = None, real
     """
     if batch_size < 1 or (realtime and batch_size > 1):
         raise StreamError("batch_size must be 1 with realtime (online), and at least 1 otherwise")
+    from .evaluation.temporal import FlickerMeter
+    from .stabilize import Stabilizer
+    from .viz import colorize as colorize_numpy
+
     colorize = predictor.colorizer(sink.cmap) if sink is not None else None
-    keep_depth = on_output is not None
     kind = predictor.config.output_kind
+    stabilizer = Stabilizer(stabilize, kind) if stabilize != "none" else None
+    meter = FlickerMeter()
     if sink is not None:
         check_paths(source, sink.path)
-    stats = StreamStats(source_fps=float(source.fps))
+    stats = StreamStats(source_fps=float(source.fps), stabilize=stabilize)
     problems: Counter = Counter()
     q_in: queue.Queue = queue.Queue(maxsize=1 if realtime else max(queue_size, 2 * batch_size))
     q_out: queue.Queue = queue.Queue(maxsize=queue_size)
@@ -375,8 +387,15 @@ def run_stream(source, predictor: Predictor, sink: VideoSink | None = None, real
     def infer(items) -> bool:
         """One batch of frames of one size, on the device; False when the stream is stopping."""
         depth = predictor.predict_batch([f for _, f, _ in items])
-        vis = colorize(depth, kind).cpu().numpy() if colorize is not None else [None] * len(items)
-        depth = depth.cpu().numpy() if keep_depth else [None] * len(items)
+        if stabilizer is None:
+            vis = colorize(depth, kind).cpu().numpy() if colorize is not None else [None] * len(items)
+            depth = depth.cpu().numpy()
+        else:  # in order, on the host: each frame against the stabilised past
+            t0 = time.perf_counter()
+            depth = [stabilizer(f, d) for (_, f, _), d in zip(items, depth.cpu().numpy())]
+            with lock:
+                stats.stabilize_ms.append((time.perf_counter() - t0) * 1000 / len(items))
+            vis = [colorize_numpy(d, kind, sink.cmap) for d in depth] if sink is not None else [None] * len(items)
         now = time.perf_counter()
         with lock:
             stats.latencies_ms += [(now - t) * 1000 for _, _, t in items]
@@ -440,6 +459,7 @@ def run_stream(source, predictor: Predictor, sink: VideoSink | None = None, real
                 frame, res = pending.pop(next_i)
                 if res is not None:
                     latest = res
+                    meter.update(frame, res.depth, res.kind)
                 if latest is not None:
                     if sink is not None:
                         sink.write(frame, latest.vis)
@@ -461,6 +481,7 @@ def run_stream(source, predictor: Predictor, sink: VideoSink | None = None, real
             t.join(timeout=max(0.0, deadline - time.perf_counter()))
         stats.wall_s = time.perf_counter() - t0
         stats.problems = dict(problems)
+        stats.flicker = meter.score
         if sink is not None:
             stats.resized = sink.resized
         failed = interrupted or bool(errors)

@@ -11,7 +11,6 @@ import os
 import pickle
 import re
 import warnings
-import tempfile
 import zipfile
 from collections import Counter
 from dataclasses import dataclass, field
@@ -24,6 +23,7 @@ from safetensors.torch import load_file, safe_open, save_file
 from torch import nn
 
 from .config import CONFIG_KEY, ModelConfig
+from .io import atomic_write
 from .errors import WeightsError, WeightsNotFoundError
 
 StateDict = dict[str, torch.Tensor]
@@ -315,15 +315,7 @@ def save_checkpoint(model: nn.Module, path: str | os.PathLike, metadata: Mapping
     meta = {CONFIG_KEY: model.config.name, "format": "pt"}
     meta.update({str(k): str(v) for k, v in (metadata or {}).items()})
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".part", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=meta)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    return atomic_write(path, lambda p: save_file(tensors, str(p), metadata=meta))
 
 
 def read_checkpoint_config(path: str | os.PathLike) -> ModelConfig | None:

@@ -117,3 +117,79 @@ def predict_files(predictor, files: list[Path], outdir: str | os.PathLike, forma
         if on_file:
             on_file(outcome)
     return outcomes
+
+
+# -- temporal evaluation on drives --------------------------------------------------------------------------
+def evaluate_temporal(predictor, entries, raw_root: str | os.PathLike, gt_root: str | os.PathLike,
+                      stabilize: str = "none", max_frames: int = 100, dense_root: str | os.PathLike | None = None,
+                      progress=None) -> dict:
+    """Temporal stability of a model on the drives of a split: every frame of each drive folder (up to
+    ``max_frames`` a drive, in order, full frames) through the predictor and the stabiliser; then
+
+    - ``flicker``: mean flicker of the output (no ground truth needed),
+    - ``tae``: the temporal alignment error with the drive's poses (OXTS files) and intrinsics
+      (calibration), on static pixels (checked with the dense depth in ``dense_root`` when given, e.g.
+      synthetic drives' ``dense/``, else with the sparse annotations),
+    - ``abs_rel``, ``d1``: the BTS metrics of the same outputs on the annotated frames (Garg crop),
+    - ``stabilize_ms``: the stabiliser's own time per frame.
+    """
+    import time
+
+    import numpy as np
+
+    from .data.kitti import dense_path, drive_poses, drive_sequences, find_gt, intrinsics_matrix, SplitEntry
+    from .errors import DataError
+    from .evaluation.metrics import MetricAverager, score_image
+    from .evaluation.temporal import FlickerMeter, temporal_alignment_error
+    from .io import IMAGE_EXTS, read_depth_png, read_image
+    from .stabilize import Stabilizer
+
+    kind = predictor.config.output_kind
+    if kind != "metric":
+        raise DataError(f"{predictor.config.name} predicts relative depth; the temporal alignment error needs metres")
+    raw = Path(raw_root)
+    avg, flick, tae_rows, stab_ms, frames_done = MetricAverager(), [], [], [], 0
+    for folder in drive_sequences(entries):
+        date, drive, cam = folder.split("/")
+        images = sorted(p for p in (raw / folder / "data").iterdir() if p.suffix.lower() in IMAGE_EXTS)[:max_frames]
+        if len(images) < 2:
+            continue
+        numbers = [int(p.stem) for p in images]
+        try:
+            poses = drive_poses(raw, f"{date}/{drive}", numbers, cam[-1])
+            K = intrinsics_matrix(raw, date, cam[-1])
+        except DataError:  # no OXTS or calibration: flicker and metrics only
+            poses = K = None
+        stab = Stabilizer(stabilize, kind)
+        meter = FlickerMeter()
+        depths, gts = [], []
+        for i, p in enumerate(images):
+            frame = read_image(p)
+            depth = predictor.predict(frame).depth
+            t0 = time.perf_counter()
+            depth = stab(frame, depth)
+            stab_ms.append((time.perf_counter() - t0) * 1000)
+            meter.update(frame, depth, kind)
+            depths.append(depth)
+            e = SplitEntry(f"{folder}/data/{p.name}", f"{drive}/proj_depth/groundtruth/{cam}/{p.name}")
+            gt_path = find_gt(gt_root, e.gt)
+            sparse = read_depth_png(gt_path) if gt_path else None
+            if sparse is not None:
+                avg.add(score_image(depth, sparse, "garg"))
+            dense = dense_path(dense_root, e) if dense_root else None
+            gts.append(np.load(dense) if dense is not None and dense.is_file() else
+                       (sparse if sparse is not None else np.zeros_like(depth)))
+            frames_done += 1
+            if progress:
+                progress(frames_done)
+        flick.append(meter.score)
+        if poses is not None:
+            tae_rows.append(temporal_alignment_error(depths, K, poses, gts))
+    if not flick:
+        raise DataError("no drive with two or more frames in the split's folders")
+    metrics = avg.result()
+    weights = [r["pixels"] for r in tae_rows]
+    return {"stabilize": stabilize, "flicker": float(np.nanmean(flick)),
+            "tae": float(np.average([r["tae"] for r in tae_rows], weights=weights)) if sum(weights) else float("nan"),
+            "abs_rel": metrics["abs_rel"], "d1": metrics["d1"], "annotated": avg.count, "frames": frames_done,
+            "drives": len(flick), "stabilize_ms": float(np.median(stab_ms)) if stab_ms else 0.0}

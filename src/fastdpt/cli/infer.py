@@ -76,7 +76,8 @@ def predict(
 
 
 def _run_stream(source_factory, output, model, weights, backend, precision, device, threads, realtime,
-                pred_only, cmap, stats_path, max_frames=None, strict=False, overwrite=False, batch=1, codec="auto"):
+                pred_only, cmap, stats_path, max_frames=None, strict=False, overwrite=False, batch=1, codec="auto",
+                stabilize="none"):
     from ..stream import StreamInterrupted, VideoSink, check_paths, run_stream, write_stats
 
     try:
@@ -87,6 +88,10 @@ def _run_stream(source_factory, output, model, weights, backend, precision, devi
                          codec=codec) if output else None
         if batch < 1 or (realtime and batch > 1):
             raise ConfigError("--batch must be 1 with --realtime or a camera (online), and at least 1 otherwise")
+        from ..stabilize import MODES
+
+        if stabilize not in MODES:
+            raise ConfigError(f"--stabilize must be one of {', '.join(MODES)}, got {stabilize!r}")
         if stats_path is not None:
             check_output_dir(Path(stats_path).parent)
         check_model(model, weights)
@@ -96,7 +101,7 @@ def _run_stream(source_factory, output, model, weights, backend, precision, devi
                 status.update(f"{st.frames_out} frames, {st.frames_out / max(st.wall_s, 1e-9):.1f} FPS, "
                               f"{st.dropped} dropped")
             stats = run_stream(source, predictor, sink, realtime=realtime, max_frames=max_frames, strict=strict,
-                               on_frame=live, batch_size=batch)
+                               on_frame=live, batch_size=batch, stabilize=stabilize)
     except StreamInterrupted as e:
         console.print(f"stopped: {e}", highlight=False, soft_wrap=True)
         if stats_path:
@@ -108,7 +113,8 @@ def _run_stream(source_factory, output, model, weights, backend, precision, devi
     out.print(f"{summary['frames_out']} frames out of {summary['frames_in']} in {summary['wall_s']:.1f} s: "
               f"{summary['effective_fps']:.2f} FPS end to end, {summary['inference_fps']:.2f} inferences/s, "
               f"{summary['dropped']} dropped; latency p50/p90/p99 {summary['latency_ms_p50']:.0f}/"
-              f"{summary['latency_ms_p90']:.0f}/{summary['latency_ms_p99']:.0f} ms"
+              f"{summary['latency_ms_p90']:.0f}/{summary['latency_ms_p99']:.0f} ms; flicker {summary['flicker']:.4f}"
+              + (f" ({stabilize}-stabilised, +{summary['stabilize_ms_median']:.1f} ms a frame)" if stabilize != "none" else "")
               + (f" -> {output}" if output else ""), highlight=False)
     if stats.problems or stats.resized:
         parts = [f"{n} {kind.replace('_', ' ')}" for kind, n in stats.problems.items()]
@@ -122,6 +128,7 @@ def _run_stream(source_factory, output, model, weights, backend, precision, devi
 StrictOpt = typer.Option(False, "--strict", help="stop at the first unreadable, oversized or missing frame")
 BatchOpt = typer.Option(1, "--batch", help="throughput mode for offline video: frames a batch (1: online)")
 CodecOpt = typer.Option("auto", "--codec", help="auto (H.264 when PyAV is installed) | h264 | mp4v")
+StabilizeOpt = typer.Option("none", "--stabilize", help="none | scale | flow: causal stabilisation of the depth stream")
 OverwriteVideoOpt = typer.Option(False, "--overwrite", help="replace an existing output video")
 
 
@@ -142,12 +149,14 @@ def video(
     overwrite: bool = OverwriteVideoOpt,
     batch: int = BatchOpt,
     codec: str = CodecOpt,
+    stabilize: str = StabilizeOpt,
 ) -> None:
     """Depth for every frame of a video, written as a video at the source frame rate."""
     from ..stream import VideoSource
 
     _run_stream(lambda: VideoSource(str(source)), output, model, weights, backend, precision, device, threads,
-                realtime, pred_only, cmap, stats, strict=strict, overwrite=overwrite, batch=batch, codec=codec)
+                realtime, pred_only, cmap, stats, strict=strict, overwrite=overwrite, batch=batch, codec=codec,
+                stabilize=stabilize)
 
 
 def camera(
@@ -165,12 +174,13 @@ def camera(
     stats: StatsOpt = None,
     overwrite: bool = OverwriteVideoOpt,
     codec: str = CodecOpt,
+    stabilize: str = StabilizeOpt,
 ) -> None:
     """Depth from a camera, live (frames are dropped when inference is slower than the camera)."""
     from ..stream import VideoSource
 
     _run_stream(lambda: VideoSource(index), output, model, weights, backend, precision, device, threads, True,
-                pred_only, cmap, stats, max_frames=frames, overwrite=overwrite, codec=codec)
+                pred_only, cmap, stats, max_frames=frames, overwrite=overwrite, codec=codec, stabilize=stabilize)
 
 
 def stream(
@@ -191,12 +201,14 @@ def stream(
     overwrite: bool = OverwriteVideoOpt,
     batch: int = BatchOpt,
     codec: str = CodecOpt,
+    stabilize: str = StabilizeOpt,
 ) -> None:
     """Replay an image sequence at a frame rate through the online pipeline."""
     from ..stream import ImageSequence
 
     _run_stream(lambda: ImageSequence(folder, fps), output, model, weights, backend, precision, device, threads,
-                realtime, pred_only, cmap, stats, strict=strict, overwrite=overwrite, batch=batch, codec=codec)
+                realtime, pred_only, cmap, stats, strict=strict, overwrite=overwrite, batch=batch, codec=codec,
+                stabilize=stabilize)
 
 
 @one_line_errors

@@ -97,10 +97,17 @@ def report(
     title: Optional[str] = typer.Option(None, "--title"),
     note: Optional[str] = typer.Option(None, "--note", help="a caveat printed at the top"),
     no_qualitative: bool = typer.Option(False, "--no-qualitative", help="leave out the grid of predictions"),
+    temporal: bool = typer.Option(False, "--temporal", help="first add flicker/TAE to rows that lack them (older studies)"),
 ) -> None:
     """Markdown and HTML report of a study: tables by factor, figures, Pareto front, summary."""
     from ..study.report import write_report
+    from ..study.results import assemble
+    from ..study.trial import fill_temporal
 
+    if temporal:
+        with console.status("measuring flicker on the test drives"):
+            fill_temporal(study)
+        assemble(study)
     with console.status("writing the report"):
         paths = write_report(study, out_dir, title=title, note=note, qualitative=not no_qualitative)
     out.print(f"{paths['markdown']}\n{paths['html']}", highlight=False)

@@ -71,10 +71,15 @@ def evaluate(
     align: AlignOpt = False,
     json_out: JsonOpt = None,
     save_png: Optional[Path] = typer.Option(None, "--save-png", help="write uint16 predictions here"),
+    temporal: bool = typer.Option(False, "--temporal", help="temporal stability on the split's drives: TAE with the "
+                                  "OXTS poses, flicker, and the metrics of the same outputs"),
+    stabilize: str = typer.Option("none", "--stabilize", help="with --temporal: none | scale | flow"),
+    max_frames: int = typer.Option(100, "--max-frames", help="with --temporal: frames a drive"),
     device: DeviceOpt = "cpu",
     threads: ThreadsOpt = None,
 ) -> None:
-    """Score a metric model on a KITTI-format split with the BTS protocol; reports FPS too."""
+    """Score a metric model on a KITTI-format split with the BTS protocol; reports FPS too. With
+    --temporal, the stability of its depth over each drive of the split instead."""
     from .. import api
     from ..data.kitti import DataPaths, read_split
     from ..evaluation import Protocol
@@ -84,7 +89,14 @@ def evaluate(
     set_threads(threads)
     protocol = Protocol(_crop(garg_crop, eigen_crop, no_crop), kb_crop, align=align)
     paths = DataPaths.resolve(data_root, raw_root, gt_root, test_split=split_file)
+    if temporal:
+        from ..stabilize import MODES
+
+        if stabilize not in MODES:
+            raise ConfigError(f"--stabilize must be one of {', '.join(MODES)}, got {stabilize!r}")
     m = api.load(model, weights, device=device) if model else api.load(weights, device=device)
+    if temporal:
+        return _temporal(m, paths, data_root, stabilize, max_frames, device, json_out)
     with console.status("evaluating"):
         res = run_eval(Predictor(m, device=device), read_split(paths.splits["test_split"]), paths.raw_root,
                        paths.gt_root, protocol, save_png)
@@ -109,6 +121,23 @@ def eval_pngs(
 
     protocol = Protocol(_crop(garg_crop, eigen_crop, no_crop), kb_crop)
     _print_metrics(run_eval_pngs(pred_dir, gt_root, read_split(split_file), protocol), json_out)
+
+
+def _temporal(model, paths, data_root, stabilize, max_frames, device, json_out) -> None:
+    from ..data.kitti import read_split
+    from ..io import atomic_write
+    from ..predict import Predictor
+    from ..workflows import evaluate_temporal
+
+    dense = Path(data_root) / "dense" if data_root and (Path(data_root) / "dense").is_dir() else None
+    with console.status("temporal evaluation") as status:
+        res = evaluate_temporal(Predictor(model, device=device), read_split(paths.splits["test_split"]), paths.raw_root,
+                                paths.gt_root, stabilize, max_frames, dense, progress=lambda n: status.update(f"{n} frames"))
+    out.print(f"{res['frames']} frames of {res['drives']} drives ({stabilize}): TAE {res['tae']:.4f}, flicker "
+              f"{res['flicker']:.4f}; AbsRel {res['abs_rel']:.4f}, d1 {res['d1']:.4f} over {res['annotated']} annotated "
+              f"frames; stabiliser {res['stabilize_ms']:.1f} ms a frame", highlight=False)
+    if json_out:
+        atomic_write(json_out, lambda p: p.write_text(json.dumps(res, indent=1)))
 
 
 def _print_metrics(res: dict, json_out: Optional[Path]) -> None:

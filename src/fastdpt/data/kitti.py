@@ -358,3 +358,97 @@ def check_splits(raw_root: str | os.PathLike, gt_root: str | os.PathLike, names:
         if write_filtered:
             write_split(res.usable, Path(write_filtered) / f"{name}_filtered.txt", split_format(path))
     return rows
+
+
+# -- poses from the raw data's OXTS (GPS/IMU) files ------------------------------------------------------
+EARTH_RADIUS = 6378137.0
+
+
+def _rigid(R: np.ndarray, t: np.ndarray) -> np.ndarray:
+    T = np.eye(4)
+    T[:3, :3], T[:3, 3] = R, t
+    return T
+
+
+def _read_rt(path: Path) -> np.ndarray:
+    """A ``calib_*_to_*.txt`` with ``R:`` (9 values) and ``T:`` (3) as a 4x4 transform."""
+    if not path.is_file():
+        raise DataError(f"calibration not found: {path}")
+    c = _calib(str(path))
+    if c.get("R") is None or c.get("T") is None or c["R"].size != 9 or c["T"].size != 3:
+        raise DataError(f"{path}: no valid R and T")
+    return _rigid(c["R"].reshape(3, 3), c["T"])
+
+
+def read_oxts(path: str | os.PathLike) -> np.ndarray:
+    """One OXTS record (30 values: lat, lon, alt, roll, pitch, yaw, ...)."""
+    try:
+        values = np.array([float(v) for v in Path(path).read_text().split()])
+    except (OSError, ValueError) as e:
+        raise DataError(f"cannot read OXTS record {path}: {e}") from None
+    if values.size < 6:
+        raise DataError(f"{path}: an OXTS record has 30 values, found {values.size}")
+    return values
+
+
+def imu_poses(records: list[np.ndarray]) -> list[np.ndarray]:
+    """IMU-to-world 4x4 poses from OXTS records, as the KITTI devkit computes them (Mercator projection
+    scaled at the first record's latitude; rotation Rz(yaw) Ry(pitch) Rx(roll))."""
+    scale = np.cos(records[0][0] * np.pi / 180.0)
+    poses = []
+    for r in records:
+        lat, lon, alt, roll, pitch, yaw = r[:6]
+        t = np.array([scale * lon * np.pi * EARTH_RADIUS / 180.0,
+                      scale * EARTH_RADIUS * np.log(np.tan((90.0 + lat) * np.pi / 360.0)), alt])
+        cx, sx, cy, sy, cz, sz = np.cos(roll), np.sin(roll), np.cos(pitch), np.sin(pitch), np.cos(yaw), np.sin(yaw)
+        Rx = np.array([[1, 0, 0], [0, cx, -sx], [0, sx, cx]])
+        Ry = np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
+        Rz = np.array([[cz, -sz, 0], [sz, cz, 0], [0, 0, 1]])
+        poses.append(_rigid(Rz @ Ry @ Rx, t))
+    origin = poses[0][:3, 3].copy()
+    for p in poses:
+        p[:3, 3] -= origin
+    return poses
+
+
+def camera_from_imu(raw_root: str | os.PathLike, date: str, camera: str = "2") -> np.ndarray:
+    """4x4 IMU -> rectified camera transform: ``calib_imu_to_velo``, ``calib_velo_to_cam``,
+    ``R_rect_00`` and the camera's offset in ``P_rect_0<camera>``."""
+    root = Path(raw_root) / date
+    T_velo_imu = _read_rt(root / "calib_imu_to_velo.txt")
+    T_cam0_velo = _read_rt(root / "calib_velo_to_cam.txt")
+    cam = _calib(str(root / "calib_cam_to_cam.txt"))
+    R_rect = cam.get("R_rect_00")
+    P = cam.get(f"P_rect_0{camera}")
+    if R_rect is None or R_rect.size != 9 or P is None or P.size != 12:
+        raise DataError(f"{root / 'calib_cam_to_cam.txt'}: no valid R_rect_00 and P_rect_0{camera}")
+    P = P.reshape(3, 4)
+    T_rect = _rigid(R_rect.reshape(3, 3), np.zeros(3))
+    T_shift = _rigid(np.eye(3), np.array([P[0, 3] / P[0, 0], 0.0, 0.0]))
+    return T_shift @ T_rect @ T_cam0_velo @ T_velo_imu
+
+
+def intrinsics_matrix(raw_root: str | os.PathLike, date: str, camera: str = "2") -> np.ndarray:
+    """3x3 K of the rectified camera, from ``P_rect_0<camera>``."""
+    p = _calib(str(Path(raw_root) / date / "calib_cam_to_cam.txt")).get(f"P_rect_0{camera}")
+    if p is None or p.size != 12:
+        raise DataError(f"{Path(raw_root) / date}: no valid P_rect_0{camera}")
+    return p.reshape(3, 4)[:, :3].copy()
+
+
+def drive_poses(raw_root: str | os.PathLike, drive_folder: str, frames: list[int], camera: str = "2") -> list[np.ndarray]:
+    """Camera-to-world 4x4 poses of ``frames`` of a raw drive (``<date>/<drive>``), from its OXTS files."""
+    date = drive_folder.split("/")[0]
+    records = [read_oxts(Path(raw_root) / drive_folder / "oxts" / "data" / f"{f:010d}.txt") for f in frames]
+    T_cam_imu = camera_from_imu(raw_root, date, camera)
+    T_imu_cam = np.linalg.inv(T_cam_imu)
+    return [T_w_imu @ T_imu_cam for T_w_imu in imu_poses(records)]
+
+
+def drive_sequences(entries: list[SplitEntry]) -> dict[str, list[int]]:
+    """The frames of each drive in a split, sorted: ``{"<date>/<drive>/image_0c": [frame, ...]}``."""
+    out: dict[str, set] = {}
+    for e in entries:
+        parts = Path(e.rgb).parts
+        out.setdefault("/".join(parts[:3]), set()).add(int(Path(e.rgb).stem))
+    return {k: sorted(v) for k, v in sorted(out.items())}

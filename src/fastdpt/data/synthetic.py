@@ -8,8 +8,9 @@ screen box. Depth is the camera z of the first hit (KITTI's convention).
 
 Written under ``out``::
 
-    raw/<date>/calib_cam_to_cam.txt
+    raw/<date>/calib_cam_to_cam.txt, calib_imu_to_velo.txt, calib_velo_to_cam.txt
     raw/<date>/<drive>/image_02/data/<frame:010d>.png                     RGB
+    raw/<date>/<drive>/oxts/data/<frame:010d>.txt                         the camera path as OXTS records
     data_depth_annotated/{train,val}/<drive>/proj_depth/groundtruth/image_02/<frame:010d>.png
                                                                           64-beam LiDAR-like GT, uint16 x 256
     dense/<drive>/image_02/<frame:010d>.npy                               exact depth, float32 metres (0 = sky)
@@ -440,12 +441,34 @@ def drive_name(i: int) -> str:
 
 def _calib_text(size: tuple[int, int]) -> str:
     fx, fy, cx, cy = intrinsics(size)
-    lines = [f"calib_time: synthetic (fastdpt data synth)", "corner_dist: 9.950000e-02"]
+    lines = ["calib_time: synthetic (fastdpt data synth)", "corner_dist: 9.950000e-02",
+             "R_rect_00: 1 0 0 0 1 0 0 0 1"]
     for cam, tx in (("00", 0.0), ("01", -0.5372), ("02", 0.0), ("03", -0.5372)):
         lines.append(f"S_rect_{cam}: {size[1]:.6e} {size[0]:.6e}")
         lines.append(f"P_rect_{cam}: {fx:.6e} 0.000000e+00 {cx:.6e} {fx * tx:.6e} 0.000000e+00 {fy:.6e} {cy:.6e} "
                      f"0.000000e+00 0.000000e+00 0.000000e+00 1.000000e+00 0.000000e+00")
     return "\n".join(lines) + "\n"
+
+
+# the rig: the IMU sits at the camera, x forward, y left, z up; the velodyne coincides with it
+IMU_TO_VELO = "R: 1 0 0 0 1 0 0 0 1\nT: 0 0 0\n"
+VELO_TO_CAM = "R: 0 -1 0 0 0 -1 1 0 0\nT: 0 0 0\n"
+LAT0, LON0, ALT0 = 49.0, 8.4, 110.0  # somewhere near Karlsruhe
+
+
+def oxts_record(s: Scene, frame: int) -> str:
+    """The OXTS line KITTI's devkit turns back into this frame's camera pose (world: x east, z north,
+    y down; heading 0 = east, counter-clockwise)."""
+    position, yaw = camera_pose(s, frame)
+    east, north, up = position[0], position[2], -position[1]
+    er, scale = 6378137.0, np.cos(LAT0 * np.pi / 180.0)
+    tx = scale * LON0 * np.pi * er / 180.0 + east
+    ty = scale * er * np.log(np.tan((90.0 + LAT0) * np.pi / 360.0)) + north
+    lon = tx * 180.0 / (scale * np.pi * er)
+    lat = 360.0 / np.pi * np.arctan(np.exp(ty / (scale * er))) - 90.0
+    heading = np.pi / 2 - yaw  # the camera's forward (sin yaw, cos yaw) in (east, north)
+    values = [lat, lon, ALT0 + up, 0.0, 0.0, heading] + [0.0] * 17 + [0.1, 0.1, 4, 10, 5, 5, 5]
+    return " ".join(f"{v:.15g}" for v in values) + "\n"
 
 
 def _render_frame(args) -> tuple[str, bool]:
@@ -456,6 +479,9 @@ def _render_frame(args) -> tuple[str, bool]:
     img_path = out / "raw" / DATE / drive / "image_02" / "data" / f"{name}.png"
     img_path.parent.mkdir(parents=True, exist_ok=True)
     write_png(img_path, rgb)
+    oxts = out / "raw" / DATE / drive / "oxts" / "data" / f"{name}.txt"
+    oxts.parent.mkdir(parents=True, exist_ok=True)
+    oxts.write_text(oxts_record(scene, frame))
     dense = out / "dense" / drive / "image_02" / f"{name}.npy"
     dense.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(dense, lambda p: np.save(p, depth))
@@ -517,6 +543,8 @@ def synth(out: str | os.PathLike, drives: int = 4, frames: int = 40, size: tuple
     scenes = {d: make_scene(rng, frames) for d in names}
     (out / "raw" / DATE).mkdir(parents=True, exist_ok=True)
     (out / "raw" / DATE / "calib_cam_to_cam.txt").write_text(_calib_text(size))
+    (out / "raw" / DATE / "calib_imu_to_velo.txt").write_text(IMU_TO_VELO)
+    (out / "raw" / DATE / "calib_velo_to_cam.txt").write_text(VELO_TO_CAM)
     jobs = [(scenes[d], d, f, frames, size, str(out), folder[d]) for d in names for f in range(frames)]
     workers = workers or min(2, os.cpu_count() or 1)
     done = {}

@@ -51,7 +51,7 @@ def full_table(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
     head = ["variant", "status", "d1", "AbsRel", "RMSE", "RMSE log", "SILog", "params M", "GMACs",
             *[f"FPS {s}" for s in sizes], "speed-up", "train s"]
     if any(finite(r.get("flicker")) for r in rows):
-        head.append("flicker")
+        head += ["flicker", "TAE"]
     body = []
     for r in rows:
         cells = [r["name"], r.get("status", ""), _fmt(r.get("d1")), _fmt(r.get("abs_rel")), _fmt(r.get("rmse")),
@@ -59,7 +59,7 @@ def full_table(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
                  _fmt((r.get("macs") or 0) / 1e9, 1), *[_fmt(r.get(f"fps_{s}"), 2) for s in sizes],
                  _fmt(r.get("speedup"), 2) + ("x" if finite(r.get("speedup")) else ""), _fmt(r.get("train_s"), 0)]
         if "flicker" in head:
-            cells.append(_fmt(r.get("flicker"), 4))
+            cells += [_fmt(r.get("flicker"), 4), _fmt(r.get("tae"), 4)]
         body.append(cells)
     return head, body
 

@@ -113,8 +113,9 @@ def run_study(grid, out: str | os.PathLike, data_root: str | os.PathLike | None 
         if base is not None:
             from ..presets import get_config
 
-            base = get_config(base).name
-            specs = [TrialSpec(f"{base}~baseline", base, baseline=True)] + [s for s in specs if s.id != base]
+            base = get_config(base).name  # trained (when asked) with the grid's options, as its first trial
+            specs = [TrialSpec(f"{base}~baseline", base, dict(specs[0].train), baseline=True)] + \
+                [s for s in specs if s.id != base]
         options = dict(train or {})
         if epochs is not None:
             options["epochs"] = epochs

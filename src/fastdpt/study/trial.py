@@ -173,12 +173,17 @@ def run_trial(spec: TrialSpec, settings: StudySettings, reporter: Callable[[dict
                 reporter(_numbers(row, phase="failed"), None)
             return row
         train_s = time.perf_counter() - t0  # this attempt's (a retried trial's earlier attempts are not added)
-        model = load(run / "run" / "best.safetensors")
+        best = run / "run" / "best.safetensors"
+        if not best.is_file():  # the step budget ended before any validation: the last weights it is
+            best = run / "run" / "last.safetensors"
+        model = load(best)
     elif settings.init:  # the baseline, not trained: scored with the weights it starts from (e.g. official)
         model = create_model(spec.model, init=settings.init, backbone_weights=settings.backbone_weights).eval()
     metrics = {k: float("nan") for k in METRIC_KEYS}
+    stability = {}
     if model is not None:
         metrics = evaluate(Predictor(model, device=device), test, paths.raw_root, paths.gt_root, protocol)
+        stability = temporal_columns(settings, Predictor(model, device=device), test)
     cfg = get_config(spec.model)
     sizes = [tuple(s) for s in settings.bench_sizes] or [cfg.input_size]
     if cfg.input_size not in sizes:
@@ -195,9 +200,9 @@ def run_trial(spec: TrialSpec, settings: StudySettings, reporter: Callable[[dict
             bench.update(latency_ms_median=b.latency_ms_median, fps=b.fps, params=b.params, macs=b.macs,
                          net_ms_median=b.net_ms_median, bench_threads=b.threads)
     row.update(status="baseline" if spec.baseline else "ok", **{k: metrics[k] for k in METRIC_KEYS},
-               images=metrics.get("images"), **bench, train_s=round(train_s, 1) if train_s else None,
+               images=metrics.get("images"), **bench, **stability, train_s=round(train_s, 1) if train_s else None,
                steps=result["global_step"] if result else None, best_epoch=result["best_epoch"] if result else None,
-               checkpoint=str(run / "run" / "best.safetensors") if result else settings.init,
+               checkpoint=str(best) if result else settings.init,
                finished=time.time(), error=None)
     write_row(settings.out, row)
     _log_mlflow(settings, row)
@@ -208,6 +213,40 @@ def run_trial(spec: TrialSpec, settings: StudySettings, reporter: Callable[[dict
 
 def _numbers(row: dict, **extra) -> dict:
     return {**{k: v for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}, **extra}
+
+
+def temporal_columns(settings: StudySettings, predictor, test, frames: int = 40) -> dict:
+    """``flicker`` (and ``tae`` where the drives have poses) of a model on the study's test drives."""
+    from ..errors import DataError
+    from ..workflows import evaluate_temporal
+
+    paths = settings.paths()
+    dense = Path(settings.data_root) / "dense" if settings.data_root and (Path(settings.data_root) / "dense").is_dir() else None
+    try:
+        t = evaluate_temporal(predictor, test, paths.raw_root, paths.gt_root, "none", frames, dense)
+    except DataError:
+        return {}
+    return {"flicker": t["flicker"], "tae": t["tae"]}
+
+
+def fill_temporal(study: str | os.PathLike) -> int:
+    """Add ``flicker``/``tae`` to the finished rows that have a checkpoint but not these columns (a study
+    run before they existed); returns how many rows were filled."""
+    from ..api import load
+    from ..data.kitti import read_split
+    from ..predict import Predictor
+    from .results import read_rows
+
+    settings = StudySettings.load(study)
+    test = read_split(settings.paths().splits["test_split"])
+    n = 0
+    for row in read_rows(study):
+        if row.get("status") in ("ok", "baseline") and "flicker" not in row and row.get("checkpoint") \
+                and str(row["checkpoint"]).endswith(".safetensors") and Path(row["checkpoint"]).is_file():
+            row.update(temporal_columns(settings, Predictor(load(row["checkpoint"])), test))
+            write_row(study, row)
+            n += 1
+    return n
 
 
 def _log_mlflow(settings: StudySettings, row: dict) -> None:

@@ -1,0 +1,108 @@
+"""Online, causal stabilisation of depth streams: each output uses the current frame and the past only.
+
+Both modes work in inverse depth, against the previous *output* warped into the current frame with
+dense optical flow (OpenCV DIS at a reduced size), on pixels the warp explains (photometric agreement):
+
+- ``scale``: fit a scale and shift (weighted least squares) that bring the current prediction onto the
+  warped previous output, and apply it damped towards identity (``damping``), so global scale jumps of
+  relative models disappear while the model's own scale comes back over a few frames.
+- ``flow``: blend the warped previous output with the current prediction per pixel, with a confidence
+  that is high where the warp is photometrically right and the two agree (static parts settle) and
+  low where they disagree or something moved (moving parts follow the current frame).
+
+A scene cut (the warp explains too little of the frame) resets the state; so does :meth:`reset`.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from .errors import ConfigError
+from .evaluation.temporal import FLOW_SIDE, Flow, _gray_small, flow_size, inverse_depth, photometric_weight, warp
+
+MODES = ("none", "scale", "flow")
+
+
+class Stabilizer:
+    """Stateful: call it with each frame and its predicted depth, in order; it returns the stabilised
+    depth (same kind and size). ``kind``: ``metric`` or ``relative``."""
+
+    def __init__(self, mode: str = "flow", kind: str = "metric", side: int = FLOW_SIDE, max_blend: float = 0.7,
+                 agree: float = 0.15, damping: float = 0.8, cut: float = 0.25) -> None:
+        if mode not in MODES:
+            raise ConfigError(f"--stabilize must be one of {', '.join(MODES)}, got {mode!r}")
+        self.mode, self.kind, self.side = mode, kind, side
+        self.max_blend, self.agree, self.damping, self.cut = max_blend, agree, damping, cut
+        self.flow = Flow()
+        self.prev: tuple | None = None  # (gray small, output inverse depth small, output inverse depth full)
+        self.resets = 0
+
+    def reset(self) -> None:
+        self.prev = None
+
+    def __call__(self, frame: np.ndarray, depth: np.ndarray) -> np.ndarray:
+        if self.mode == "none":
+            return depth
+        h, w = depth.shape
+        size = flow_size(frame.shape, self.side)
+        gray = _gray_small(frame, size)
+        inv = inverse_depth(depth, self.kind)
+        inv_small = cv2.resize(inv, (size[1], size[0]), interpolation=cv2.INTER_AREA)
+        out = inv
+        if self.prev is not None and self.prev[0].shape == gray.shape:
+            prev_gray, prev_small, prev_full = self.prev
+            flow = self.flow(prev_gray, gray)
+            weight = photometric_weight(gray, warp(prev_gray, flow))
+            if np.mean(weight) < self.cut:  # a scene cut: start again from this frame
+                self.resets += 1
+            elif self.mode == "scale":
+                out = self._scale(inv, inv_small, warp(prev_small, flow), weight)
+            else:
+                out = self._blend(inv, flow, prev_full, weight, size)
+        self.prev = (gray, cv2.resize(out, (size[1], size[0]), interpolation=cv2.INTER_AREA), out)
+        return self._depth(out)
+
+    def _scale(self, inv, inv_small, target, weight) -> np.ndarray:
+        ok = np.isfinite(inv_small) & np.isfinite(target) & (weight > 0.5)
+        if ok.sum() < 16:
+            return inv
+        x, y, wt = inv_small[ok].astype(np.float64), target[ok].astype(np.float64), weight[ok].astype(np.float64)
+        a = np.stack([x, np.ones_like(x)], 1) * np.sqrt(wt)[:, None]
+        (s, t), *_ = np.linalg.lstsq(a, y * np.sqrt(wt), rcond=None)
+        if not (np.isfinite(s) and s > 0):
+            return inv
+        s = 1.0 + self.damping * (s - 1.0)
+        t = self.damping * t
+        if self.kind == "metric":  # metric depth keeps its origin: scale only
+            t = 0.0
+        return (s * inv + t).astype(np.float32)
+
+    def _blend(self, inv, flow_small, prev_full, weight_small, size) -> np.ndarray:
+        h, w = inv.shape
+        sy, sx = h / size[0], w / size[1]
+        flow = cv2.resize(flow_small, (w, h), interpolation=cv2.INTER_LINEAR)
+        flow[..., 0] *= sx
+        flow[..., 1] *= sy
+        warped = warp(prev_full, flow)
+        weight = cv2.resize(weight_small, (w, h), interpolation=cv2.INTER_LINEAR)
+        rel = np.abs(warped - inv) / np.maximum(np.abs(inv), 1e-6)
+        conf = self.max_blend * weight * np.exp(-rel / self.agree)
+        conf[~np.isfinite(warped) | ~np.isfinite(inv)] = 0.0
+        out = conf * np.nan_to_num(warped) + (1.0 - conf) * inv
+        out[~np.isfinite(inv)] = np.nan
+        return out.astype(np.float32)
+
+    def _depth(self, inv: np.ndarray) -> np.ndarray:
+        if self.kind != "metric":
+            return inv
+        with np.errstate(divide="ignore", invalid="ignore"):
+            d = 1.0 / inv
+        d[~np.isfinite(d) | (inv <= 0)] = 0.0
+        return d.astype(np.float32)
+
+
+def stabilize_sequence(frames, depths, mode: str = "flow", kind: str = "metric", **options) -> list[np.ndarray]:
+    """The stabiliser run over a whole sequence, frame by frame (causal: output t sees frames <= t)."""
+    s = Stabilizer(mode, kind, **options)
+    return [s(f, d) for f, d in zip(frames, depths)]
