@@ -1,7 +1,8 @@
 """Online, causal stabilisation of depth streams: each output uses the current frame and the past only.
 
 Both modes work in inverse depth, against the previous *output* warped into the current frame with
-dense optical flow (OpenCV DIS at a reduced size), on pixels the warp explains (photometric agreement):
+dense optical flow (OpenCV DIS at a reduced size) and corrected for the camera's own motion (the
+flow's optical expansion), on pixels the warp explains (photometric agreement):
 
 - ``scale``: fit a scale and shift (weighted least squares) that bring the current prediction onto the
   warped previous output, and apply it damped towards identity (``damping``), so global scale jumps of
@@ -19,7 +20,8 @@ import cv2
 import numpy as np
 
 from .errors import ConfigError
-from .evaluation.temporal import FLOW_SIDE, Flow, _gray_small, flow_size, inverse_depth, photometric_weight, warp
+from .evaluation.temporal import (FLOW_SIDE, Flow, _gray_small, expansion, flow_size, inverse_depth, photometric_weight,
+                                  warp)
 
 MODES = ("none", "scale", "flow")
 
@@ -28,8 +30,8 @@ class Stabilizer:
     """Stateful: call it with each frame and its predicted depth, in order; it returns the stabilised
     depth (same kind and size). ``kind``: ``metric`` or ``relative``."""
 
-    def __init__(self, mode: str = "flow", kind: str = "metric", side: int = FLOW_SIDE, max_blend: float = 0.7,
-                 agree: float = 0.15, damping: float = 0.8, cut: float = 0.25) -> None:
+    def __init__(self, mode: str = "flow", kind: str = "metric", side: int = FLOW_SIDE, max_blend: float = 0.8,
+                 agree: float = 0.3, damping: float = 0.8, cut: float = 0.25) -> None:
         if mode not in MODES:
             raise ConfigError(f"--stabilize must be one of {', '.join(MODES)}, got {mode!r}")
         self.mode, self.kind, self.side = mode, kind, side
@@ -57,7 +59,7 @@ class Stabilizer:
             if np.mean(weight) < self.cut:  # a scene cut: start again from this frame
                 self.resets += 1
             elif self.mode == "scale":
-                out = self._scale(inv, inv_small, warp(prev_small, flow), weight)
+                out = self._scale(inv, inv_small, warp(prev_small, flow) * expansion(flow), weight)
             else:
                 out = self._blend(inv, flow, prev_full, weight, size)
         self.prev = (gray, cv2.resize(out, (size[1], size[0]), interpolation=cv2.INTER_AREA), out)
@@ -68,14 +70,15 @@ class Stabilizer:
         if ok.sum() < 16:
             return inv
         x, y, wt = inv_small[ok].astype(np.float64), target[ok].astype(np.float64), weight[ok].astype(np.float64)
-        a = np.stack([x, np.ones_like(x)], 1) * np.sqrt(wt)[:, None]
-        (s, t), *_ = np.linalg.lstsq(a, y * np.sqrt(wt), rcond=None)
-        if not (np.isfinite(s) and s > 0):
+        if self.kind == "metric":  # metric depth keeps its origin: a scale only
+            s, t = float((wt * x * y).sum() / max((wt * x * x).sum(), 1e-12)), 0.0
+        else:  # relative inverse depth: scale and shift
+            a = np.stack([x, np.ones_like(x)], 1) * np.sqrt(wt)[:, None]
+            (s, t), *_ = np.linalg.lstsq(a, y * np.sqrt(wt), rcond=None)
+        if not (np.isfinite(s) and s > 0 and np.isfinite(t)):
             return inv
         s = 1.0 + self.damping * (s - 1.0)
         t = self.damping * t
-        if self.kind == "metric":  # metric depth keeps its origin: scale only
-            t = 0.0
         return (s * inv + t).astype(np.float32)
 
     def _blend(self, inv, flow_small, prev_full, weight_small, size) -> np.ndarray:
@@ -84,7 +87,8 @@ class Stabilizer:
         flow = cv2.resize(flow_small, (w, h), interpolation=cv2.INTER_LINEAR)
         flow[..., 0] *= sx
         flow[..., 1] *= sy
-        warped = warp(prev_full, flow)
+        grow = cv2.resize(expansion(flow_small), (w, h), interpolation=cv2.INTER_LINEAR)
+        warped = warp(prev_full, flow) * grow  # what the previous output says now, the camera's motion taken out
         weight = cv2.resize(weight_small, (w, h), interpolation=cv2.INTER_LINEAR)
         rel = np.abs(warped - inv) / np.maximum(np.abs(inv), 1e-6)
         conf = self.max_blend * weight * np.exp(-rel / self.agree)

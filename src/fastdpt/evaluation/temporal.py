@@ -4,7 +4,8 @@
   scene did not, with no ground truth (the OPW idea of NVDS / Video Depth Anything): dense optical flow
   (OpenCV DIS, at a reduced size) warps the previous frame's inverse depth into the current frame;
   pixels are weighted by photometric agreement after the same warp (occlusions and moving objects count
-  little); the weighted mean absolute difference is divided by the previous frame's median inverse
+  little); the change that the camera's own motion explains (the flow's optical expansion) is taken
+  out; the weighted mean absolute difference is divided by the previous frame's median inverse
   depth, so a score does not depend on the units of the depth (metric and relative models compare).
   0 is a perfectly stable stream; a per-frame scale jitter of e percent scores about e / 100.
 - :func:`temporal_alignment_error` (TAE): with camera poses and intrinsics, every predicted depth is
@@ -60,6 +61,19 @@ def warp(image: np.ndarray, flow: np.ndarray, border=np.nan) -> np.ndarray:
                      borderMode=cv2.BORDER_CONSTANT, borderValue=float(border) if border == border else np.nan)
 
 
+def expansion(flow: np.ndarray, sigma: float = 2.0) -> np.ndarray:
+    """How much a static point's inverse depth grows from the previous frame to this one, from the
+    optical expansion of the backward flow (x -> x + flow(x)): the previous frame maps this frame's
+    neighbourhood onto an area det(I + J) times as large, and depth scales with the square root of
+    that, so inv_t / inv_{t-1} = 1 / sqrt(det(I + J)). 1 for a still camera; > 1 on what the camera
+    moves towards. The flow is smoothed first; the ratio is kept within [0.5, 2]."""
+    f = cv2.GaussianBlur(flow, (0, 0), sigma)
+    dudy, dudx = np.gradient(f[..., 0])
+    dvdy, dvdx = np.gradient(f[..., 1])
+    det = (1.0 + dudx) * (1.0 + dvdy) - dudy * dvdx
+    return (1.0 / np.sqrt(np.clip(det, 0.25, 4.0))).astype(np.float32)
+
+
 def photometric_weight(gray: np.ndarray, warped_prev_gray: np.ndarray, sigma: float = 12.0) -> np.ndarray:
     """exp(-|I_t - warp(I_{t-1})| / sigma): near 1 where the warp explains the frame, near 0 where it
     does not (occlusions, moving objects, flow failures); 0 outside the previous frame."""
@@ -103,8 +117,10 @@ class FlickerMeter:
 
 
 def pair_flicker(prev_gray, gray, prev_inv, inv, flow) -> float | None:
-    """Weighted mean |warp(inv_{t-1}) - inv_t| / median(inv_{t-1}) for one pair (None: nothing comparable)."""
-    warped_inv = warp(prev_inv, flow)
+    """Weighted mean |warp(inv_{t-1}) * expansion - inv_t| / median(inv_{t-1}) for one pair (None: nothing
+    comparable). The expansion factor removes what the camera's own motion does to the depth of static
+    points, so an exact depth of a moving camera scores near 0 too."""
+    warped_inv = warp(prev_inv, flow) * expansion(flow)
     weight = photometric_weight(gray, warp(prev_gray, flow, border=np.nan))
     ok = np.isfinite(warped_inv) & np.isfinite(inv) & (weight > 0)
     scale = np.nanmedian(prev_inv) if np.isfinite(prev_inv).any() else np.nan
