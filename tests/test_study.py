@@ -204,3 +204,28 @@ def test_attention_benchmark_and_its_crossover(tmp_path):
     skipped = [row for row in d["rows"] if row.get("skipped")]
     assert all(row["kernel"] == "math" and row["heads"] * row["tokens"] ** 2 * 4 > 2 * 2**30 for row in skipped)
     assert set(d["crossover"]) == {"1", "12", "24"} and "overtakes SDPA" in r.output
+
+
+def test_report_summary_and_wall_time_follow_the_rows():
+    from fastdpt.study.report import full_table, summary
+
+    def row(name, abs_rel, fps, **kw):
+        return {"name": name, "model": name, "status": "ok", "abs_rel": abs_rel, "fps": fps, **kw}
+
+    rows = [row("r50.h8-11.heads12.softmax@192x640~baseline", 0.40, 1.0, status="baseline", baseline=True),
+            row("r50.h0-1.heads12.softmax@192x640", 0.42, 2.0, started=100.0, finished=160.5),
+            row("r50.h8-11.heads12.softmax@192x640", 0.40, 1.0),
+            row("effb0.h0-1.heads12.softmax@192x640", 0.60, 2.4),
+            row("effb0.h8-11.heads12.softmax@192x640", 0.50, 1.2)]
+    lines = summary(rows)
+    # hooks: (8,11) -> (0,1): mean FPS 1.1 -> 2.2 (one doubling), mean AbsRel 0.45 -> 0.51
+    hooks = next(s for s in lines if "**hooks**" in s)
+    assert "2.00x faster" in hooks and "+0.0600" in hooks and "costs 0.0600 AbsRel per doubling" in hooks
+    # backbone: r50 (FPS 1.5, AbsRel 0.41) -> effb0 (FPS 1.8, AbsRel 0.55): log2(1.2) doublings
+    import math
+    back = next(s for s in lines if s.startswith("backbone"))
+    assert "1.20x faster" in back and "+0.1400" in back and f"{0.14 / math.log2(1.2):+.4f} per doubling" in back
+    # the best variant at >= 2x the baseline's FPS (1.0) is the most accurate of those at >= 2 FPS
+    assert any("At >= 2x" in s and "`r50.h0-1.heads12.softmax@192x640`" in s for s in lines)
+    head, body = full_table(rows)
+    assert body[1][head.index("wall s")] == "60" and body[2][head.index("wall s")] == "-"

@@ -121,6 +121,24 @@ def test_stabilisation_reduces_flicker_of_scale_noise(drive):
         assert err < 1.05 * raw  # and does not cost accuracy
 
 
+def test_flow_mode_settles_small_changes_and_follows_large_ones(drive):
+    """A still camera (the same frame twice): where the new prediction differs a little from the last
+    output it is pulled towards it; where it differs a lot (something moved) it is kept."""
+    _, frames, depths = drive
+    d0 = depths[0].copy()
+    d0[d0 <= 0] = 50.0
+    d1 = d0 * np.float32(1.04)  # a 4 % wobble everywhere
+    box = (slice(40, 70), slice(100, 160))
+    d1[box] = d0[box] * 0.4  # and an object that came 2.5x nearer
+    s = Stabilizer("flow", "metric")
+    s(frames[0], d0)
+    out = s(frames[0], d1)
+    inner = (slice(45, 65), slice(110, 150))
+    wobble = np.median(np.abs(out / d0 - 1)[:30])  # rows above the box
+    assert wobble < 0.5 * 0.04  # settled: less than half of the wobble is left
+    np.testing.assert_allclose(np.median(out[inner] / d1[inner]), 1.0, atol=0.15)  # the object is followed
+
+
 def test_a_scene_cut_resets_the_state(drive):
     _, frames, depths = drive
     other = make_scene(np.random.default_rng(99), 6)

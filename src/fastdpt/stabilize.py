@@ -30,7 +30,7 @@ class Stabilizer:
     """Stateful: call it with each frame and its predicted depth, in order; it returns the stabilised
     depth (same kind and size). ``kind``: ``metric`` or ``relative``."""
 
-    def __init__(self, mode: str = "flow", kind: str = "metric", side: int = FLOW_SIDE, max_blend: float = 0.8,
+    def __init__(self, mode: str = "flow", kind: str = "metric", side: int = FLOW_SIDE, max_blend: float = 0.9,
                  agree: float = 0.3, damping: float = 0.8, cut: float = 0.25) -> None:
         if mode not in MODES:
             raise ConfigError(f"--stabilize must be one of {', '.join(MODES)}, got {mode!r}")
@@ -91,7 +91,7 @@ class Stabilizer:
         warped = warp(prev_full, flow) * grow  # what the previous output says now, the camera's motion taken out
         weight = cv2.resize(weight_small, (w, h), interpolation=cv2.INTER_LINEAR)
         rel = np.abs(warped - inv) / np.maximum(np.abs(inv), 1e-6)
-        conf = self.max_blend * weight * np.exp(-rel / self.agree)
+        conf = self.max_blend * weight * np.exp(-np.square(rel / self.agree))  # ~full below agree, ~0 well above
         conf[~np.isfinite(warped) | ~np.isfinite(inv)] = 0.0
         out = conf * np.nan_to_num(warped) + (1.0 - conf) * inv
         out[~np.isfinite(inv)] = np.nan

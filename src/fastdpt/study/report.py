@@ -46,10 +46,17 @@ def _varying(rows: list[dict]) -> list[str]:
     return [f for f in FACTORS if len({factors(r)[f] for r in ok}) > 1]
 
 
+def wall_s(row: dict) -> float | None:
+    """A trial's wall time from start to its row (training, scoring, timing; the last attempt)."""
+    if finite(row.get("started")) and finite(row.get("finished")):
+        return float(row["finished"]) - float(row["started"])
+    return None
+
+
 def full_table(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
     sizes = _sizes(rows)
     head = ["variant", "status", "d1", "AbsRel", "RMSE", "RMSE log", "SILog", "params M", "GMACs",
-            *[f"FPS {s}" for s in sizes], "speed-up", "train s"]
+            *[f"FPS {s}" for s in sizes], "speed-up", "train s", "wall s"]
     if any(finite(r.get("flicker")) for r in rows):
         head += ["flicker", "TAE"]
     body = []
@@ -57,7 +64,8 @@ def full_table(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
         cells = [r["name"], r.get("status", ""), _fmt(r.get("d1")), _fmt(r.get("abs_rel")), _fmt(r.get("rmse")),
                  _fmt(r.get("rmse_log")), _fmt(r.get("silog"), 2), _fmt((r.get("params") or 0) / 1e6, 1),
                  _fmt((r.get("macs") or 0) / 1e9, 1), *[_fmt(r.get(f"fps_{s}"), 2) for s in sizes],
-                 _fmt(r.get("speedup"), 2) + ("x" if finite(r.get("speedup")) else ""), _fmt(r.get("train_s"), 0)]
+                 _fmt(r.get("speedup"), 2) + ("x" if finite(r.get("speedup")) else ""), _fmt(r.get("train_s"), 0),
+                 _fmt(wall_s(r), 0)]
         if "flicker" in head:
             cells += [_fmt(r.get("flicker"), 4), _fmt(r.get("tae"), 4)]
         body.append(cells)
@@ -105,14 +113,17 @@ def summary(rows: list[dict]) -> list[str]:
         slow, fast = entries[0], entries[-1]
         doublings = math.log2(fast["fps"][0] / slow["fps"][0])
         if doublings > 0.05:
-            costs.append((( fast["abs_rel"][0] - slow["abs_rel"][0]) / doublings, f, slow["level"], fast["level"], doublings))
+            delta = fast["abs_rel"][0] - slow["abs_rel"][0]
+            costs.append((delta / doublings, f, slow["level"], fast["level"], doublings, delta))
     if costs:
-        cost, f, slow, fast, d = min(costs)
+        cost, f, slow, fast, d, delta = min(costs)
         verb = "costs" if cost > 0 else "gains"
         lines.append(f"The factor that costs least accuracy per unit of speed is **{f}**: going from {slow} to {fast} "
-                     f"is {2 ** d:.2f}x faster on average and {verb} {abs(cost):.4f} AbsRel per doubling of speed.")
-        for cost, f2, slow, fast, d in sorted(costs)[1:]:
-            lines.append(f"{f2}: {slow} -> {fast}, {2 ** d:.2f}x faster, {cost:+.4f} AbsRel per doubling.")
+                     f"is {2 ** d:.2f}x faster on average and changes the mean AbsRel by {delta:+.4f} "
+                     f"({verb} {abs(cost):.4f} AbsRel per doubling of speed).")
+        for cost, f2, slow, fast, d, delta in sorted(costs)[1:]:
+            lines.append(f"{f2}: {slow} -> {fast}, {2 ** d:.2f}x faster, mean AbsRel {delta:+.4f} "
+                         f"({cost:+.4f} per doubling).")
     front = pareto_front(ok)
     lines.append("Pareto front (AbsRel against FPS): " + ", ".join(f"`{r['name']}`" for r in front) + ".")
     return lines
