@@ -166,6 +166,8 @@ def test_cli_streams_report_flicker_and_stabilise(data, tmp_path):
         stats[mode] = json.loads((tmp_path / f"{mode}.json").read_text())
         assert stats[mode]["stabilize"] == mode and stats[mode]["flicker"] >= 0
     assert stats["flow"]["stabilize_ms_median"] > 0
+    r = runner.invoke(app, ["stream", str(folder), "-m", str(ckpt)])  # not asked for: not measured
+    assert r.exit_code == 0 and "frames out of" in r.output and "flicker" not in r.output
     r = runner.invoke(app, ["stream", str(folder), "-m", str(ckpt), "--stabilize", "wobble"])
     assert r.exit_code == 2 and "--stabilize must be one of" in r.output
     r = runner.invoke(app, ["eval", "--weights", str(ckpt), "--data-root", str(data), "--temporal", "--stabilize", "scale",

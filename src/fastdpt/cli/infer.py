@@ -101,7 +101,8 @@ def _run_stream(source_factory, output, model, weights, backend, precision, devi
                 status.update(f"{st.frames_out} frames, {st.frames_out / max(st.wall_s, 1e-9):.1f} FPS, "
                               f"{st.dropped} dropped")
             stats = run_stream(source, predictor, sink, realtime=realtime, max_frames=max_frames, strict=strict,
-                               on_frame=live, batch_size=batch, stabilize=stabilize)
+                               on_frame=live, batch_size=batch, stabilize=stabilize,
+                               flicker=stats_path is not None or stabilize != "none")
     except StreamInterrupted as e:
         console.print(f"stopped: {e}", highlight=False, soft_wrap=True)
         if stats_path:
@@ -113,7 +114,8 @@ def _run_stream(source_factory, output, model, weights, backend, precision, devi
     out.print(f"{summary['frames_out']} frames out of {summary['frames_in']} in {summary['wall_s']:.1f} s: "
               f"{summary['effective_fps']:.2f} FPS end to end, {summary['inference_fps']:.2f} inferences/s, "
               f"{summary['dropped']} dropped; latency p50/p90/p99 {summary['latency_ms_p50']:.0f}/"
-              f"{summary['latency_ms_p90']:.0f}/{summary['latency_ms_p99']:.0f} ms; flicker {summary['flicker']:.4f}"
+              f"{summary['latency_ms_p90']:.0f}/{summary['latency_ms_p99']:.0f} ms"
+              + (f"; flicker {summary['flicker']:.4f}" if summary['flicker'] == summary['flicker'] else "")
               + (f" ({stabilize}-stabilised, +{summary['stabilize_ms_median']:.1f} ms a frame)" if stabilize != "none" else "")
               + (f" -> {output}" if output else ""), highlight=False)
     if stats.problems or stats.resized:
