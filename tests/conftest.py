@@ -176,6 +176,18 @@ def official_sd():
     return official_state_dict()
 
 
+TRAIN_MODEL = "effb0.h0-1.heads4.softmax.f32.m0.01_0.0125@64x192"  # tiny; its metric head caps depth at 80 m at y = 0
+
+
+def train_config(data, out, **kw):
+    """A fast training config for the tiny model on synthetic data in ``data`` (``kw`` overrides)."""
+    from fastdpt.training import TrainConfig
+
+    base = dict(model=TRAIN_MODEL, out=str(out), data_root=str(data), epochs=2, batch_size=2, lr=1e-3, workers=0,
+                kb_crop=False, progress=False, seed=0)
+    return TrainConfig(**{**base, **kw})
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

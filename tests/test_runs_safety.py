@@ -16,9 +16,10 @@ import fastdpt  # noqa: E402
 from fastdpt.cli import app  # noqa: E402
 from fastdpt.data.synthetic import synth  # noqa: E402
 from fastdpt.errors import TrainingError, WeightsError  # noqa: E402
-from fastdpt.training import TrainConfig, train  # noqa: E402
+from fastdpt.training import train  # noqa: E402
+from conftest import TRAIN_MODEL, train_config  # noqa: E402
 
-MODEL = "effb0.h0-1.heads4.softmax.f32.m0.01_0.0125@64x192"
+MODEL = TRAIN_MODEL
 runner = CliRunner()
 
 
@@ -27,13 +28,6 @@ def data(tmp_path_factory):
     out = tmp_path_factory.mktemp("synth")
     synth(out, drives=3, frames=20, size=(64, 192), seed=3, workers=1)  # 10 annotated training frames
     return out
-
-
-def _cfg(data, out, **kw):
-    base = dict(model=MODEL, out=str(out), data_root=str(data), epochs=2, batch_size=2, lr=1e-3, workers=0,
-                kb_crop=False, progress=False, seed=0)
-    base.update(kw)
-    return TrainConfig(**base)
 
 
 class Record(L.Callback):
@@ -52,13 +46,13 @@ class Record(L.Callback):
 
 def test_mid_epoch_resume_continues_the_exact_data_order(data, tmp_path):
     full = Record()
-    train(_cfg(data, tmp_path / "full"), callbacks=[full], logger=False)
+    train(train_config(data, tmp_path / "full"), callbacks=[full], logger=False)
     assert len(full.frames) == 10  # 2 epochs x 5 batches
     first = Record(crash_at=7)  # resume state saved at step 7: in the middle of epoch 1
     with pytest.raises(RuntimeError, match="simulated crash"):
-        train(_cfg(data, tmp_path / "run", checkpoint_every=7), callbacks=[first], logger=False)
+        train(train_config(data, tmp_path / "run", checkpoint_every=7), callbacks=[first], logger=False)
     rest = Record()
-    res = train(_cfg(data, tmp_path / "run", checkpoint_every=7), resume=True, callbacks=[rest], logger=False)
+    res = train(train_config(data, tmp_path / "run", checkpoint_every=7), resume=True, callbacks=[rest], logger=False)
     assert res["global_step"] == 10
     assert first.frames[:7] + rest.frames == full.frames  # nothing repeated, nothing skipped, same order
     epoch1 = [f for e, b in first.frames[5:7] + rest.frames for f in b]
@@ -73,7 +67,7 @@ def test_a_busy_run_folder_is_refused_at_once(data, tmp_path):
     fcntl.flock(fd, fcntl.LOCK_EX)  # another training holds the folder
     try:
         with pytest.raises(TrainingError, match=r"in use by another training \(pid 4242\)"):
-            train(_cfg(data, run), logger=False)
+            train(train_config(data, run), logger=False)
     finally:
         os.close(fd)
     assert sorted(p.name for p in run.iterdir()) == [".lock"]
@@ -81,19 +75,19 @@ def test_a_busy_run_folder_is_refused_at_once(data, tmp_path):
 
 def test_runs_are_never_overwritten_without_asking(data, tmp_path):
     run = tmp_path / "run"
-    train(_cfg(data, run, epochs=1), logger=False)
+    train(train_config(data, run, epochs=1), logger=False)
     before = (run / "last.safetensors").read_bytes()
     with pytest.raises(TrainingError, match="--resume to continue it, --overwrite to start over"):
-        train(_cfg(data, run, epochs=1), logger=False)
+        train(train_config(data, run, epochs=1), logger=False)
     assert (run / "last.safetensors").read_bytes() == before
     (run / "result.json").write_text("{}")
-    res = train(_cfg(data, run, epochs=1, seed=1), logger=False, overwrite=True)
+    res = train(train_config(data, run, epochs=1, seed=1), logger=False, overwrite=True)
     assert res["global_step"] == 5 and json.loads((run / "train_config.json").read_text())["seed"] == 1
 
 
 def test_resume_is_validated_before_anything_is_written(data, tmp_path):
     run = tmp_path / "run"
-    train(_cfg(data, run, epochs=1), logger=False)
+    train(train_config(data, run, epochs=1), logger=False)
     stored = (run / "train_config.json").read_bytes()
     other = "effb0.h0-1.heads4.softmax.f32.m0.02_0.0125@64x192"
     r = runner.invoke(app, ["train", "-m", other, "--out", str(run), "--resume"])
@@ -108,7 +102,7 @@ def test_resume_is_validated_before_anything_is_written(data, tmp_path):
 @pytest.mark.parametrize("content", [b"", b"not a checkpoint at all" * 10])
 def test_damaged_resume_state_is_one_line(data, tmp_path, content):
     run = tmp_path / "run"
-    train(_cfg(data, run, epochs=1), logger=False)
+    train(train_config(data, run, epochs=1), logger=False)
     (run / "resume.ckpt").write_bytes(content)
     r = runner.invoke(app, ["train", "--out", str(run), "--resume"])
     assert r.exit_code == 2 and "cannot be resumed" in r.output and "Traceback" not in r.output

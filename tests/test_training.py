@@ -20,9 +20,10 @@ pytest.importorskip("lightning")
 pytest.importorskip("mlflow")
 
 from fastdpt.errors import NonFiniteLossError  # noqa: E402
-from fastdpt.training import TrainConfig, train  # noqa: E402
+from fastdpt.training import train  # noqa: E402
+from conftest import TRAIN_MODEL, train_config  # noqa: E402
 
-MODEL = "effb0.h0-1.heads4.softmax.f32.m0.01_0.0125@64x192"  # tiny; its metric head caps depth at 80 m at y = 0
+MODEL = TRAIN_MODEL
 
 
 @pytest.fixture(scope="module")
@@ -33,10 +34,7 @@ def data(tmp_path_factory):
 
 
 def _cfg(data, out, **kw):
-    base = dict(model=MODEL, out=str(out), data_root=str(data), epochs=6, batch_size=4, lr=1e-3, workers=0,
-                kb_crop=False, progress=False, seed=0)
-    base.update(kw)
-    return TrainConfig(**base)
+    return train_config(data, out, **{"epochs": 6, "batch_size": 4, **kw})
 
 
 def best_constant_abs_rel(data, split):
