@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import List, Optional
 
@@ -115,7 +116,7 @@ def _run_stream(source_factory, output, model, weights, backend, precision, devi
               f"{summary['effective_fps']:.2f} FPS end to end, {summary['inference_fps']:.2f} inferences/s, "
               f"{summary['dropped']} dropped; latency p50/p90/p99 {summary['latency_ms_p50']:.0f}/"
               f"{summary['latency_ms_p90']:.0f}/{summary['latency_ms_p99']:.0f} ms"
-              + (f"; flicker {summary['flicker']:.4f}" if summary['flicker'] == summary['flicker'] else "")
+              + (f"; flicker {summary['flicker']:.4f}" if math.isfinite(summary['flicker']) else "")
               + (f" ({stabilize}-stabilised, +{summary['stabilize_ms_median']:.1f} ms a frame)" if stabilize != "none" else "")
               + (f" -> {output}" if output else ""), highlight=False)
     if stats.problems or stats.resized:
