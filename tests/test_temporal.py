@@ -139,6 +139,24 @@ def test_flow_mode_settles_small_changes_and_follows_large_ones(drive):
     np.testing.assert_allclose(np.median(out[inner] / d1[inner]), 1.0, atol=0.15)  # the object is followed
 
 
+def test_the_meter_reuses_the_stabilisers_flow_with_the_same_score(drive):
+    _, frames, depths = drive
+    noisy = _jitter(depths, 0.05, seed=4)
+    stab, shared, own = Stabilizer("flow", "metric"), FlickerMeter(), FlickerMeter()
+    for f, d in zip(frames, noisy):
+        out = stab(f, d)
+        assert (stab.pair_flow is None) == (shared.prev is None)  # a flow exactly when there is a pair
+        shared.update(f, out, "metric", flow=stab.pair_flow)
+        own.update(f, out, "metric")
+    assert len(shared.per_pair) == len(frames) - 1
+    np.testing.assert_allclose(shared.per_pair, own.per_pair, rtol=1e-6)  # DIS is deterministic
+    # a flow of another size is not used: the meter computes its own
+    m = FlickerMeter()
+    m.update(frames[0], noisy[0], "metric")
+    m.update(frames[1], noisy[1], "metric", flow=np.zeros((7, 9, 2), np.float32))
+    np.testing.assert_allclose(m.per_pair, [flicker(frames[:2], noisy[:2], "metric")], rtol=1e-6)
+
+
 def test_a_scene_cut_resets_the_state(drive):
     _, frames, depths = drive
     other = make_scene(np.random.default_rng(99), 6)

@@ -38,6 +38,7 @@ class Stabilizer:
         self.max_blend, self.agree, self.damping, self.cut = max_blend, agree, damping, cut
         self.flow = Flow()
         self.prev: tuple | None = None  # (gray small, output inverse depth small, output inverse depth full)
+        self.pair_flow: np.ndarray | None = None  # the last call's flow to the previous frame (None: no pair)
         self.resets = 0
 
     def reset(self) -> None:
@@ -52,9 +53,10 @@ class Stabilizer:
         inv = inverse_depth(depth, self.kind)
         inv_small = cv2.resize(inv, (size[1], size[0]), interpolation=cv2.INTER_AREA)
         out = inv
+        self.pair_flow = None
         if self.prev is not None and self.prev[0].shape == gray.shape:
             prev_gray, prev_small, prev_full = self.prev
-            flow = self.flow(prev_gray, gray)
+            flow = self.pair_flow = self.flow(prev_gray, gray)
             weight = photometric_weight(gray, warp(prev_gray, flow))
             if np.mean(weight) < self.cut:  # a scene cut: start again from this frame
                 self.resets += 1

@@ -374,7 +374,7 @@ def run_stream(source, predictor: Predictor, sink: VideoSink | None = None, real
                     except queue.Full:
                         with lock:
                             stats.dropped += 1
-                        if not put(q_out, (i, frame, None)):  # shown with the latest depth
+                        if not put(q_out, (i, frame, None, None)):  # shown with the latest depth
                             break
                 elif not put(q_in, (i, frame, t)):
                     break
@@ -388,12 +388,17 @@ def run_stream(source, predictor: Predictor, sink: VideoSink | None = None, real
     def infer(items) -> bool:
         """One batch of frames of one size, on the device; False when the stream is stopping."""
         depth = predictor.predict_batch([f for _, f, _ in items])
+        flows = [None] * len(items)  # the stabiliser's flow of each frame, for the flicker meter
         if stabilizer is None:
             vis = colorize(depth, kind).cpu().numpy() if colorize is not None else [None] * len(items)
             depth = depth.cpu().numpy()
         else:  # in order, on the host: each frame against the stabilised past
             t0 = time.perf_counter()
-            depth = [stabilizer(f, d) for (_, f, _), d in zip(items, depth.cpu().numpy())]
+            out = []
+            for k, ((_, f, _), d) in enumerate(zip(items, depth.cpu().numpy())):
+                out.append(stabilizer(f, d))
+                flows[k] = stabilizer.pair_flow
+            depth = out
             with lock:
                 stats.stabilize_ms.append((time.perf_counter() - t0) * 1000 / len(items))
             vis = [colorize_numpy(d, kind, sink.cmap) for d in depth] if sink is not None else [None] * len(items)
@@ -401,7 +406,8 @@ def run_stream(source, predictor: Predictor, sink: VideoSink | None = None, real
         with lock:
             stats.latencies_ms += [(now - t) * 1000 for _, _, t in items]
             stats.inferred += len(items)
-        return all(put(q_out, (i, f, FrameOutput(d, v, kind))) for (i, f, _), d, v in zip(items, depth, vis))
+        return all(put(q_out, (i, f, FrameOutput(d, v, kind), flow))
+                   for (i, f, _), d, v, flow in zip(items, depth, vis, flows))
 
     def worker():
         try:
@@ -454,14 +460,14 @@ def run_stream(source, predictor: Predictor, sink: VideoSink | None = None, real
                 continue
             if item is _END:
                 break
-            i, frame, res = item
-            pending[i] = (frame, res)
+            i, frame, res, flow = item
+            pending[i] = (frame, res, flow)
             while next_i in pending:  # write in source order
-                frame, res = pending.pop(next_i)
+                frame, res, flow = pending.pop(next_i)
                 if res is not None:
                     latest = res
-                    if meter is not None:
-                        meter.update(frame, res.depth, res.kind)
+                    if meter is not None:  # the same inferred frames, in the order the stabiliser saw them
+                        meter.update(frame, res.depth, res.kind, flow=flow)
                 if latest is not None:
                     if sink is not None:
                         sink.write(frame, latest.vis)

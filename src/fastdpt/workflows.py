@@ -169,7 +169,7 @@ def evaluate_temporal(predictor, entries, raw_root: str | os.PathLike, gt_root: 
             t0 = time.perf_counter()
             depth = stab(frame, depth)
             stab_ms.append((time.perf_counter() - t0) * 1000)
-            meter.update(frame, depth, kind)
+            meter.update(frame, depth, kind, flow=stab.pair_flow)  # the stabiliser's flow, not computed again
             depths.append(depth)
             e = SplitEntry(f"{folder}/data/{p.name}", f"{drive}/proj_depth/groundtruth/{cam}/{p.name}")
             gt_path = find_gt(gt_root, e.gt)

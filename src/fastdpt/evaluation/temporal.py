@@ -98,14 +98,18 @@ class FlickerMeter:
     def reset(self) -> None:
         self.prev = None
 
-    def update(self, frame: np.ndarray, depth: np.ndarray, kind: str) -> float | None:
+    def update(self, frame: np.ndarray, depth: np.ndarray, kind: str, flow: np.ndarray | None = None) -> float | None:
+        """``flow``: the flow from this frame to the previous one at this meter's size, when the caller has
+        it already (a :class:`~fastdpt.stabilize.Stabilizer`'s ``pair_flow`` over the same frames)."""
         size = flow_size(frame.shape, self.side)
         gray = _gray_small(frame, size)
         inv = cv2.resize(inverse_depth(depth, kind), (size[1], size[0]), interpolation=cv2.INTER_AREA)
         value = None
         if self.prev is not None and self.prev[0].shape == gray.shape:
             prev_gray, prev_inv = self.prev
-            value = pair_flicker(prev_gray, gray, prev_inv, inv, self.flow(prev_gray, gray))
+            if flow is None or flow.shape[:2] != gray.shape:
+                flow = self.flow(prev_gray, gray)
+            value = pair_flicker(prev_gray, gray, prev_inv, inv, flow)
             if value is not None:
                 self.per_pair.append(value)
         self.prev = (gray, inv)
