@@ -214,3 +214,50 @@ def running(app, **config):
     finally:
         srv.should_exit = True
         t.join(timeout=10)
+
+
+@contextmanager
+def ray_head(cpus: int = 2):
+    """A real Ray head on 127.0.0.1 (``ray start --head --block`` in its own process group), yielding its
+    address; on exit only this head's processes are stopped (never ``ray stop``, which would stop
+    every Ray cluster on the machine), and nothing is left behind."""
+    import os
+    import shutil
+    import signal
+    import subprocess
+    import sys
+    import tempfile
+
+    port = free_port()
+    ray = shutil.which("ray", path=os.path.dirname(sys.executable)) or "ray"
+    temp = tempfile.mkdtemp(prefix="ray-test-")
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    proc = subprocess.Popen([ray, "start", "--head", "--block", "--node-ip-address", "127.0.0.1", "--port", str(port),
+                             "--num-cpus", str(cpus), "--include-dashboard", "false", "--disable-usage-stats",
+                             "--temp-dir", temp], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env,
+                            start_new_session=True)
+    try:
+        deadline = time.monotonic() + 90
+        while True:  # the GCS port answers once the head is up
+            if proc.poll() is not None:
+                raise RuntimeError(f"ray start failed: {proc.stderr.read().decode()[-2000:]}")
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            if time.monotonic() > deadline:
+                raise RuntimeError("the Ray head did not come up in 90 s")
+            time.sleep(0.5)
+        time.sleep(2.0)
+        yield f"127.0.0.1:{port}"
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)  # --block: ray start stops the head's processes on SIGTERM
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        try:  # anything of this head still alive (same session) goes too
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        shutil.rmtree(temp, ignore_errors=True)

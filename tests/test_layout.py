@@ -18,14 +18,14 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "fastdpt"
 LAYERS = [
     ["errors"],
     ["config"],
-    ["presets", "hub", "viz", "losses"],
+    ["presets", "hub", "viz", "losses", "cluster"],
     ["models", "io", "transforms"],
     ["weights", "data"],
     ["api", "evaluation", "runtime"],
     ["stabilize"],
     ["predict"],
     ["training", "stream", "bench", "serve", "workflows"],
-    ["demo", "study"],
+    ["demo", "study", "distill"],
     ["cli"],
     ["__init__"],
 ]

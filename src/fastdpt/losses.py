@@ -15,14 +15,49 @@ import torch
 from .errors import ConfigError
 
 
+def trim_mask(residual: torch.Tensor, mask: torch.Tensor, trim: float) -> torch.Tensor:
+    """``mask`` without each image's ``trim`` fraction of valid pixels with the largest ``residual``
+    (Depth Anything V2 ignores the 10 % largest-loss pixels of each pseudo-label)."""
+    if trim <= 0:
+        return mask
+    out = mask.clone()
+    for i in range(len(mask)):
+        r = residual[i][mask[i]].detach()
+        if r.numel() >= 10:
+            k = max(1, int(round((1 - trim) * r.numel())))
+            cut = torch.kthvalue(r.float().cpu(), k).values.to(r.device)
+            out[i] &= residual[i].detach() <= cut
+    return out
+
+
+def gradient_term(diff: torch.Tensor, m: torch.Tensor, scales: int = 4) -> torch.Tensor:
+    """Multi-scale gradient matching (MiDaS): mean absolute x/y differences of the masked residual
+    ``diff`` at ``scales`` halvings, averaged over the scales."""
+    grad = diff.new_zeros(())
+    diff = diff * m
+    for k in range(scales):
+        step = 2**k
+        d, mk = diff[:, ::step, ::step], m[:, ::step, ::step]
+        gx = (d[:, :, 1:] - d[:, :, :-1]).abs() * mk[:, :, 1:] * mk[:, :, :-1]
+        gy = (d[:, 1:, :] - d[:, :-1, :]).abs() * mk[:, 1:, :] * mk[:, :-1, :]
+        grad = grad + (gx.sum() + gy.sum()) / mk.sum().clamp_min(1)
+    return grad / scales
+
+
 def silog_loss(pred: torch.Tensor, gt: torch.Tensor, mask: torch.Tensor | None = None, lam: float = 0.5,
-               eps: float = 1e-6) -> torch.Tensor:
+               eps: float = 1e-6, grad: float = 0.0, trim: float = 0.0) -> torch.Tensor:
     """pred, gt: (B, H, W) depths in metres at the same (GT) resolution; mask: valid GT pixels
-    (default gt > 0). Images without valid pixels are skipped."""
+    (default gt > 0). Images without valid pixels are skipped. ``grad``: weight of multi-scale
+    gradient matching on the log-depth residual; ``trim``: fraction of each image's pixels with the
+    largest residual left out (for pseudo-labels)."""
     if mask is None:
         mask = gt > 0
     mask = mask & (gt > 0)
     g = torch.log(pred.clamp_min(eps)) - torch.log(gt.clamp_min(eps))
+    if trim > 0:
+        gm = torch.where(mask, g, torch.zeros_like(g))
+        centre = gm.flatten(1).sum(1) / mask.flatten(1).sum(1).clamp_min(1)
+        mask = trim_mask((g - centre[:, None, None]).abs(), mask, trim)
     g = torch.where(mask, g, torch.zeros_like(g))
     n = mask.flatten(1).sum(1)
     has = n > 0
@@ -32,7 +67,10 @@ def silog_loss(pred: torch.Tensor, gt: torch.Tensor, mask: torch.Tensor | None =
     mean_g = g.flatten(1).sum(1) / n
     mean_g2 = g.pow(2).flatten(1).sum(1) / n
     per_image = mean_g2 - lam * mean_g.pow(2)
-    return per_image[has].mean()
+    loss = per_image[has].mean()
+    if grad > 0:
+        loss = loss + grad * gradient_term(g - mean_g[:, None, None], mask.to(g.dtype))
+    return loss
 
 
 def _align_scale_shift(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor):
@@ -51,29 +89,26 @@ def _align_scale_shift(pred: torch.Tensor, target: torch.Tensor, mask: torch.Ten
 
 
 def ssi_gradient_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None,
-                      alpha: float = 0.5, scales: int = 4) -> torch.Tensor:
+                      alpha: float = 0.5, scales: int = 4, trim: float = 0.0) -> torch.Tensor:
     """MiDaS-style loss on (B, H, W) relative (inverse-depth-like) maps: MSE after per-image
-    least-squares scale and shift alignment, plus ``alpha`` times the multi-scale gradient term."""
+    least-squares scale and shift alignment, plus ``alpha`` times the multi-scale gradient term;
+    ``trim``: fraction of each image's pixels with the largest aligned residual left out."""
     if mask is None:
         mask = torch.isfinite(target) & (target > 0)
     target = torch.where(mask, target, torch.zeros_like(target))
     s, t = _align_scale_shift(pred, target, mask)
     aligned = s[:, None, None] * pred + t[:, None, None]
+    if trim > 0:
+        mask = trim_mask((aligned - target).abs(), mask, trim)
+        s, t = _align_scale_shift(pred, target, mask)
+        aligned = s[:, None, None] * pred + t[:, None, None]
     m = mask.to(pred.dtype)
     n = m.flatten(1).sum(1).clamp_min(1)
     data = ((aligned - target).pow(2) * m).flatten(1).sum(1) / (2 * n)
     loss = data.mean()
     if alpha <= 0:
         return loss
-    grad = pred.new_zeros(())
-    diff = (aligned - target) * m
-    for k in range(scales):
-        step = 2**k
-        d, mk = diff[:, ::step, ::step], m[:, ::step, ::step]
-        gx = (d[:, :, 1:] - d[:, :, :-1]).abs() * mk[:, :, 1:] * mk[:, :, :-1]
-        gy = (d[:, 1:, :] - d[:, :-1, :]).abs() * mk[:, 1:, :] * mk[:, :-1, :]
-        grad = grad + (gx.sum() + gy.sum()) / mk.sum().clamp_min(1)
-    return loss + alpha * grad / scales
+    return loss + alpha * gradient_term(aligned - target, m, scales)
 
 
 # -- losses as objects the training module is given -------------------------------------------------
@@ -82,14 +117,15 @@ class SILogLoss:
 
     name = "silog"
 
-    def __init__(self, lam: float = 0.5, kind: str = "metric") -> None:
+    def __init__(self, lam: float = 0.5, kind: str = "metric", grad: float = 0.0, trim: float = 0.0) -> None:
         if kind != "metric":
             raise ConfigError("SILog trains metric depth: use a variant with a metric head (.kitti or "
                               ".m<scale>_<shift>), or the ssi loss for relative depth")
-        self.lam = lam
+        _check_trim(trim)
+        self.lam, self.grad, self.trim = lam, grad, trim
 
     def __call__(self, pred: torch.Tensor, gt: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return silog_loss(pred.float(), gt, mask, lam=self.lam)
+        return silog_loss(pred.float(), gt, mask, lam=self.lam, grad=self.grad, trim=self.trim)
 
 
 class SSIGradientLoss:
@@ -98,15 +134,21 @@ class SSIGradientLoss:
 
     name = "ssi"
 
-    def __init__(self, alpha: float = 0.5, scales: int = 4, kind: str = "metric") -> None:
-        self.alpha, self.scales, self.kind = alpha, scales, kind
+    def __init__(self, alpha: float = 0.5, scales: int = 4, kind: str = "metric", trim: float = 0.0) -> None:
+        _check_trim(trim)
+        self.alpha, self.scales, self.kind, self.trim = alpha, scales, kind, trim
 
     def __call__(self, pred: torch.Tensor, gt: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         pred = pred.float()
         mask = mask & (gt > 0)
         target = torch.where(mask, 1.0 / gt.clamp_min(1e-6), torch.zeros_like(gt))
         inv = 1.0 / pred.clamp_min(1e-6) if self.kind == "metric" else pred
-        return ssi_gradient_loss(inv, target, mask, alpha=self.alpha, scales=self.scales)
+        return ssi_gradient_loss(inv, target, mask, alpha=self.alpha, scales=self.scales, trim=self.trim)
+
+
+def _check_trim(trim: float) -> None:
+    if not 0 <= trim < 1:
+        raise ConfigError(f"the trimmed fraction must be in [0, 1), got {trim}")
 
 
 LOSSES = {"silog": SILogLoss, "ssi": SSIGradientLoss}

@@ -10,6 +10,7 @@ from __future__ import annotations
 import typer
 
 from . import demo as _demo
+from . import distill as _distill
 from . import infer as _infer
 from . import models as _models
 from . import train as _train
@@ -23,7 +24,8 @@ for _name, _fn in [("models", _models.models), ("predict", _infer.predict), ("be
                    ("weights", _models.weights), ("warm-start", _models.warm_start), ("export", _models.export),
                    ("video", _infer.video), ("camera", _infer.camera), ("stream", _infer.stream),
                    ("serve", _infer.serve), ("demo", _demo.demo), ("train", _train.train),
-                   ("eval", _train.evaluate), ("eval-pngs", _train.eval_pngs)]:
+                   ("eval", _train.evaluate), ("eval-pngs", _train.eval_pngs),
+                   ("distill", _distill.distill)]:
     app.command(_name)(_fn)
 app.add_typer(data_app, name="data")
 app.add_typer(study_app, name="study")

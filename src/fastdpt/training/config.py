@@ -46,6 +46,8 @@ class TrainConfig:
     clip_value: float | None = _opt("clip gradients by value (0 or none: off)", 0.5)
     loss: str = _opt("silog (metric heads) | ssi (scale-and-shift-invariant + gradient, any head)", "silog")
     silog_lambda: float = _opt("lambda of the SILog loss", 0.5)
+    grad_weight: float = _opt("weight of multi-scale gradient matching added to silog (ssi has it at 0.5)", 0.0)
+    trim: float = _opt("leave out this fraction of each image's largest-loss pixels (pseudo-labels: 0.1)", 0.0)
     dense_gt: bool = _opt("train on dense depth maps (synthetic data's dense/) instead of sparse annotations",
                           False, flags=("--dense-gt/--sparse-gt",))
     precision: str = _opt("fp32 | fp16 | bf16 (mixed precision, GPU only)", "fp32")
@@ -86,6 +88,10 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "accumulate", "val_every"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if not 0 <= self.trim < 1:
+            raise ConfigError(f"--trim must be in [0, 1), got {self.trim}")
+        if self.grad_weight < 0:
+            raise ConfigError(f"--grad-weight must not be negative, got {self.grad_weight}")
         if not self.lr > 0:
             raise ConfigError(f"--lr must be positive, got {self.lr}")
         if self.clip_value is not None and self.clip_value <= 0:

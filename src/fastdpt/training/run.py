@@ -40,7 +40,8 @@ def build(cfg: TrainConfig):
     from .datamodule import KittiDataModule
     from .module import DepthModule
 
-    options = {"lam": cfg.silog_lambda} if cfg.loss == "silog" else {}
+    options = {"lam": cfg.silog_lambda, "grad": cfg.grad_weight} if cfg.loss == "silog" else {}
+    options["trim"] = cfg.trim
     module = DepthModule(cfg.model, loss=cfg.loss, loss_options=options, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps,
                          weight_decay=cfg.weight_decay, protocol=cfg.protocol, channels_last=cfg.channels_last)
     paths = cfg.paths()

@@ -1,0 +1,57 @@
+"""One way to reach Ray for every parallel job (the study's trials, distillation's labelling).
+
+Without an address Ray always starts in this process, on 127.0.0.1 (``address="local"``): it never
+joins another job's cluster that happens to run on the machine. With an address (``auto``,
+``host:port`` after ``ray start --head``, or ``ray://host:10001``) it joins that cluster; a cluster that
+cannot be reached is one line naming the address, Ray's reason, and what to check.
+"""
+
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+from typing import Iterator
+
+from .errors import FastDPTError
+
+
+class ClusterError(FastDPTError):
+    """A Ray cluster cannot be reached or started."""
+
+
+def ray_module():
+    try:
+        import ray
+    except ImportError:
+        raise ClusterError("parallel runs need Ray: pip install -e '.[study]'") from None
+    return ray
+
+
+@contextmanager
+def ray_session(address: str | None = None, num_cpus: int | None = None, num_gpus: int | None = None,
+                verbose: int = 1) -> Iterator[object]:
+    """Ray, initialised for the block (and shut down after it when this call started it)."""
+    ray = ray_module()
+    if ray.is_initialized():
+        yield ray
+        return
+    try:
+        if address:
+            ray.init(address=address, log_to_driver=verbose > 0, logging_level="ERROR")
+        else:
+            import torch
+
+            ray.init(address="local", num_cpus=num_cpus or os.cpu_count(),
+                     num_gpus=torch.cuda.device_count() if num_gpus is None else num_gpus,
+                     include_dashboard=False, object_store_memory=256 * 2**20, log_to_driver=verbose > 0,
+                     _node_ip_address="127.0.0.1", logging_level="ERROR")
+    except (ConnectionError, RuntimeError, TimeoutError, ValueError) as e:
+        reason = " ".join(str(e).split())[:200]
+        if address:
+            raise ClusterError(f"cannot reach the Ray cluster at {address!r} ({reason}); check that `ray start --head` "
+                               "runs there, and the node IP and port it printed") from None
+        raise ClusterError(f"cannot start a local Ray instance ({reason})") from None
+    try:
+        yield ray
+    finally:
+        ray.shutdown()

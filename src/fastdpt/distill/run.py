@@ -1,0 +1,307 @@
+"""``distill``: a slow teacher labels the user's own frames, a fast student learns from the labels.
+
+Run folder (``out``)::
+
+    distill.json            the options of the run (teacher identity included) and the time spent so far
+    labels/                 the teacher's labels as a KITTI-format dense dataset (see :mod:`.labels`)
+    train/                  the student's training run (Lightning + MLflow; resumable)
+    student.safetensors     the best student by held-out agreement with the teacher (canonical name,
+                            teacher name and weights sha256 in the metadata)
+    report.json, report.md  student vs teacher (agreement, ground truth when given, best constant,
+                            flicker, parameters, MACs, speed-up measured here, time spent)
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Callable
+
+from ..errors import ConfigError, FastDPTError
+from ..io import atomic_write
+from .labels import LabelError, LabelSet, Teacher, label, prepare, resolve_teacher
+
+DEFAULT_STUDENT = "fast-effb0-f64-192x640"
+
+
+class DistillError(FastDPTError):
+    """A distillation that cannot run as asked."""
+
+
+def _opt(help: str, default=None, flags: tuple[str, ...] | None = None, required: bool = False):
+    meta = {"help": help, "required": required}
+    if flags:
+        meta["flags"] = flags
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class DistillConfig:
+    """Everything a distillation needs; stored as ``distill.json`` in the run folder."""
+
+    teacher: str = _opt("teacher: a preset with weights (dpt-hybrid-kitti ...), a fastdpt checkpoint or an "
+                        "exported .onnx", required=True)
+    out: str = _opt("run folder", required=True)
+    frames: tuple = _opt("video files, image folders (recursive) or KITTI raw roots", (), required=True)
+    student: str = _opt("student variant (preset or canonical name)", DEFAULT_STUDENT)
+    teacher_weights: str | None = _opt("weights file for a preset teacher (else the cache or a download)")
+    val_frames: tuple = _opt("sources held out for validation (default: the last sequences, or a single "
+                             "sequence's tail)", ())
+    gt_root: str | None = _opt("annotated depth root: also score student and teacher against ground truth")
+    gt_split: str | None = _opt("split list of the ground-truth frames (with --gt-root)")
+    gt_raw_root: str | None = _opt("raw root of --gt-split's images (default: the KITTI raw root among --frames)")
+    every: int = _opt("keep every K-th frame", 1)
+    max_frames: int | None = _opt("label at most N frames")
+    duplicate_level: float = _opt("skip a frame whose 32-px grey thumbnail differs from the last kept one by "
+                                  "less than this many grey levels (0: keep all)", 1.0)
+    val_fraction: float = _opt("fraction of frames held out (whole sequences)", 0.2)
+    hflip: bool = _opt("average the teacher over the frame and its mirror image", False, flags=("--hflip/--no-hflip",))
+    steps: int | None = _opt("optimiser steps of the student (default: --epochs)")
+    epochs: int | None = _opt("epochs of the student (default 10 when --steps is not given)")
+    batch_size: int = _opt("batch size", 4)
+    lr: float = _opt("AdamW learning rate", 2e-4)
+    trim: float = _opt("leave out each label's largest-loss pixels (fraction)", 0.1)
+    grad_weight: float = _opt("gradient-matching weight beside SILog (metric teachers)", 0.5)
+    warm_start: bool = _opt("warm-start the student from the teacher's tensors where names and shapes fit", True,
+                            flags=("--warm-start/--no-warm-start",))
+    workers: int = _opt("labelling workers (more than 1, or --address: Ray actors, each holding the teacher)", 1)
+    address: str | None = _opt("Ray cluster address for labelling (ray start --head; default: this machine)")
+    threads: int | None = _opt("torch threads (labelling, training, the speed comparison)")
+    data_workers: int = _opt("data loader processes of the student's training", 2)
+    seed: int = _opt("random seed", 0)
+    bench_runs: int = _opt("timed runs of each model for the speed-up (interleaved)", 5)
+    flicker_frames: int = _opt("frames a held-out sequence for the flicker comparison (0: off)", 40)
+    tracking_uri: str | None = _opt("MLflow tracking URI (default: SQLite in the run folder)")
+    progress: bool = _opt("show progress", True, flags=("--progress/--no-progress",))
+
+    def __post_init__(self) -> None:
+        if not self.teacher or not self.out:
+            raise ConfigError("a distillation needs a teacher (--teacher) and a run folder (--out)")
+        self.frames = tuple(str(f) for f in (self.frames or ()))
+        self.val_frames = tuple(str(f) for f in (self.val_frames or ()))
+        for name in ("every", "batch_size", "workers", "bench_runs"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        for name in ("steps", "epochs", "max_frames", "threads"):
+            v = getattr(self, name)
+            if v is not None and v < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {v}")
+        if self.steps is not None and self.epochs is not None:
+            raise ConfigError("give --steps or --epochs, not both")
+        if not 0 < self.val_fraction < 1:
+            raise ConfigError(f"--val-fraction must be in (0, 1), got {self.val_fraction}")
+        if not 0 <= self.trim < 1:
+            raise ConfigError(f"--trim must be in [0, 1), got {self.trim}")
+        if (self.gt_root is None) != (self.gt_split is None):
+            raise ConfigError("--gt-root and --gt-split go together")
+        if not self.lr > 0:
+            raise ConfigError(f"--lr must be positive, got {self.lr}")
+
+    def as_dict(self) -> dict:
+        d = asdict(self)
+        d["frames"], d["val_frames"] = list(self.frames), list(self.val_frames)
+        return d
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "DistillConfig":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+# what a resume may change (everything else is the run's)
+RESUME_MAY_CHANGE = {"steps", "epochs", "workers", "address", "threads", "data_workers", "bench_runs", "progress",
+                     "tracking_uri", "flicker_frames", "gt_root", "gt_split", "gt_raw_root"}
+
+
+def check_pair(teacher: Teacher, student: str) -> str:
+    """The loss the student learns with, or a refusal when its head cannot learn from the teacher."""
+    from ..presets import get_config
+
+    s = get_config(student)
+    if teacher.kind == "relative" and s.output_kind == "metric":
+        raise DistillError(f"the student {s.name} predicts metres but the teacher {teacher.name} predicts relative "
+                           "depth, which has no scale to learn: choose a relative student (its name without the "
+                           ".kitti/.nyu head) or a metric teacher (dpt-hybrid-kitti)")
+    return "silog" if teacher.kind == "metric" and s.output_kind == "metric" else "ssi"
+
+
+def _check_out(out: Path, cfg: DistillConfig, resume: bool) -> None:
+    """Refuse, before anything is written: a file, an unrelated folder, a second run without --resume,
+    a resume with other options."""
+    if out.exists() and not out.is_dir():
+        raise DistillError(f"--out {out} is a file; choose a folder")
+    record = out / "distill.json"
+    if record.is_file():
+        try:
+            stored = json.loads(record.read_text())["config"]
+        except (ValueError, KeyError) as e:
+            raise DistillError(f"{record} cannot be read ({e}); choose another --out") from None
+        if not resume:
+            raise DistillError(f"{out} already holds a distillation; pass --resume to continue it or choose another --out")
+        given = cfg.as_dict()
+        diff = [f"{k} {stored.get(k)!r} (run) vs {given[k]!r} (given)" for k in given
+                if k not in RESUME_MAY_CHANGE and stored.get(k) != given[k]]
+        if diff:
+            raise DistillError("--resume with other options than the run was started with: " + "; ".join(diff[:3]))
+    elif out.exists() and any(out.iterdir()):
+        raise DistillError(f"{out} is not empty and holds no distillation; choose another --out")
+    elif resume:
+        raise DistillError(f"nothing to resume: {record} does not exist")
+
+
+def _record(out: Path, cfg: DistillConfig, teacher: Teacher, times: dict) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    data = {"config": cfg.as_dict(), "teacher": asdict(teacher), "times": times}
+    atomic_write(out / "distill.json", lambda p: p.write_text(json.dumps(data, indent=1)))
+
+
+def _times(out: Path) -> dict:
+    try:
+        return json.loads((out / "distill.json").read_text()).get("times", {})
+    except (OSError, ValueError):
+        return {}
+
+
+def warm_start_file(teacher: Teacher, student: str, path: Path, label_median: float | None = None) -> Path | None:
+    """The teacher's tensors that fit the student, as a safetensors file to warm-start from (None:
+    an ONNX teacher and nothing to set). The decoder and head are taken whole or not at all: a trained
+    last layer on top of new fusion layers can start with its ReLU dead everywhere (a constant depth
+    that never learns). A new head starts at the labels' median depth (its last bias), alive."""
+    import torch
+    from safetensors.torch import save_file
+
+    from ..models import DPT
+    from ..presets import get_config
+    from ..weights import read_state_dict, to_fastdpt_keys
+
+    if path.is_file():
+        return path
+    cfg = get_config(student)
+    own = DPT(cfg).state_dict()
+    fits = {}
+    if not teacher.onnx:
+        sd, _ = to_fastdpt_keys(read_state_dict(teacher.weights))
+        fits = {k: v.contiguous() for k, v in sd.items() if k in own and v.shape == own[k].shape}
+    top = ("decoder.", "head.")
+    if any(k.startswith(top) and k not in fits for k in own):
+        fits = {k: v for k, v in fits.items() if not k.startswith(top)}
+        last = max(k for k in own if k.startswith("head.") and k.endswith(".bias"))
+        if cfg.metric is not None and label_median:
+            scale, shift = cfg.metric
+            y0 = (1.0 / label_median - shift) / scale
+        else:
+            y0 = 1.0 if cfg.metric is None else 0.0
+        if y0 > 0:
+            fits[last] = torch.full_like(own[last], y0)
+    if not fits:
+        return None
+    return atomic_write(path, lambda p: save_file(fits, str(p)))
+
+
+def label_median(labels: LabelSet, frames: int = 16) -> float | None:
+    """The median labelled depth over a few training frames (for a new head's starting point)."""
+    import numpy as np
+
+    rels = labels.frames("train")[:: max(1, len(labels.frames("train")) // frames)][:frames]
+    values = [v[v > 0] for r in rels if (v := labels.read_label(r)).size]
+    values = np.concatenate(values) if values else np.zeros(0)
+    return float(np.median(values)) if values.size else None
+
+
+def train_config(cfg: DistillConfig, loss: str, teacher: Teacher, labels: LabelSet):
+    """The student's training options: the labels as a dense data root, the teacher's kind of loss."""
+    from ..training import TrainConfig
+
+    steps = cfg.steps or -1
+    epochs = 10**6 if cfg.steps else (cfg.epochs or 10)
+    return TrainConfig(
+        model=cfg.student, out=str(Path(cfg.out) / "train"), data_root=str(labels.root), dense_gt=True, loss=loss,
+        grad_weight=cfg.grad_weight if loss == "silog" else 0.0, trim=cfg.trim, kb_crop=False, eval_crop=None,
+        init=str(init) if (init := cfg.warm_start and warm_start_file(
+            teacher, cfg.student, Path(cfg.out) / "warm_start.safetensors", label_median(labels))) else None,
+        epochs=epochs, max_steps=steps,
+        batch_size=cfg.batch_size, lr=cfg.lr, workers=cfg.data_workers, seed=cfg.seed, hflip=0.5,
+        tracking_uri=cfg.tracking_uri, progress=cfg.progress)
+
+
+def distill(cfg: DistillConfig, resume: bool = False, log: Callable[[str], None] = print,
+            label_progress: Callable[[int, int, float, float], None] | None = None) -> dict:
+    """Label, train, compare; returns the report (also ``out/report.json`` and ``report.md``).
+
+    ``resume``: continue an interrupted run (labels already written are kept, training continues from
+    its ``resume.ckpt``); the options must be the run's, except those in ``RESUME_MAY_CHANGE``.
+    """
+    import torch
+
+    from ..presets import get_config
+    from ..training import train
+    from ..training.run import stored_config
+
+    out = Path(cfg.out)
+    get_config(cfg.student)  # a bad name fails before anything is loaded
+    _check_out(out, cfg, resume)
+    if not cfg.frames:
+        raise DistillError("no frames given: pass --frames with video files, image folders or a KITTI raw root")
+    for src in (*cfg.frames, *cfg.val_frames):
+        if not Path(src).exists():
+            raise DistillError(f"frames source not found: {src}")
+    teacher = resolve_teacher(cfg.teacher, cfg.teacher_weights)
+    loss = check_pair(teacher, cfg.student)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    times = _times(out) if resume else {}
+    _record(out, cfg, teacher, times)
+
+    labels = LabelSet(out / "labels")
+    t0 = time.perf_counter()
+    log(f"teacher {teacher.name} (sha256 {teacher.sha256[:12]}), student {get_config(cfg.student).name}, loss {loss}")
+    m = prepare(labels, teacher, list(cfg.frames), list(cfg.val_frames), cfg.every, cfg.max_frames,
+                cfg.duplicate_level, cfg.val_fraction, cfg.hflip, resume=resume, progress=log)
+    c = m["counts"]
+    log(f"frames: {c['kept']} kept of {c['seen']} sampled ({c['duplicates']} near-duplicates skipped, "
+        f"{c['unreadable']} unreadable, {c['gap']} left out between training and held-out frames)")
+    stats = label(labels, teacher, cfg.hflip, cfg.workers, cfg.address, cfg.threads, progress=label_progress)
+    times["label_s"] = round(times.get("label_s", 0.0) + (time.perf_counter() - t0), 2)
+    times["label_fps"] = stats.as_dict()["fps"]
+    _record(out, cfg, teacher, times)
+    log(f"labels: {stats.labelled} written now, {stats.already} already there "
+        f"({stats.train} training, {stats.val} held out){f', {stats.fps:.2f} frames/s' if stats.labelled else ''}")
+
+    tcfg = train_config(cfg, loss, teacher, labels)
+    run = Path(tcfg.out)
+    t1 = time.perf_counter()
+    if (run / "result.json").is_file() and resume:
+        result = json.loads((run / "result.json").read_text())
+        log(f"student already trained ({result['global_step']} steps)")
+    else:
+        can_resume = resume and (run / "resume.ckpt").is_file()
+        if can_resume:
+            tcfg = type(tcfg).from_dict({**stored_config(run).as_dict(), "epochs": tcfg.epochs,
+                                         "max_steps": tcfg.max_steps, "workers": tcfg.workers,
+                                         "progress": tcfg.progress, "tracking_uri": tcfg.tracking_uri})
+        result = train(tcfg, resume=can_resume, overwrite=not can_resume and run.exists())
+    times["train_s"] = round(times.get("train_s", 0.0) + (time.perf_counter() - t1), 2)
+    _record(out, cfg, teacher, times)
+
+    student_path = _keep_best(run, out / "student.safetensors", teacher)
+    from .report import build_report, write_report
+
+    report = build_report(cfg, teacher, labels, student_path, stats, result, times, log)
+    write_report(report, out)
+    return report
+
+
+def _keep_best(run: Path, target: Path, teacher: Teacher) -> Path:
+    """The run's best student (by held-out agreement), with the teacher named in its metadata."""
+    from ..api import load
+    from ..weights import save_checkpoint
+
+    best = run / "best.safetensors"
+    if not best.is_file():
+        best = run / "last.safetensors"
+    if not best.is_file():
+        raise DistillError(f"the student's training left no checkpoint in {run}")
+    model = load(best)
+    return save_checkpoint(model, target, {"distilled_from": teacher.name, "teacher_sha256": teacher.sha256})

@@ -1,0 +1,251 @@
+"""Distillation on synthetic KITTI-format drives with tiny variants: a teacher trained here labels frames
+of other drives given only as images; the student learns from the labels and agrees with the teacher
+far better than a constant; labelling resumes without relabelling (teacher calls counted), refuses a
+second teacher, runs on a real Ray cluster started with `ray start --head`, and gives the same labels
+for a video and for the image folder of the same frames."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+pytest.importorskip("lightning")
+pytest.importorskip("mlflow")
+
+import fastdpt  # noqa: E402
+from fastdpt.cli import app  # noqa: E402
+from fastdpt.data.kitti import read_split  # noqa: E402
+from fastdpt.data.synthetic import DATE, drive_name, synth  # noqa: E402
+from fastdpt.distill import (DistillConfig, DistillError, LabelError, LabelSet, discover, distill, label,  # noqa: E402
+                             prepare, resolve_teacher, sample)
+from fastdpt.distill.labels import to_label  # noqa: E402
+from fastdpt.evaluation.metrics import score_image  # noqa: E402
+from fastdpt.io import read_depth_png, read_image  # noqa: E402
+from fastdpt.training import train  # noqa: E402
+from conftest import TRAIN_MODEL, ray_head, train_config  # noqa: E402
+
+STUDENT = "effb0.h0-1.heads4.softmax.f16.m0.01_0.0125@64x192"  # another decoder width: a partial warm start
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    out = tmp_path_factory.mktemp("synth")
+    synth(out, drives=5, frames=24, size=(96, 320), seed=4, workers=2)
+    return out
+
+
+@pytest.fixture(scope="module")
+def teacher(data, tmp_path_factory):
+    """A tiny metric teacher trained on drives 1-3 (a few epochs: non-trivial, far from perfect)."""
+    run = tmp_path_factory.mktemp("teacher") / "run"
+    train(train_config(data, run, epochs=5, batch_size=4), logger=False)
+    return run / "best.safetensors"
+
+
+@pytest.fixture(scope="module")
+def frames(data, tmp_path_factory):
+    """Drives 4 and 5 as plain image folders: no ground truth, no calibration, no split lists."""
+    root = tmp_path_factory.mktemp("frames") / "footage"
+    for d in (4, 5):
+        shutil.copytree(data / "raw" / DATE / drive_name(d) / "image_02" / "data", root / f"clip{d}")
+    return root
+
+
+def test_sources_sampling_and_near_duplicates(tmp_path, data):
+    folder = tmp_path / "parked"
+    folder.mkdir()
+    frame = read_image(data / "raw" / DATE / drive_name(1) / "image_02" / "data" / "0000000000.png")
+    moving = read_image(data / "raw" / DATE / drive_name(1) / "image_02" / "data" / "0000000010.png")
+    rng = np.random.default_rng(0)
+    for i in range(6):  # a parked car: the same view with sensor noise, then the car moves
+        noisy = np.clip(frame.astype(int) + rng.integers(-2, 3, frame.shape), 0, 255).astype(np.uint8)
+        cv2.imwrite(str(folder / f"{i:04d}.png"), cv2.cvtColor(noisy, cv2.COLOR_RGB2BGR))
+    cv2.imwrite(str(folder / "0006.png"), cv2.cvtColor(moving, cv2.COLOR_RGB2BGR))
+    (folder / "0007.png").write_bytes(b"not an image")
+    seqs = discover([folder])
+    kept = []
+    counts = sample(seqs, on_frame=lambda s: kept.append(s.index))
+    assert kept == [0, 6]  # 5 near-duplicates skipped, the moved view kept
+    assert (counts.duplicates, counts.unreadable, counts.seen) == (5, 1, 8)
+    assert [s.index for s in _sampled(seqs, every=2)] == [0, 6]
+    assert len(_sampled(seqs, duplicate_level=0)) == 7
+    # a KITTI raw root: one sequence a drive, frame numbers kept, focal from the calibration
+    kitti = discover([data / "raw"])
+    assert [s.name for s in kitti] == [drive_name(i) for i in range(1, 6)]
+    assert kitti[0].focal == pytest.approx(float(read_split(data / "splits" / "train_files_with_gt.txt")[0].focal), rel=1e-4)
+
+
+def _sampled(seqs, **kw):
+    out = []
+    sample(seqs, on_frame=out.append, **kw)
+    return out
+
+
+def test_bad_sources_are_one_line(tmp_path):
+    text = tmp_path / "notes.mp4"
+    text.write_text("this is not a video\n" * 50)
+    with pytest.raises(fastdpt.FastDPTError, match="not a video file"):
+        discover([text])
+    with pytest.raises(fastdpt.FastDPTError, match="not found"):
+        discover([tmp_path / "missing"])
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(fastdpt.FastDPTError, match="holds no video"):
+        discover([empty])
+
+
+def test_labelling_resumes_without_relabelling_and_refuses_a_second_teacher(tmp_path, teacher, frames):
+    t = resolve_teacher(teacher)
+    labels = LabelSet(tmp_path / "labels")
+    m = prepare(labels, t, [frames])
+    planned = labels.frames()
+    assert len(planned) == 48 and m["counts"]["kept"] == 48
+    # held out by sequence: clip5 whole, clip4 whole for training
+    assert {r.split("/")[1] for r in labels.frames("val")} == {"footage-clip5"}
+    assert {r.split("/")[1] for r in labels.frames("train")} == {"footage-clip4"}
+    first = label(labels, t, stop_after=10)  # an interruption after 10 frames
+    assert first.teacher_frames == 10 and first.labelled == 10
+    stamp = {r: labels.dense(r).stat().st_mtime_ns for r in planned if labels.done(r)}
+    assert len(stamp) == 10
+    again = label(labels, t)
+    assert again.teacher_frames == 38 and again.already == 10  # never relabels a finished frame
+    assert all(labels.dense(r).stat().st_mtime_ns == stamp[r] for r in stamp)
+    assert all(labels.done(r) for r in planned)
+    # the labels are the teacher's depth, as metres and as KITTI 16-bit PNGs
+    pred = fastdpt.Predictor(fastdpt.load(teacher))
+    rel = planned[7]
+    expected = pred.predict(read_image(labels.frame(rel))).depth
+    np.testing.assert_allclose(labels.read_label(rel), expected, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(read_depth_png(labels.annotation(rel)), expected, atol=1 / 256 + 1e-3)
+    # a second teacher is refused in the same folder, and a plain re-run without --resume too
+    other = tmp_path / "other.safetensors"
+    fastdpt.save_checkpoint(fastdpt.create_model(TRAIN_MODEL), other)
+    with pytest.raises(LabelError, match="another teacher"):
+        prepare(labels, resolve_teacher(other), [frames], resume=True)
+    with pytest.raises(LabelError, match="--resume"):
+        prepare(labels, t, [frames])
+    # the label folder is a normal data root for `fastdpt train --dense-gt`
+    res = train(train_config(labels.root, tmp_path / "run", epochs=1, max_steps=2, dense_gt=True, batch_size=2),
+                logger=False)
+    assert res["global_step"] == 2
+
+
+def test_a_video_and_its_image_folder_give_the_same_labels(tmp_path, data, teacher):
+    src = data / "raw" / DATE / drive_name(4) / "image_02" / "data"
+    files = sorted(src.glob("*.png"))[:8]
+    folder = tmp_path / "clip"
+    folder.mkdir()
+    h, w = read_image(files[0]).shape[:2]
+    video = tmp_path / "clip.avi"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"FFV1"), 10, (w, h))  # lossless
+    for i, f in enumerate(files):
+        shutil.copy(f, folder / f"frame{i:03d}.png")
+        writer.write(cv2.imread(str(f)))
+    writer.release()
+    t = resolve_teacher(teacher)
+    out = {}
+    for name, source in (("video", video), ("images", folder)):
+        labels = LabelSet(tmp_path / name)
+        prepare(labels, t, [source], every=2)
+        label(labels, t)
+        out[name] = {int(Path(r).stem): labels.read_label(r) for r in labels.frames()}
+    # frames 0, 2, 4, 6 sampled; one sequence: 0, 2 train, 4 the gap (unlabelled), 6 held out
+    assert sorted(out["video"]) == sorted(out["images"]) == [0, 2, 6]
+    for k in out["video"]:
+        np.testing.assert_array_equal(out["video"][k], out["images"][k])
+
+
+def test_labelling_on_a_ray_cluster_matches_labelling_here(tmp_path, teacher, frames):
+    pytest.importorskip("ray")
+    t = resolve_teacher(teacher)
+    here = LabelSet(tmp_path / "here")
+    prepare(here, t, [frames], max_frames=20)
+    label(here, t)
+    there = LabelSet(tmp_path / "there")
+    prepare(there, t, [frames], max_frames=20)
+    with ray_head(cpus=2) as address:
+        stats = label(there, t, workers=2, address=address, shard_size=4, fail_once=str(tmp_path / "failed-once"))
+    assert stats.workers == 2 and stats.retries == 1  # the injected failure was retried on the cluster
+    assert stats.teacher_frames == len(there.frames()) == 19  # 20 sampled, one left out as the gap
+    for r in here.frames():
+        np.testing.assert_allclose(there.read_label(r), here.read_label(r), rtol=1e-4, atol=1e-5)
+
+
+def test_distilled_student_agrees_with_the_teacher(tmp_path, data, teacher, frames):
+    cfg = DistillConfig(teacher=str(teacher), student=STUDENT, frames=(str(frames),), out=str(tmp_path / "d"),
+                        epochs=8, batch_size=4, lr=1e-3, data_workers=0, progress=False, bench_runs=2,
+                        flicker_frames=8, gt_root=str(data / "data_depth_annotated"),
+                        gt_split=str(data / "splits" / "test_files_with_gt.txt"), gt_raw_root=str(data / "raw"))
+    report = distill(cfg, log=lambda m: None)
+    out = Path(cfg.out)
+    student = fastdpt.load(out / "student.safetensors")
+    assert student.config.name == fastdpt.get_config(STUDENT).name
+    # agreement, computed here from the files: the student against the teacher on the held-out clip
+    labels = LabelSet(out / "labels")
+    pred_s, pred_t = fastdpt.Predictor(student), fastdpt.Predictor(fastdpt.load(teacher))
+    rels = labels.frames("val")
+    student_rel, constant_rel = [], []
+    depth_t = [pred_t.predict(read_image(labels.frame(r))).depth for r in rels]
+    c = float(np.median(np.concatenate([d[(d > 1e-3) & (d < 80)] for d in depth_t])))
+    for r, dt in zip(rels, depth_t):
+        ds = pred_s.predict(read_image(labels.frame(r))).depth
+        student_rel.append(score_image(ds, dt, crop=None)["abs_rel"])
+        constant_rel.append(score_image(np.full_like(dt, c), dt, crop=None)["abs_rel"])
+    assert np.mean(student_rel) < 0.5 * np.mean(constant_rel), (np.mean(student_rel), np.mean(constant_rel))
+    assert report["agreement"]["student"]["abs_rel"] == pytest.approx(np.mean(student_rel), rel=0.05)
+    assert report["agreement"]["student"]["abs_rel"] < report["agreement"]["best_constant"]["abs_rel"]
+    # the report: ground truth of the test drive, speed measured here, sizes, flicker, times
+    assert report["ground_truth"]["student"]["images"] > 0 and report["ground_truth"]["teacher"]["images"] > 0
+    assert report["models"]["student"]["params"] == sum(p.numel() for p in student.parameters())
+    assert report["speedup"] > 0 and report["flicker"]["student"] is not None
+    assert report["times"]["label_s"] > 0 and report["times"]["train_s"] > 0
+    assert json.loads((out / "report.json").read_text())["speedup"] == report["speedup"]
+    assert "Agreement with the teacher" in (out / "report.md").read_text()
+    # an ordinary checkpoint: predict takes it
+    res = CliRunner().invoke(app, ["predict", str(labels.frame(rels[0])), "-m", str(out / "student.safetensors"),
+                                   "-o", str(tmp_path / "pred")])
+    assert res.exit_code == 0, res.output
+    # a second run into the same folder is refused; --resume finds everything done and trains nothing
+    with pytest.raises(DistillError, match="already holds a distillation"):
+        distill(cfg, log=lambda m: None)
+    steps = report["training"]["global_step"]
+    again = distill(cfg, resume=True, log=lambda m: None)
+    assert again["training"]["global_step"] == steps and again["labels"]["labelled"] == 0
+
+
+def test_distill_refusals_are_one_line(tmp_path, teacher, frames):
+    runner = CliRunner()
+    relative_teacher = tmp_path / "relative.safetensors"
+    fastdpt.save_checkpoint(fastdpt.create_model("effb0.h0-1.heads4.softmax.f16@64x192"), relative_teacher)
+    res = runner.invoke(app, ["distill", "--teacher", str(relative_teacher), "--student", STUDENT, "--frames",
+                              str(frames), "--out", str(tmp_path / "a")])
+    assert res.exit_code == 2 and "no scale to learn" in res.output and len(res.output.strip().splitlines()) <= 3
+    assert not (tmp_path / "a").exists()
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "mine.txt").write_text("keep me")
+    res = runner.invoke(app, ["distill", "--teacher", str(teacher), "--frames", str(frames), "--out", str(busy)])
+    assert res.exit_code == 2 and "not empty" in res.output
+    assert (busy / "mine.txt").read_text() == "keep me" and len(list(busy.iterdir())) == 1
+    res = runner.invoke(app, ["distill", "--teacher", "dpt-hybrid-kitti", "--teacher-weights", str(tmp_path / "nope.pt"),
+                              "--frames", str(frames), "--out", str(tmp_path / "b")])
+    assert res.exit_code == 2 and "not found" in res.output
+    res = runner.invoke(app, ["distill", "--teacher", str(teacher), "--frames", str(tmp_path / "missing"),
+                              "--out", str(tmp_path / "c")])
+    assert res.exit_code == 2 and "not found" in res.output
+
+
+def test_relative_labels_are_depth_like_and_invert_to_the_teacher():
+    inv = np.array([[4.0, 2.0], [1.0, 0.0]], dtype=np.float32)
+    lab = to_label(inv, "relative")
+    valid = lab > 0
+    assert not valid[1, 1]
+    ratio = (1.0 / lab[valid]) / inv[valid]  # the teacher's inverse depth up to one scale
+    np.testing.assert_allclose(ratio, ratio[0], rtol=1e-6)
+    assert np.median(lab[valid]) == pytest.approx(10.0)
