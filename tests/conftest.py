@@ -24,9 +24,13 @@ TINY_EFF = ModelConfig(backbone="effb0", hooks=(0, 1), heads=4, features=32, inp
 
 
 @pytest.fixture(autouse=True)
-def _threads():
+def _threads(monkeypatch):
     torch.set_num_threads(2)
     torch.manual_seed(0)
+    # commands default to --backend auto (OpenVINO / ONNX Runtime convert the model per input size: seconds);
+    # tests compare against torch unless they ask for another backend (tests/test_runtime.py does)
+    monkeypatch.setenv("FASTDPT_BACKEND", "torch")
+    monkeypatch.setenv("FASTDPT_PRECISION", "fp32")
 
 
 def official_state_dict(seed: int = 0) -> dict[str, torch.Tensor]:

@@ -54,6 +54,9 @@ def test_resolve_names_expands_groups_and_globs():
     dict(heads=7), dict(hooks=(5, 3)), dict(hooks=(0, 12)), dict(input_size=(100, 320)),
     dict(backbone="vgg"), dict(attention="linear"), dict(performer_features=64), dict(features=0),
     dict(metric=(float("nan"), 0.0)),
+    # sizes a name or a file's metadata may declare are bounded before anything is built
+    dict(input_size=(8192, 8192)), dict(features=100000),
+    dict(attention="performer", performer_features=10**6),
 ])
 def test_invalid_configs_are_rejected(kwargs):
     with pytest.raises(ConfigError):
@@ -118,3 +121,20 @@ def test_tables_never_cut_names():
         text = buf.getvalue()
         assert all(n in text for n in names), width
         assert max(len(line) for line in text.splitlines()) <= width
+
+
+def test_checkpoint_metadata_cannot_declare_a_huge_model(tmp_path):
+    """A safetensors file whose metadata names a giant variant is refused in one line before anything
+    is built (it segfaulted at 8.6 GB, or tried to allocate 360 GB)."""
+    from safetensors.torch import save_file
+
+    import torch
+    from fastdpt import load
+    from fastdpt.config import CONFIG_KEY
+    from fastdpt.errors import FastDPTError
+
+    for name in ("r50.h0-1.heads12.softmax.f256@8192x8192", "r50.h0-1.heads12.softmax.f100000@384x384"):
+        path = tmp_path / "bomb.safetensors"
+        save_file({"x": torch.zeros(1)}, str(path), metadata={CONFIG_KEY: name, "format": "pt"})
+        with pytest.raises(FastDPTError, match="at most"):
+            load(path)

@@ -109,11 +109,11 @@ def test_labelling_resumes_without_relabelling_and_refuses_a_second_teacher(tmp_
     # held out by sequence: clip5 whole, clip4 whole for training
     assert {r.split("/")[1] for r in labels.frames("val")} == {"footage-clip5"}
     assert {r.split("/")[1] for r in labels.frames("train")} == {"footage-clip4"}
-    first = label(labels, t, stop_after=10)  # an interruption after 10 frames
+    first = label(labels, t, stop_after=10, backend="torch")  # an interruption after 10 frames
     assert first.teacher_frames == 10 and first.labelled == 10
     stamp = {r: labels.dense(r).stat().st_mtime_ns for r in planned if labels.done(r)}
     assert len(stamp) == 10
-    again = label(labels, t)
+    again = label(labels, t, backend="torch")
     assert again.teacher_frames == 38 and again.already == 10  # never relabels a finished frame
     assert all(labels.dense(r).stat().st_mtime_ns == stamp[r] for r in stamp)
     assert all(labels.done(r) for r in planned)
@@ -153,7 +153,7 @@ def test_a_video_and_its_image_folder_give_the_same_labels(tmp_path, data, teach
     for name, source in (("video", video), ("images", folder)):
         labels = LabelSet(tmp_path / name)
         prepare(labels, t, [source], every=2)
-        label(labels, t)
+        label(labels, t, backend="auto")  # the fastest CPU backend installed, for both sources alike
         out[name] = {int(Path(r).stem): labels.read_label(r) for r in labels.frames()}
     # frames 0, 2, 4, 6 sampled; one sequence: 0, 2 train, 4 the gap (unlabelled), 6 held out
     assert sorted(out["video"]) == sorted(out["images"]) == [0, 2, 6]
@@ -166,11 +166,12 @@ def test_labelling_on_a_ray_cluster_matches_labelling_here(tmp_path, teacher, fr
     t = resolve_teacher(teacher)
     here = LabelSet(tmp_path / "here")
     prepare(here, t, [frames], max_frames=20)
-    label(here, t)
+    label(here, t, backend="torch")
     there = LabelSet(tmp_path / "there")
     prepare(there, t, [frames], max_frames=20)
     with ray_head(cpus=2) as address:
-        stats = label(there, t, workers=2, address=address, shard_size=4, fail_once=str(tmp_path / "failed-once"))
+        stats = label(there, t, workers=2, address=address, shard_size=4, fail_once=str(tmp_path / "failed-once"),
+                      backend="torch")
     assert stats.workers == 2 and stats.retries == 1  # the injected failure was retried on the cluster
     assert stats.teacher_frames == len(there.frames()) == 19  # 20 sampled, one left out as the gap
     for r in here.frames():
@@ -181,7 +182,8 @@ def test_distilled_student_agrees_with_the_teacher(tmp_path, data, teacher, fram
     cfg = DistillConfig(teacher=str(teacher), student=STUDENT, frames=(str(frames),), out=str(tmp_path / "d"),
                         epochs=8, batch_size=4, lr=1e-3, data_workers=0, progress=False, bench_runs=2,
                         flicker_frames=8, gt_root=str(data / "data_depth_annotated"),
-                        gt_split=str(data / "splits" / "test_files_with_gt.txt"), gt_raw_root=str(data / "raw"))
+                        gt_split=str(data / "splits" / "test_files_with_gt.txt"), gt_raw_root=str(data / "raw"),
+                        teacher_backend="torch")
     report = distill(cfg, log=lambda m: None)
     out = Path(cfg.out)
     student = fastdpt.load(out / "student.safetensors")
@@ -211,6 +213,9 @@ def test_distilled_student_agrees_with_the_teacher(tmp_path, data, teacher, fram
     res = CliRunner().invoke(app, ["predict", str(labels.frame(rels[0])), "-m", str(out / "student.safetensors"),
                                    "-o", str(tmp_path / "pred")])
     assert res.exit_code == 0, res.output
+    res = CliRunner().invoke(app, ["bench", str(out / "student.safetensors"), "--input-size", "96x320", "--runs", "1",
+                                   "--warmup", "0", "--threads", "2"])
+    assert res.exit_code == 0 and "student.safetensors" in res.output, res.output
     # a second run into the same folder is refused; --resume finds everything done and trains nothing
     with pytest.raises(DistillError, match="already holds a distillation"):
         distill(cfg, log=lambda m: None)

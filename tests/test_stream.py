@@ -1,4 +1,5 @@
 import json
+import os
 
 import cv2
 import numpy as np
@@ -42,6 +43,9 @@ def test_one_output_frame_per_input_frame(tmp_path):
     assert n == 12 and fps == pytest.approx(10.0)
     cap = cv2.VideoCapture(str(tmp_path / "out.mp4"))
     assert cap.get(cv2.CAP_PROP_FRAME_WIDTH) == 160  # side by side
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (tmp_path / "out.mp4").stat().st_mode & 0o777 == 0o666 & ~umask  # as images are, not private
     s = stats.summary()
     assert s["latency_ms_p50"] <= s["latency_ms_p90"] <= s["latency_ms_p99"]
 
@@ -59,6 +63,10 @@ def test_realtime_drops_frames_and_keeps_the_rate(tmp_path):
 def test_bad_videos_give_clear_errors(tmp_path):
     with pytest.raises(StreamError, match="not found"):
         VideoSource(str(tmp_path / "none.mp4"))
+    for name in ("notes.txt", "notes.mp4"):  # FFmpeg would render a text file as frames of text
+        (tmp_path / name).write_text("Good morning, this is not a video.\n" * 200)
+        with pytest.raises(StreamError, match="not a video"):
+            VideoSource(str(tmp_path / name))
     empty = tmp_path / "empty.mp4"
     empty.write_bytes(b"")
     with pytest.raises(StreamError):

@@ -25,6 +25,7 @@ from fastdpt.data.synthetic import synth  # noqa: E402
 from fastdpt.study.grid import load_grid  # noqa: E402
 from fastdpt.study.results import load_results, pareto_front  # noqa: E402
 from fastdpt.study.sweep import run_study, status  # noqa: E402
+from conftest import ray_head  # noqa: E402
 
 GRID = """
 backbone: [effb0]
@@ -175,22 +176,26 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def test_the_same_grid_on_a_local_ray_cluster(data, tmp_path):
-    port = _free_port()
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
-    start = subprocess.run(["ray", "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(port),
-                            "--num-cpus", "2", "--include-dashboard", "false", "--disable-usage-stats"],
-                           capture_output=True, text=True, env=env, timeout=120)
-    assert start.returncode == 0, start.stderr[-2000:]
-    try:
+def test_the_same_grid_on_a_local_ray_cluster_beside_another(data, tmp_path):
+    """A head started on 127.0.0.1 is reached by --address 127.0.0.1:PORT while a second, unrelated head
+    runs on the machine; only the heads the test started are stopped (no `ray stop --force`)."""
+    with ray_head(cpus=1) as other, ray_head(cpus=2) as address:
         grid = _grid(tmp_path, GRID.replace("hooks: [[0, 1], [0, 2]]", "hooks: [[0, 1]]").replace(
             "attention: [softmax, performer32]", "attention: [softmax]"))
-        rows = run_study(str(grid), tmp_path / "study", data, address=f"127.0.0.1:{port}", **QUICK)
+        rows = run_study(str(grid), tmp_path / "study", data, address=address, **QUICK)
         assert [r["status"] for r in rows] == ["baseline", "ok"]
         assert load_results(tmp_path / "study")[1]["host"] == socket.gethostname()
-    finally:
-        stop = subprocess.run(["ray", "stop", "--force"], capture_output=True, text=True, env=env, timeout=120)
-        assert stop.returncode == 0
+        assert other != address
+
+
+def test_an_unreachable_cluster_is_one_line_and_writes_nothing(data, tmp_path):
+    port = _free_port()  # nothing listens there
+    r = CliRunner().invoke(app, ["study", "run", "r50.h0-1.heads12.softmax.f32.m0.01_0.0125@64x192", "--data-root",
+                                 str(data), "--out", str(tmp_path / "s"), "--address", f"127.0.0.1:{port}"])
+    assert r.exit_code == 2, r.output
+    assert f"127.0.0.1:{port}" in r.output and "ray start --head" in r.output
+    assert len(r.output.strip().splitlines()) <= 3 and "Traceback" not in r.output
+    assert not (tmp_path / "s" / "study.json").exists()
 
 
 def test_attention_benchmark_and_its_crossover(tmp_path):

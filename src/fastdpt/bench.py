@@ -35,6 +35,7 @@ from .io import atomic_write
 from .models import DPT
 from .predict import Predictor
 from .presets import get_config, resolve_names
+from .runtime import RuntimeOptions, matrix_features
 from .transforms import network_size
 
 
@@ -60,6 +61,7 @@ class BenchRow:
     net_ms_median: float | None = None
     channels_last: bool = False
     speedup: float | None = None
+    cpu_features: str = ""  # the CPU's matrix features (AMX, AVX-512 BF16/VNNI, AVX2) for CPU rows
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -168,29 +170,29 @@ def cudnn_benchmark(enabled: bool) -> Iterator[None]:
 
 
 def bench_variant(name: str, input_size: tuple[int, int] = (352, 1216), batch_size: int = 1,
-                  device: str = "cpu", precision: str = "fp32", runs: int = 10, warmup: int = 2,
-                  threads: int | None = None, model: torch.nn.Module | None = None,
-                  backend: str = "torch", calibration: Sequence[np.ndarray] | None = None,
-                  channels_last: bool = False, compile_mode: str | None = None) -> BenchRow:
+                  options: RuntimeOptions | None = None, runs: int = 10, warmup: int = 2,
+                  model: torch.nn.Module | None = None, calibration: Sequence[np.ndarray] | None = None,
+                  **runtime) -> BenchRow:
     """Benchmark one variant (random weights unless ``model`` is given) on frames of ``input_size``
-    through a backend (``torch``, ``compile``, ``onnxruntime``; int8 through ONNX Runtime, calibrated
-    on ``calibration`` frames). Thread count and cuDNN settings are restored afterwards."""
-    dev = torch.device(device)
+    through ``options`` (:class:`~fastdpt.runtime.RuntimeOptions`: backend, precision, device, threads,
+    compile mode, memory order; or its fields as keywords, e.g. ``backend="openvino"``); int8 is
+    calibrated on ``calibration`` frames. Thread count and cuDNN settings are restored afterwards."""
+    options = options or RuntimeOptions(**runtime)
+    dev = torch.device(options.device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError("--device cuda asked for, but no CUDA device is available")
-    with torch_threads(threads), cudnn_benchmark(dev.type == "cuda"):
-        return _bench(name, input_size, batch_size, dev, precision, runs, warmup, threads, model, backend, calibration,
-                      channels_last, compile_mode)
+    with torch_threads(options.threads), cudnn_benchmark(dev.type == "cuda"):
+        return _bench(name, input_size, batch_size, options, runs, warmup, model, calibration)
 
 
-def _bench(name, input_size, batch_size, dev, precision, runs, warmup, threads, model, backend, calibration,
-           channels_last, compile_mode):
-    cfg = get_config(name)
+def _bench(name: str, input_size, batch_size: int, options: RuntimeOptions, runs: int, warmup: int, model, calibration):
+    cfg = model.config if model is not None else get_config(name)
     net = network_size(*input_size, cfg)
+    dev = torch.device(options.device)
     rss_before = _reset_cpu_peak() if dev.type == "cpu" else None
     model = (model or DPT(cfg)).eval().to(dev)
-    predictor = Predictor(model, device=dev, backend=backend, precision=precision, threads=threads,
-                          calibration=calibration, channels_last=channels_last, compile_mode=compile_mode)
+    predictor = Predictor(model, calibration=calibration, options=options)
+    backend, precision = predictor.options.backend, predictor.options.precision  # auto resolved
     try:
         frame = np.random.default_rng(0).integers(0, 256, (*input_size, 3), dtype=np.uint8)
         predictor.predict(frame)  # builds lazily compiled / exported / captured graphs outside the timed runs
@@ -205,7 +207,7 @@ def _bench(name, input_size, batch_size, dev, precision, runs, warmup, threads, 
         net_times = _timed(lambda: predictor.backend(x), dev, 0, runs)
         med = statistics.median(lat)
         p90 = float(np.percentile(lat, 90))
-        if batch_size == 1 or backend == "onnxruntime":  # exported graphs take batch 1
+        if batch_size == 1 or backend in ("onnxruntime", "openvino"):  # exported graphs take batch 1
             throughput = 1000.0 / med
         else:
             xb = torch.randn(batch_size, 3, *net, device=dev)
@@ -218,23 +220,97 @@ def _bench(name, input_size, batch_size, dev, precision, runs, warmup, threads, 
         name=name, canonical=cfg.name, input_size=f"{input_size[0]}x{input_size[1]}", net_size=f"{net[0]}x{net[1]}",
         params=count_params(model), macs=count_macs(cfg, net), latency_ms_median=round(med, 2),
         latency_ms_p90=round(p90, 2), fps=round(1000.0 / med, 3), throughput=round(throughput, 3),
-        batch_size=batch_size if backend != "onnxruntime" else 1, threads=torch.get_num_threads(), device=str(dev),
-        precision=precision, backend=backend, peak_mem_mb=round(peak, 1), runs=runs,
-        net_ms_median=round(statistics.median(net_times), 3), channels_last=channels_last,
+        batch_size=batch_size if backend not in ("onnxruntime", "openvino") else 1, threads=torch.get_num_threads(),
+        device=str(dev), precision=precision, backend=backend, peak_mem_mb=round(peak, 1), runs=runs,
+        net_ms_median=round(statistics.median(net_times), 3), channels_last=options.channels_last,
+        cpu_features=" ".join(matrix_features()) if dev.type == "cpu" else "",
     )
+
+
+STAGES = ("decode", "preprocess", "network", "postprocess", "colour", "encode")
+
+
+def bench_stages(name: str, input_size: tuple[int, int] = (375, 1242), options: RuntimeOptions | None = None,
+                 runs: int = 10, warmup: int = 2, model: torch.nn.Module | None = None, **runtime) -> dict:
+    """The whole online step stage by stage on one frame (median ms of each): PNG decode, preprocess
+    (resize + normalise), network, postprocess (resize back), colour map, PNG encode; ``share`` is each
+    stage's part of the sum, so the cost around the network is visible."""
+    from .io import decode_image, encode_png
+
+    options = options or RuntimeOptions(**runtime)
+    dev = torch.device(options.device)
+    with torch_threads(options.threads):
+        cfg = model.config if model is not None else get_config(name)
+        predictor = Predictor((model or DPT(cfg)).eval().to(dev), options=options)
+        try:
+            rng = np.random.default_rng(0)
+            frame = rng.integers(0, 256, (*input_size, 3), dtype=np.uint8)
+            png = encode_png(frame)
+            colorizer = predictor.colorizer()
+            state = {}
+            steps = {
+                "decode": lambda: state.__setitem__("frame", decode_image(png)),
+                "preprocess": lambda: state.__setitem__("x", predictor.transforms.preprocess(state["frame"])),
+                "network": lambda: state.__setitem__("y", predictor.backend(state["x"])),
+                "postprocess": lambda: state.__setitem__("depth", predictor.transforms.postprocess(state["y"], input_size)),
+                "colour": lambda: state.__setitem__("vis", colorizer(state["depth"], cfg.output_kind)[0]),
+                "encode": lambda: encode_png(np.asarray(state["vis"])),
+            }
+            times = {k: [] for k in STAGES}
+            for i in range(warmup + runs):
+                for k in STAGES:
+                    t0 = time.perf_counter()
+                    steps[k]()
+                    _sync(dev)
+                    if i >= warmup:
+                        times[k].append((time.perf_counter() - t0) * 1000)
+        finally:
+            predictor.close()
+    med = {k: statistics.median(v) for k, v in times.items()}
+    total = sum(med.values())
+    return {"name": name, "canonical": cfg.name, "input_size": f"{input_size[0]}x{input_size[1]}",
+            "backend": predictor.options.backend, "precision": predictor.options.precision,
+            "threads": options.threads or torch.get_num_threads(), "total_ms": round(total, 2),
+            "stages": {k: {"ms": round(med[k], 3), "share": round(med[k] / total, 4)} for k in STAGES}}
+
+
+def all_runtimes(device: str = "cpu") -> list[tuple[str, str]]:
+    """Every (backend, precision) this machine runs natively (``bench --backend all``)."""
+    from .runtime import REGISTRY, available_backends, native_bf16
+
+    out = []
+    for name in available_backends(device):
+        if name == "compile":  # compiling takes minutes a variant on a CPU; ask for it by name
+            continue
+        for p in REGISTRY[name].precisions:
+            if p in ("tf32", "fp16") and device == "cpu":
+                continue
+            if p == "bf16" and device == "cpu" and not native_bf16():
+                continue
+            out.append((name, p))
+    order = {n: i for i, n in enumerate(REGISTRY)}
+    return sorted(out, key=lambda bp: (order[bp[0]], bp[1] != "fp32", bp[1]))
 
 
 def bench_many(names: Sequence[str], baseline: str | None = None, on_row: Callable[[int, int, BenchRow], None] | None = None,
                **options) -> list[BenchRow]:
     """Benchmark presets, canonical names, groups or globs in one run, the ``baseline`` first (also
     when it is not in ``names``); each row's ``speedup`` is latency(baseline) / latency(row)."""
-    todo = resolve_names(list(names))
-    if baseline:
+    def is_file(name: str) -> bool:
+        return str(name).endswith(".safetensors")
+
+    todo = [n for name in names for n in ([str(name)] if is_file(name) else resolve_names([name]))]
+    if baseline and not is_file(baseline):
         resolve_names([baseline])
     order = ([baseline] if baseline and baseline not in todo else []) + todo
     rows = []
     for i, name in enumerate(order, 1):
-        rows.append(bench_variant(name, **options))
+        if is_file(name):  # a trained checkpoint (a distilled student ...): its own weights and variant
+            from .api import load
+
+            rows.append(bench_variant(name, model=load(name), **options))
+        else:
+            rows.append(bench_variant(name, **options))
         if on_row:
             on_row(i, len(order), rows[-1])
     if baseline:

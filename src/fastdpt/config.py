@@ -31,6 +31,8 @@ from .errors import ConfigError
 BACKBONES = ("r50", "effb0")
 ATTENTIONS = ("softmax", "performer")
 EMBED_DIM = 768
+MAX_INPUT_SIDE = 2048  # network input side; the official KITTI size is 352x1216
+MAX_FEATURES = 1024  # decoder width; DPT's is 256
 MAX_BLOCKS = 12
 CONFIG_KEY = "fastdpt.config"  # metadata key that stamps the canonical name on every artefact
 
@@ -151,10 +153,15 @@ class ModelConfig:
             raise ConfigError(f"unknown attention {self.attention!r}; choose one of {ATTENTIONS}")
         if self.performer_features is not None and (self.attention != "performer" or self.performer_features < 1):
             raise ConfigError("performer_features must be a positive number and only goes with attention='performer'")
-        if self.features < 2:
-            raise ConfigError(f"features must be at least 2, got {self.features}")
+        if not 2 <= self.features <= MAX_FEATURES:
+            raise ConfigError(f"features must be in 2..{MAX_FEATURES}, got {self.features}")
+        if self.performer_features is not None and self.performer_features > MAX_FEATURES * 4:
+            raise ConfigError(f"performer features must be at most {MAX_FEATURES * 4}, got {self.performer_features}")
         if len(self.input_size) != 2 or any(s < 32 or s % 32 for s in self.input_size):
             raise ConfigError(f"input_size must be (H, W), multiples of 32, got {self.input_size}")
+        if any(s > MAX_INPUT_SIDE for s in self.input_size):  # names come from files too: bound what they build
+            raise ConfigError(f"input_size sides must be at most {MAX_INPUT_SIDE}, got {self.input_size[0]}x"
+                              f"{self.input_size[1]} (DPT-Hybrid runs at 384 to 1216)")
         if self.metric is not None and (len(self.metric) != 2 or not all(math.isfinite(v) for v in self.metric)):
             raise ConfigError(f"metric must be (scale, shift) of finite numbers, got {self.metric}")
         if self.norm not in NORMALIZATIONS:

@@ -165,6 +165,20 @@ def collect_inputs(items: list[str | os.PathLike]) -> tuple[list[Path], list[str
     return unique, missing
 
 
+def looks_like_video(path: str | os.PathLike) -> bool:
+    """By content: the container signatures OpenCV's FFmpeg reads. A text file (which FFmpeg would
+    render as frames of text) is refused, whatever its name."""
+    with open(path, "rb") as f:
+        head = f.read(189)
+    return (head[4:8] in (b"ftyp", b"moov", b"mdat", b"wide", b"free", b"skip")   # MP4 / MOV
+            or head[:4] == b"\x1a\x45\xdf\xa3"                                   # Matroska / WebM
+            or (head[:4] == b"RIFF" and head[8:12] == b"AVI ")                   # AVI
+            or (head[:1] == b"\x47" and head[188:189] == b"\x47")                # MPEG-TS (188-byte packets)
+            or head[:4] in (b"\x00\x00\x01\xba", b"\x00\x00\x01\xb3")            # MPEG-PS / ES
+            or head[:3] == b"FLV" or head[:4] == b"\x30\x26\xb2\x75"              # FLV, ASF/WMV
+            or head[:4] == b"GIF8")                                              # animated GIF
+
+
 # -- depth formats -----------------------------------------------------------------------------------
 def depth_to_png16(depth: np.ndarray, kind: str) -> np.ndarray:
     """Metric: KITTI convention, uint16 of metres x 256 (0 where not finite). Relative: min-max

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import threading
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -33,13 +34,16 @@ class Predictor:
     """Runs a model on RGB images and returns depth at each image's own resolution.
 
     Args:
-        model: a DPT, a preset or canonical name, a fastdpt ``.safetensors`` checkpoint, or an ONNX
-            file exported by ``fastdpt export`` (with ``backend="onnxruntime"``).
+        model: a DPT, a preset or canonical name, a fastdpt ``.safetensors`` checkpoint, or an ONNX /
+            OpenVINO (``.xml``) file exported by ``fastdpt export``.
         weights: weights for a preset or canonical name (official, Hugging Face or fastdpt file).
         device: ``cpu``, ``cuda``, ``cuda:1`` ...
-        backend: ``torch``, ``compile`` or ``onnxruntime``.
-        precision: ``fp32``, ``fp16``/``bf16`` (GPU), ``int8`` (ONNX Runtime; needs ``calibration``).
-        threads: ONNX Runtime intra-op threads (torch threads are the caller's to set).
+        backend: ``torch``, ``compile``, ``cudagraph``, ``onnxruntime``, ``openvino`` or ``auto`` (the
+            fastest this machine runs; ``self.choice`` says what and why).
+        precision: ``fp32``, ``fp16``/``bf16`` (GPU; bf16 also on CPUs with AMX / AVX512-BF16), ``int8``
+            (ONNX Runtime or OpenVINO; needs ``calibration``), or ``auto``.
+        threads: ONNX Runtime / OpenVINO intra-op threads (torch threads are the caller's to set).
+        options: a :class:`~fastdpt.runtime.RuntimeOptions` instead of the loose arguments above.
         calibration: representative RGB frames (H x W x 3 uint8) for int8; each is resized to the
             network size of the exported graph.
         resize: how frames are resized into the network (see :mod:`fastdpt.transforms`).
@@ -54,16 +58,32 @@ class Predictor:
     def __init__(self, model: torch.nn.Module | str | os.PathLike, weights: str | os.PathLike | None = None,
                  device: str | torch.device = "cpu", backend: str = "torch", precision: str = "fp32",
                  threads: int | None = None, calibration: Sequence[np.ndarray] | None = None,
-                 resize: str = "auto", channels_last: bool = False, compile_mode: str | None = None) -> None:
-        from .runtime import OrtBackend, make_backend, onnx_config
+                 resize: str = "auto", channels_last: bool = False, compile_mode: str | None = None,
+                 options: "RuntimeOptions | None" = None) -> None:
+        from .runtime import OpenVinoBackend, OrtBackend, RuntimeOptions, ir_config, make_backend
 
-        self.device = torch.device(device)
-        if not isinstance(model, torch.nn.Module) and str(model).endswith(".onnx"):
-            if backend != "onnxruntime":
-                raise ConfigError("an .onnx model runs with backend='onnxruntime'")
+        opts = options or RuntimeOptions(backend, precision, str(device), threads, compile_mode, channels_last)
+        path = None if isinstance(model, torch.nn.Module) else str(model)
+        if path is not None and path.endswith((".onnx", ".xml")):  # exported files run where they can
+            if opts.backend == "auto":
+                from .runtime import available_backends
+
+                have = available_backends(opts.device)
+                opts = replace(opts, backend="openvino" if "openvino" in have or path.endswith(".xml") else "onnxruntime")
+            if opts.precision == "auto":
+                opts = replace(opts, precision="fp32")
+        opts, self.choice = opts.resolve(calibration is not None)
+        self.options = opts
+        self.device = torch.device(opts.device)
+        if path is not None and path.endswith((".onnx", ".xml")):
+            if opts.backend not in ("onnxruntime", "openvino") or (path.endswith(".xml") and opts.backend != "openvino"):
+                raise ConfigError(f"{Path(path).name} runs with backend 'openvino'"
+                                  + ("" if path.endswith(".xml") else " or 'onnxruntime'"))
             self.model = None
-            self.config: ModelConfig = onnx_config(model)
-            self.backend = OrtBackend(None, self.device, precision, onnx_path=model, threads=threads)
+            self.config: ModelConfig = ir_config(path)
+            self.backend = (OpenVinoBackend(None, opts.precision, path=path, threads=opts.threads)
+                            if opts.backend == "openvino" else
+                            OrtBackend(None, self.device, opts.precision, onnx_path=path, threads=opts.threads))
         else:
             if not isinstance(model, torch.nn.Module):
                 from .api import load
@@ -72,8 +92,7 @@ class Predictor:
             self.model = model.to(self.device).eval()
             self.config = model.config
             calib = self._calibration(calibration) if calibration is not None else None
-            self.backend = make_backend(backend, self.model, self.device, precision, threads, calibration=calib,
-                                        channels_last=channels_last, compile_mode=compile_mode)
+            self.backend = make_backend(self.model, opts, calib)
         self.transforms = Transforms(self.config, self.device, resize=resize)
         self._lock = threading.Lock()
 

@@ -31,7 +31,8 @@ import cv2
 import numpy as np
 
 from .errors import FastDPTError, ImageError, ImageTooLargeError, StreamError
-from .io import IMAGE_EXTS, MAX_PIXELS, atomic_write, check_output_dir, check_size, read_image, same_file
+from .io import (IMAGE_EXTS, MAX_PIXELS, atomic_write, check_output_dir, check_size, looks_like_video, read_image,
+                 same_file)
 from .predict import Predictor
 from .viz import beside
 
@@ -67,6 +68,8 @@ class VideoSource:
         self.path = None if isinstance(path, int) else Path(path)
         if self.path is not None and not self.path.is_file():
             raise StreamError(f"video not found: {path}")
+        if self.path is not None and not looks_like_video(self.path):
+            raise StreamError(f"{path} is not a video file (by its content: no known container signature)")
         self.cap = cv2.VideoCapture(path)
         if not self.cap.isOpened():
             raise StreamError(f"cannot open {'camera' if isinstance(path, int) else 'video'} {path}")
@@ -248,6 +251,9 @@ class VideoSink:
         self.writer.close()
         self.writer = None
         target = self.partial_path if partial else self.path
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(self.tmp, 0o666 & ~umask)  # as every other output (mkstemp made it private)
         os.replace(self.tmp, target)
         return target
 

@@ -44,19 +44,40 @@ def int8_path(path: str | os.PathLike) -> Path:
     return path.with_name(path.stem + "-int8.onnx")
 
 
+EXPORT_FORMATS = ("onnx", "openvino")
+
+
 def export_and_verify(model: torch.nn.Module, output: str | os.PathLike, size: tuple[int, int] | None = None,
-                      int8: bool = False, calibration_frames: int = 8, overwrite: bool = False) -> ExportReport:
-    """Export ``model`` to ONNX at network ``size`` (default: its config's), check it against PyTorch
-    on :func:`verification_inputs`, and with ``int8`` also write ``<stem>-int8.onnx`` (static QDQ,
-    calibrated on ``calibration_frames`` synthetic driving frames) and check that too. Existing
-    files are kept unless ``overwrite``."""
+                      int8: bool = False, calibration_frames: int = 8, overwrite: bool = False,
+                      fmt: str = "onnx") -> ExportReport:
+    """Export ``model`` to ONNX (or OpenVINO IR: ``.xml`` + ``.bin``, ``fmt="openvino"``) at network
+    ``size`` (default: its config's), check it against PyTorch on :func:`verification_inputs`, and
+    with ``int8`` (ONNX) also write ``<stem>-int8.onnx`` (static QDQ, calibrated on
+    ``calibration_frames`` synthetic driving frames) and check that too. Existing files are kept
+    unless ``overwrite``."""
+    from .errors import ExportError
     from .io import check_new_file
 
-    for path in [output] + ([int8_path(output)] if int8 else []):
+    if fmt not in EXPORT_FORMATS:
+        raise ExportError(f"unknown export format {fmt!r}; choose one of {', '.join(EXPORT_FORMATS)}")
+    if fmt == "openvino" and int8:
+        raise ExportError("--int8 writes ONNX; for OpenVINO int8 run the model with --backend openvino --precision int8")
+    outputs = [output] + ([int8_path(output)] if int8 else []) + ([Path(output).with_suffix(".bin")] if fmt == "openvino" else [])
+    for path in outputs:
         check_new_file(path, overwrite)
     size = tuple(size or model.config.input_size)
-    path = export_onnx(model, output, size)
     inputs = verification_inputs(model, size)
+    if fmt == "openvino":
+        from .runtime import OpenVinoBackend, save_ir
+
+        path = save_ir(model, output, size)
+        backend = OpenVinoBackend(None, path=path)
+        with torch.no_grad():
+            ref = torch.cat([model(x) for x in inputs])
+        got = torch.cat([backend(x) for x in inputs])
+        diff = (got - ref).abs()
+        return ExportReport(path, float(diff.max()), float((diff / ref.abs().clamp_min(1e-6)).max()), len(inputs))
+    path = export_onnx(model, output, size)
     err = compare(model, path, inputs)
     report = ExportReport(path, err["max_abs"], err["max_rel"], len(inputs))
     if int8:

@@ -23,10 +23,12 @@ out = Console()
 # options shared by every command that runs a model
 ModelOpt = Annotated[str, typer.Option("--model", "-m", help="preset, canonical name, .safetensors or .onnx")]
 WeightsOpt = Annotated[Optional[Path], typer.Option("--weights", "-w", help="weight file (official .pt, HF or fastdpt)")]
-BackendOpt = Annotated[str, typer.Option("--backend", help="torch | compile | onnxruntime")]
-PrecisionOpt = Annotated[str, typer.Option("--precision", help="fp32 | fp16 | bf16 (GPU) | int8 (onnxruntime)")]
+BackendOpt = Annotated[str, typer.Option("--backend", envvar="FASTDPT_BACKEND", help="auto | torch | compile | cudagraph | onnxruntime | openvino "
+                                         "(auto: the fastest this machine runs; it says which and why)")]
+PrecisionOpt = Annotated[str, typer.Option("--precision", envvar="FASTDPT_PRECISION", help="auto | fp32 | bf16 (GPU, or a CPU with AMX/AVX512-BF16) | "
+                                           "fp16 | tf32 (GPU) | int8 (openvino, onnxruntime)")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="cpu | cuda")]
-ThreadsOpt = Annotated[Optional[int], typer.Option("--threads", help="torch / ONNX Runtime threads")]
+ThreadsOpt = Annotated[Optional[int], typer.Option("--threads", min=1, help="torch / ONNX Runtime threads (at least 1)")]
 CmapOpt = Annotated[str, typer.Option("--cmap", help="Spectral_r | inferno | magma | turbo | viridis | gray")]
 StatsOpt = Annotated[Optional[Path], typer.Option("--stats", help="write latency/FPS/drops as JSON")]
 
@@ -83,17 +85,24 @@ def check_model(model: str, weights=None) -> None:
 
 
 def build_predictor(model, weights, device, backend, precision, threads):
-    """The Predictor every model-running command uses; int8 is calibrated on synthetic driving frames."""
+    """The Predictor every model-running command uses: ``auto`` resolved for this machine (the choice
+    and why printed on one line); int8 is calibrated on synthetic driving frames."""
     from ..predict import Predictor
+    from ..runtime import RuntimeOptions
 
     set_threads(threads)
+    options = RuntimeOptions(backend, precision, device, threads)
+    exported = str(model).endswith((".onnx", ".xml"))
+    resolved, _ = options.resolve(calibration=not exported)
     calibration = None
-    if precision == "int8" and not str(model).endswith(".onnx"):
+    if resolved.precision == "int8" and not exported:
         from ..data.synthetic import sample_frames
 
         calibration = sample_frames(8)
-    return Predictor(model, weights, device=device, backend=backend, precision=precision, threads=threads,
-                     calibration=calibration)
+    predictor = Predictor(model, weights, calibration=calibration, options=options)
+    if predictor.choice is not None:
+        console.print(predictor.choice.line(), highlight=False)
+    return predictor
 
 
 # -- options from a dataclass ------------------------------------------------------------------------

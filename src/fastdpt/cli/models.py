@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Optional
+from typing import Annotated, List, Optional
 
 import typer
 
 from ..errors import ConfigError, FastDPTError
-from .common import (BackendOpt, DeviceOpt, PrecisionOpt, ThreadsOpt, WeightsOpt, console, one_line_errors, out,
+from .common import (DeviceOpt, PrecisionOpt, ThreadsOpt, WeightsOpt, console, one_line_errors, out,
                      parse_size, print_table)
 
 
@@ -46,50 +46,95 @@ def models(
 
 @one_line_errors
 def bench(
-    names: List[str] = typer.Argument(..., help="presets, canonical names or groups (e.g. study)"),
+    names: List[str] = typer.Argument(..., help="presets, canonical names, groups (e.g. study) or .safetensors checkpoints"),
     input_size: str = typer.Option("352x1216", "--input-size", help="frame size HxW fed to the pipeline"),
     batch_size: int = typer.Option(1, "--batch-size"),
     threads: ThreadsOpt = None,
     device: DeviceOpt = "cpu",
     precision: PrecisionOpt = "fp32",
-    backend: BackendOpt = "torch",
+    backend: Annotated[str, typer.Option("--backend", help="a backend, auto, or all: every backend x precision this "
+                                         "machine runs natively, side by side")] = "torch",
     runs: int = typer.Option(10, "--runs"),
     warmup: int = typer.Option(2, "--warmup"),
     baseline: Optional[str] = typer.Option(None, "--baseline", help="report speed-up over this variant, measured in the same run"),
     json_path: Optional[Path] = typer.Option(None, "--json", help="write the rows as JSON"),
     channels_last: bool = typer.Option(False, "--channels-last", help="channels-last convolutions (GPU)"),
     compile_mode: Optional[str] = typer.Option(None, "--compile-mode", help="torch.compile mode, e.g. reduce-overhead"),
+    stages: bool = typer.Option(False, "--stages", help="time the online step stage by stage (decode, preprocess, "
+                                "network, postprocess, colour, encode)"),
 ) -> None:
     """Parameters, MACs, the whole online step (latency median/p90, FPS) beside the network alone,
-    throughput and memory of variants; --baseline adds speed-ups measured in the same run.
-    `fastdpt bench attention` instead times one attention block against the number of tokens."""
-    from ..bench import bench_many, write_bench_json
+    throughput and memory of variants; --baseline adds speed-ups measured in the same run; --backend all
+    times every backend x precision side by side. `fastdpt bench attention` instead times one attention
+    block against the number of tokens."""
+    from ..bench import all_runtimes, bench_many, write_bench_json
+    from ..runtime import matrix_features
 
     if names == ["attention"]:
         return _bench_attention(device, runs, warmup, threads, json_path)
     size = parse_size(input_size)
+    features = " ".join(matrix_features()) or "-"
+    if stages:
+        return _bench_stages(names, size, device, backend, precision, threads, runs, warmup, json_path, features)
+    runtimes = all_runtimes(device) if backend == "all" else [(backend, precision)]
     calibration = None
-    if precision == "int8":
+    if any(p in ("int8", "auto") for _, p in runtimes):
         from ..data.synthetic import sample_frames
 
         calibration = sample_frames(8)
+    rows = []
     with console.status("benchmarking") as status:
         def report(i, n, row):
             status.update(f"[{i}/{n}] done {row.name}")
-            console.print(f"[{i}/{n}] {row.name}: {row.latency_ms_median:.1f} ms, {row.fps:.2f} FPS", highlight=False)
+            console.print(f"[{i}/{n}] {row.name} {row.backend} {row.precision}: {row.latency_ms_median:.1f} ms, "
+                          f"{row.fps:.2f} FPS", highlight=False)
 
-        rows = bench_many(names, baseline, on_row=report, input_size=size, batch_size=batch_size, device=device,
-                          precision=precision, runs=runs, warmup=warmup, threads=threads, backend=backend,
-                          calibration=calibration, channels_last=channels_last, compile_mode=compile_mode)
-    headers = ["variant", *(["speed-up"] if baseline else []), "step ms (p50/p90)", "net ms", "FPS", "net size",
+        for b, p in runtimes:
+            rows += bench_many(names, baseline, on_row=report, input_size=size, batch_size=batch_size, device=device,
+                               precision=p, runs=runs, warmup=warmup, threads=threads, backend=b,
+                               calibration=calibration, channels_last=channels_last, compile_mode=compile_mode)
+    if backend == "all":  # speed-up of each runtime over the first (torch fp32) for the same variant
+        first = {}
+        for r in rows:
+            first.setdefault(r.name, r)
+            r.speedup = round(first[r.name].latency_ms_median / r.latency_ms_median, 3)
+    ratio = baseline or backend == "all"
+    headers = ["variant", "backend", *(["speed-up"] if ratio else []), "step ms (p50/p90)", "net ms", "FPS", "net size",
                "params (M)", "GMACs", "throughput", "peak MB"]
-    cells = [[r.name, *([f"{r.speedup:.2f}x"] if baseline else []), f"{r.latency_ms_median:.1f} / {r.latency_ms_p90:.1f}",
-              f"{r.net_ms_median:.1f}", f"{r.fps:.2f}", r.net_size, f"{r.params / 1e6:.1f}", f"{r.macs / 1e9:.1f}",
-              f"{r.throughput:.2f}", f"{r.peak_mem_mb:.0f}"] for r in rows]
-    print_table(f"fastdpt bench: {size[0]}x{size[1]} frames, {device}, {backend} {precision}, {rows[0].threads} threads",
+    cells = [[r.name, f"{r.backend} {r.precision}", *([f"{r.speedup:.2f}x"] if ratio else []),
+              f"{r.latency_ms_median:.1f} / {r.latency_ms_p90:.1f}", f"{r.net_ms_median:.1f}", f"{r.fps:.2f}", r.net_size,
+              f"{r.params / 1e6:.1f}", f"{r.macs / 1e9:.1f}", f"{r.throughput:.2f}", f"{r.peak_mem_mb:.0f}"] for r in rows]
+    print_table(f"fastdpt bench: {size[0]}x{size[1]} frames, {device} ({features}), {rows[0].threads} threads",
                 headers, cells)
     if json_path:
         write_bench_json(rows, json_path)
+
+
+def _bench_stages(names, size, device, backend, precision, threads, runs, warmup, json_path, features) -> None:
+    import json
+
+    from ..bench import STAGES, bench_stages, environment
+    from ..io import atomic_write
+
+    results = []
+    for name in names:
+        model = None
+        if name.endswith(".safetensors"):
+            from ..api import load
+
+            model = load(name)
+        with console.status(f"timing the stages of {name}"):
+            results.append(bench_stages(name, size, runs=runs, warmup=warmup, model=model, backend=backend,
+                                        precision=precision, device=device, threads=threads))
+    headers = ["variant", "backend", *STAGES, "total ms"]
+    cells = [[r["name"], f"{r['backend']} {r['precision']}",
+              *(f"{r['stages'][k]['ms']:.1f} ({r['stages'][k]['share']:.0%})" for k in STAGES), f"{r['total_ms']:.1f}"]
+             for r in results]
+    print_table(f"fastdpt bench --stages: {size[0]}x{size[1]} frames, {device} ({features}), median ms (share)",
+                headers, cells)
+    if json_path:
+        atomic_write(json_path, lambda p: p.write_text(json.dumps({"environment": environment(), "rows": results},
+                                                                  indent=1)))
 
 
 @one_line_errors
@@ -131,28 +176,32 @@ def warm_start(
 def export(
     model: str = typer.Argument(..., help="preset, canonical name or .safetensors checkpoint"),
     weights: WeightsOpt = None,
-    fmt: str = typer.Option("onnx", "--format", help="onnx"),
+    fmt: str = typer.Option("onnx", "--format", help="onnx | openvino (.xml + .bin)"),
     int8: bool = typer.Option(False, "--int8", help="also write <stem>-int8.onnx (static int8, calibrated on synthetic driving frames)"),
-    output: Path = typer.Option(..., "--output", "-o", help="the .onnx file to write"),
+    output: Path = typer.Option(..., "--output", "-o", help="the .onnx (or OpenVINO .xml) file to write"),
     input_size: Optional[str] = typer.Option(None, "--input-size", help="network input HxW (default: the variant's)"),
     untrained: bool = typer.Option(False, "--untrained", help="export random weights (speed tests only)"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace existing output files"),
 ) -> None:
-    """Export to ONNX with the variant's name in the metadata; check it against PyTorch."""
+    """Export to ONNX or OpenVINO IR with the variant's name in the metadata; check it against PyTorch."""
     from .. import api
     from ..workflows import export_and_verify
 
     from ..io import check_new_file
     from ..workflows import int8_path
 
-    if fmt != "onnx":
-        raise FastDPTError(f"unknown export format {fmt!r}; only onnx is supported")
+    from ..workflows import EXPORT_FORMATS
+
+    if fmt not in EXPORT_FORMATS:
+        raise FastDPTError(f"unknown export format {fmt!r}; choose one of {', '.join(EXPORT_FORMATS)}")
+    if fmt == "openvino" and output.suffix != ".xml":
+        raise FastDPTError(f"an OpenVINO model is written as .xml (+ .bin), got {output.name}")
     size = parse_size(input_size) if input_size else None
     for path in [output] + ([int8_path(output)] if int8 else []):
         check_new_file(path, overwrite)  # before the model is loaded
     m = api.create_model(model) if untrained else api.load(model, weights)
     with console.status("exporting"):
-        rep = export_and_verify(m, output, size, int8=int8, overwrite=overwrite)
+        rep = export_and_verify(m, output, size, int8=int8, overwrite=overwrite, fmt=fmt)
     out.print(f"{rep.path}: max abs error {rep.max_abs:.3g}, max rel error {rep.max_rel:.3g} "
               f"({rep.inputs} random and synthetic-scene inputs)", highlight=False)
     if rep.int8_path:

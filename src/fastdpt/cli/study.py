@@ -55,6 +55,11 @@ def run(
     _print_status(out_dir)
     out.print(f"results: {Path(out_dir) / 'results.json'} ({len(rows)} rows); report: fastdpt study report {out_dir} -o DIR",
               highlight=False)
+    trained = [r for r in rows if not str(r.get("name", "")).endswith("~baseline")]
+    if trained and not any(r.get("status") in ("ok", "baseline") for r in trained):
+        failed = [r for r in trained if r.get("status") == "failed"]
+        why = f": {failed[0]['name']}: {failed[0].get('error')}" if failed else ""
+        raise ConfigError(f"no trial succeeded ({len(failed)} of {len(trained)} failed{why})")
 
 
 def _print_status(study: Path) -> dict:

@@ -99,22 +99,25 @@ def resolve_teacher(teacher: str | os.PathLike, weights: str | os.PathLike | Non
     return Teacher(text, str(Path(file).resolve()), cfg.name, cfg.output_kind, sha256_file(file))
 
 
-def teacher_predictor(t: Teacher, device: str = "cpu", threads: int | None = None):
+def teacher_predictor(t: Teacher, device: str = "cpu", threads: int | None = None, backend: str = "auto"):
     """The teacher behind the fastest runtime this process has: the GPU runtime's bf16 CUDA-graph
-    backend on a GPU, ONNX Runtime for ONNX files, torch fp32 on a CPU."""
+    backend on a GPU; on a CPU ``backend`` (``auto``: OpenVINO / ONNX Runtime / torch, bf16 where the
+    CPU runs it natively, see :mod:`fastdpt.runtime.cpu`)."""
     import torch
 
     from ..predict import Predictor
+    from ..runtime import RuntimeOptions
 
     if threads:
         torch.set_num_threads(threads)
-    if t.onnx:
-        return Predictor(t.weights, backend="onnxruntime", threads=threads)
-    model = t.weights if read_is_checkpoint(t.weights) else t.source
-    weights = None if read_is_checkpoint(t.weights) else t.weights
     if device.startswith("cuda"):
-        return Predictor(model, weights, device=device, backend="cudagraph", precision="bf16")
-    return Predictor(model, weights, device=device)
+        options = RuntimeOptions("cudagraph", "bf16", device)
+    else:
+        options = RuntimeOptions(backend, "auto" if backend in ("auto", "torch", "openvino") else "fp32", device, threads)
+    if t.onnx:
+        return Predictor(t.weights, options=options)
+    checkpoint = read_is_checkpoint(t.weights)
+    return Predictor(t.weights if checkpoint else t.source, None if checkpoint else t.weights, options=options)
 
 
 def read_is_checkpoint(path: str) -> bool:
@@ -368,11 +371,12 @@ def _entries(labels: LabelSet, m: dict, split: str) -> list[SplitEntry]:
 class Labeller:
     """Holds one teacher (loaded once) and labels frames given as PNG bytes; a Ray actor on a cluster."""
 
-    def __init__(self, teacher: dict, threads: int | None = None, fail_once: str | None = None) -> None:
+    def __init__(self, teacher: dict, threads: int | None = None, fail_once: str | None = None,
+                 backend: str = "auto") -> None:
         import torch
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.predictor = teacher_predictor(Teacher(**teacher), device, threads)
+        self.predictor = teacher_predictor(Teacher(**teacher), device, threads, backend)
         self.kind = teacher["kind"]
         self.fail_once = fail_once
 
@@ -388,7 +392,7 @@ class Labeller:
 def label(labels: LabelSet, teacher: Teacher, hflip: bool = False, workers: int = 1, address: str | None = None,
           threads: int | None = None, shard_size: int = 8, max_retries: int = 2,
           progress: Callable[[int, int, float, float], None] | None = None, fail_once: str | None = None,
-          stop_after: int | None = None) -> LabelStats:
+          stop_after: int | None = None, backend: str = "auto") -> LabelStats:
     """Label every planned frame that has no label yet: in this process (``workers`` 1, no address) or
     on Ray (``workers`` actors, each holding the teacher; a failed shard is retried ``max_retries``
     times). ``progress(done, total, frames_per_s, eta_s)``; ``stop_after`` labels at most that many
@@ -413,10 +417,10 @@ def label(labels: LabelSet, teacher: Teacher, hflip: bool = False, workers: int 
 
     if todo:
         if workers <= 1 and not address:
-            _label_here(labels, teacher, todo, hflip, threads, stats, done)
+            _label_here(labels, teacher, todo, hflip, threads, stats, done, backend)
         else:
             _label_on_ray(labels, teacher, todo, hflip, workers, address, threads, shard_size, max_retries, stats,
-                          done, fail_once)
+                          done, fail_once, backend)
     stats.seconds = time.perf_counter() - t0
     return stats
 
@@ -428,10 +432,10 @@ def _write(labels: LabelSet, rel: str, lab: np.ndarray, stats: LabelStats) -> No
         raise _disk_error(e, labels.dense(rel), stats.already + stats.labelled) from None
 
 
-def _label_here(labels, teacher, todo, hflip, threads, stats, done) -> None:
+def _label_here(labels, teacher, todo, hflip, threads, stats, done, backend) -> None:
     import torch
 
-    predictor = teacher_predictor(teacher, "cuda" if torch.cuda.is_available() else "cpu", threads)
+    predictor = teacher_predictor(teacher, "cuda" if torch.cuda.is_available() else "cpu", threads, backend)
     try:
         for rel in todo:
             lab = to_label(teacher_depth(predictor, read_image(labels.frame(rel)), hflip), teacher.kind)
@@ -443,7 +447,7 @@ def _label_here(labels, teacher, todo, hflip, threads, stats, done) -> None:
 
 
 def _label_on_ray(labels, teacher, todo, hflip, workers, address, threads, shard_size, max_retries, stats, done,
-                  fail_once) -> None:
+                  fail_once, backend) -> None:
     from ..cluster import ray_session
 
     shards = [todo[i:i + shard_size] for i in range(0, len(todo), shard_size)]
@@ -456,7 +460,7 @@ def _label_on_ray(labels, teacher, todo, hflip, workers, address, threads, shard
         cpus = max(1.0, float(resources.get("CPU", 1)) // workers) if not gpus else 1.0
         actor_cls = ray.remote(num_cpus=cpus, num_gpus=1 if gpus else 0, max_restarts=max_retries)(Labeller)
         tdict = asdict(teacher)
-        actors = [actor_cls.remote(tdict, threads or int(cpus), fail_once) for _ in range(workers)]
+        actors = [actor_cls.remote(tdict, threads or int(cpus), fail_once, backend) for _ in range(workers)]
         stats.workers = workers
         tries: dict[int, int] = {}
         pending: dict = {}

@@ -70,7 +70,7 @@ def build_report(cfg, teacher: Teacher, labels: LabelSet, student_path: Path, st
     from ..transforms import network_size
 
     student = Predictor(student_path)
-    teach = teacher_predictor(teacher, "cpu", cfg.threads)
+    teach = teacher_predictor(teacher, "cpu", cfg.threads, "torch")  # both timed on torch fp32: like for like
     val = labels.entries("val")
     label_gt = labels.root / "data_depth_annotated"
     raw = labels.root / "raw"

@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Callable
 
 from ..errors import ConfigError, FastDPTError
 from ..io import atomic_write
+from ..training.config import option
 from .labels import LabelError, LabelSet, Teacher, label, prepare, resolve_teacher
 
 DEFAULT_STUDENT = "fast-effb0-f64-192x640"
@@ -30,51 +31,45 @@ class DistillError(FastDPTError):
     """A distillation that cannot run as asked."""
 
 
-def _opt(help: str, default=None, flags: tuple[str, ...] | None = None, required: bool = False):
-    meta = {"help": help, "required": required}
-    if flags:
-        meta["flags"] = flags
-    return field(default=default, metadata=meta)
-
-
 @dataclass
 class DistillConfig:
     """Everything a distillation needs; stored as ``distill.json`` in the run folder."""
 
-    teacher: str = _opt("teacher: a preset with weights (dpt-hybrid-kitti ...), a fastdpt checkpoint or an "
+    teacher: str = option("teacher: a preset with weights (dpt-hybrid-kitti ...), a fastdpt checkpoint or an "
                         "exported .onnx", required=True)
-    out: str = _opt("run folder", required=True)
-    frames: tuple = _opt("video files, image folders (recursive) or KITTI raw roots", (), required=True)
-    student: str = _opt("student variant (preset or canonical name)", DEFAULT_STUDENT)
-    teacher_weights: str | None = _opt("weights file for a preset teacher (else the cache or a download)")
-    val_frames: tuple = _opt("sources held out for validation (default: the last sequences, or a single "
+    out: str = option("run folder", required=True)
+    frames: tuple = option("video files, image folders (recursive) or KITTI raw roots", (), required=True)
+    student: str = option("student variant (preset or canonical name)", DEFAULT_STUDENT)
+    teacher_weights: str | None = option("weights file for a preset teacher (else the cache or a download)")
+    val_frames: tuple = option("sources held out for validation (default: the last sequences, or a single "
                              "sequence's tail)", ())
-    gt_root: str | None = _opt("annotated depth root: also score student and teacher against ground truth")
-    gt_split: str | None = _opt("split list of the ground-truth frames (with --gt-root)")
-    gt_raw_root: str | None = _opt("raw root of --gt-split's images (default: the KITTI raw root among --frames)")
-    every: int = _opt("keep every K-th frame", 1)
-    max_frames: int | None = _opt("label at most N frames")
-    duplicate_level: float = _opt("skip a frame whose 32-px grey thumbnail differs from the last kept one by "
+    gt_root: str | None = option("annotated depth root: also score student and teacher against ground truth")
+    gt_split: str | None = option("split list of the ground-truth frames (with --gt-root)")
+    gt_raw_root: str | None = option("raw root of --gt-split's images (default: the KITTI raw root among --frames)")
+    every: int = option("keep every K-th frame", 1)
+    max_frames: int | None = option("label at most N frames")
+    duplicate_level: float = option("skip a frame whose 32-px grey thumbnail differs from the last kept one by "
                                   "less than this many grey levels (0: keep all)", 1.0)
-    val_fraction: float = _opt("fraction of frames held out (whole sequences)", 0.2)
-    hflip: bool = _opt("average the teacher over the frame and its mirror image", False, flags=("--hflip/--no-hflip",))
-    steps: int | None = _opt("optimiser steps of the student (default: --epochs)")
-    epochs: int | None = _opt("epochs of the student (default 10 when --steps is not given)")
-    batch_size: int = _opt("batch size", 4)
-    lr: float = _opt("AdamW learning rate", 2e-4)
-    trim: float = _opt("leave out each label's largest-loss pixels (fraction)", 0.1)
-    grad_weight: float = _opt("gradient-matching weight beside SILog (metric teachers)", 0.5)
-    warm_start: bool = _opt("warm-start the student from the teacher's tensors where names and shapes fit", True,
+    val_fraction: float = option("fraction of frames held out (whole sequences)", 0.2)
+    hflip: bool = option("average the teacher over the frame and its mirror image", False, flags=("--hflip/--no-hflip",))
+    steps: int | None = option("optimiser steps of the student (default: --epochs)")
+    epochs: int | None = option("epochs of the student (default 10 when --steps is not given)")
+    batch_size: int = option("batch size", 4)
+    lr: float = option("AdamW learning rate (a new decoder learns fastest near 5e-4..1e-3)", 5e-4)
+    trim: float = option("leave out each label's largest-loss pixels (fraction)", 0.1)
+    grad_weight: float = option("gradient-matching weight beside SILog (metric teachers)", 0.5)
+    warm_start: bool = option("warm-start the student from the teacher's tensors where names and shapes fit", True,
                             flags=("--warm-start/--no-warm-start",))
-    workers: int = _opt("labelling workers (more than 1, or --address: Ray actors, each holding the teacher)", 1)
-    address: str | None = _opt("Ray cluster address for labelling (ray start --head; default: this machine)")
-    threads: int | None = _opt("torch threads (labelling, training, the speed comparison)")
-    data_workers: int = _opt("data loader processes of the student's training", 2)
-    seed: int = _opt("random seed", 0)
-    bench_runs: int = _opt("timed runs of each model for the speed-up (interleaved)", 5)
-    flicker_frames: int = _opt("frames a held-out sequence for the flicker comparison (0: off)", 40)
-    tracking_uri: str | None = _opt("MLflow tracking URI (default: SQLite in the run folder)")
-    progress: bool = _opt("show progress", True, flags=("--progress/--no-progress",))
+    workers: int = option("labelling workers (more than 1, or --address: Ray actors, each holding the teacher)", 1)
+    address: str | None = option("Ray cluster address for labelling (ray start --head; default: this machine)")
+    threads: int | None = option("torch threads (labelling, training, the speed comparison)")
+    teacher_backend: str = option("the teacher's CPU backend for labelling (auto: the fastest this machine runs)", "auto")
+    data_workers: int = option("data loader processes of the student's training", 2)
+    seed: int = option("random seed", 0)
+    bench_runs: int = option("timed runs of each model for the speed-up (interleaved)", 5)
+    flicker_frames: int = option("frames a held-out sequence for the flicker comparison (0: off)", 40)
+    tracking_uri: str | None = option("MLflow tracking URI (default: SQLite in the run folder)")
+    progress: bool = option("show progress", True, flags=("--progress/--no-progress",))
 
     def __post_init__(self) -> None:
         if not self.teacher or not self.out:
@@ -111,7 +106,7 @@ class DistillConfig:
 
 
 # what a resume may change (everything else is the run's)
-RESUME_MAY_CHANGE = {"steps", "epochs", "workers", "address", "threads", "data_workers", "bench_runs", "progress",
+RESUME_MAY_CHANGE = {"steps", "epochs", "workers", "address", "threads", "teacher_backend", "data_workers", "bench_runs", "progress",
                      "tracking_uri", "flicker_frames", "gt_root", "gt_split", "gt_raw_root"}
 
 
@@ -262,7 +257,8 @@ def distill(cfg: DistillConfig, resume: bool = False, log: Callable[[str], None]
     c = m["counts"]
     log(f"frames: {c['kept']} kept of {c['seen']} sampled ({c['duplicates']} near-duplicates skipped, "
         f"{c['unreadable']} unreadable, {c['gap']} left out between training and held-out frames)")
-    stats = label(labels, teacher, cfg.hflip, cfg.workers, cfg.address, cfg.threads, progress=label_progress)
+    stats = label(labels, teacher, cfg.hflip, cfg.workers, cfg.address, cfg.threads, progress=label_progress,
+                  backend=cfg.teacher_backend)
     times["label_s"] = round(times.get("label_s", 0.0) + (time.perf_counter() - t0), 2)
     times["label_fps"] = stats.as_dict()["fps"]
     _record(out, cfg, teacher, times)

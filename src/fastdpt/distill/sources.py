@@ -20,10 +20,7 @@ import numpy as np
 
 from ..data.kitti import calib_focal
 from ..errors import DataError, ImageError
-from ..io import IMAGE_EXTS, MAX_PIXELS, read_image
-
-VIDEO_EXTS = {".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv", ".ts"}
-
+from ..io import IMAGE_EXTS, MAX_PIXELS, looks_like_video, read_image
 
 @dataclass(frozen=True)
 class Sequence:
@@ -74,18 +71,6 @@ def _is_kitti_raw(root: Path) -> bool:
     return any(root.glob("*/*_sync/image_02/data")) or any(root.glob("*_sync/image_02/data"))
 
 
-def _looks_like_video(path: Path) -> bool:
-    """By content: the container signatures OpenCV's FFmpeg reads (a text file renamed .mp4 is refused)."""
-    with open(path, "rb") as f:
-        head = f.read(16)
-    return (head[4:8] in (b"ftyp", b"moov", b"mdat", b"wide", b"free", b"skip")   # MP4 / MOV
-            or head[:4] == b"\x1a\x45\xdf\xa3"                                   # Matroska / WebM
-            or (head[:4] == b"RIFF" and head[8:12] == b"AVI ")                   # AVI
-            or head[:1] == b"\x47"                                               # MPEG-TS
-            or head[:4] in (b"\x00\x00\x01\xba", b"\x00\x00\x01\xb3")            # MPEG-PS / ES
-            or head[:3] == b"FLV" or head[:4] == b"\x30\x26\xb2\x75")            # FLV, ASF/WMV
-
-
 def discover(sources: list[str | os.PathLike]) -> list[Sequence]:
     """The sequences of the given sources, in order. Raises :class:`DataError` for a source that does
     not exist or holds no frame."""
@@ -108,7 +93,7 @@ def discover(sources: list[str | os.PathLike]) -> list[Sequence]:
         if not p.exists():
             raise DataError(f"frames source not found: {p}")
         if p.is_file():
-            if p.suffix.lower() not in VIDEO_EXTS or not _looks_like_video(p):
+            if not looks_like_video(p):
                 raise DataError(f"{p} is not a video file (by its content); pass videos, image folders or a KITTI raw root")
             add("video", p, p.stem)
         elif _is_kitti_raw(p):

@@ -1,4 +1,10 @@
-"""Backends: torch eager, torch.compile, ONNX Runtime (fp32 / int8), sharing one per-shape cache."""
+"""Backends in one registry: torch eager, torch.compile, CUDA graphs, ONNX Runtime (fp32 / int8) and
+OpenVINO (fp32 / bf16 / int8, :mod:`.openvino`), sharing one per-shape cache.
+
+A backend is one class here (or in its own module) decorated with :func:`register`: its ``name``,
+the ``precisions`` it runs, the pip extra it needs, :meth:`Backend.missing` (what this machine lacks
+to run it) and :meth:`Backend.create` (from a model and :class:`~.options.RuntimeOptions`). The
+command line, ``bench`` and ``auto`` read the registry; nothing else lists backends."""
 
 from __future__ import annotations
 
@@ -16,8 +22,19 @@ import torch
 from ..config import ModelConfig
 from ..errors import ConfigError, FastDPTError
 
-BACKENDS = ("torch", "compile", "cudagraph", "onnxruntime")
 PRECISIONS = ("fp32", "tf32", "fp16", "bf16", "int8")
+REGISTRY: dict[str, type["Backend"]] = {}
+
+
+def register(cls: type["Backend"]) -> type["Backend"]:
+    """Add a backend class to the registry (under ``cls.name``)."""
+    REGISTRY[cls.name] = cls
+    return cls
+
+
+def available_backends(device: str = "cpu") -> set[str]:
+    """Registered backends whose libraries are installed and that can run on ``device``."""
+    return {name for name, cls in REGISTRY.items() if cls.missing(device) is None}
 
 # calibration for int8: network size (h, w) -> normalised inputs (1, 3, h, w) at that size
 Calibration = Callable[[tuple[int, int]], list[torch.Tensor]]
@@ -27,7 +44,21 @@ class Backend:
     """Base: ``__call__(x)`` runs the runner cached for ``key(x.shape)``, building it on first use.
 
     The cache is shared by every thread that calls the backend (building is serialised by a lock).
+    Subclasses set ``name``, ``precisions`` and ``extra`` and implement ``create`` and ``build``.
     """
+
+    name = "?"
+    precisions: tuple[str, ...] = ("fp32",)
+    extra: str | None = None  # the pip extra that installs what it needs
+
+    @classmethod
+    def missing(cls, device: str = "cpu") -> str | None:
+        """What this machine lacks to run the backend on ``device`` (None: nothing)."""
+        return None
+
+    @classmethod
+    def create(cls, model: torch.nn.Module, options, calibration: "Calibration | None" = None) -> "Backend":
+        raise NotImplementedError
 
     def __init__(self, device: torch.device) -> None:
         self.device = device
@@ -77,13 +108,19 @@ def cast_for_inference(model: torch.nn.Module, dtype: torch.dtype) -> torch.nn.M
 
 
 def prepare(model: torch.nn.Module, device: torch.device, precision: str, channels_last: bool = False):
-    """The model a torch backend runs, and the dtype its input takes. fp16/bf16: weights cast (GPU
-    only; on a CPU they are far slower than fp32); tf32: fp32 weights with TensorFloat-32 matmuls and
-    convolutions (a process-wide PyTorch setting, on GPUs that have it)."""
+    """The model a torch backend runs, and the dtype its input takes. fp16/bf16: weights cast once,
+    norms in float32 (GPUs; bf16 also on CPUs with native bf16: AMX or AVX-512 BF16, through oneDNN);
+    tf32: fp32 weights with TensorFloat-32 matmuls and convolutions (a process-wide PyTorch setting,
+    on GPUs that have it)."""
+    from .cpu import matrix_features, native_bf16
+
     if precision == "int8":
-        raise ConfigError("int8 runs through ONNX Runtime: use --backend onnxruntime --precision int8")
-    if precision in ("fp16", "bf16", "tf32") and device.type == "cpu":
-        raise ConfigError(f"{precision} on this CPU is far slower than fp32 (no native support); use fp32")
+        raise ConfigError("int8 runs through OpenVINO or ONNX Runtime: --backend openvino (or onnxruntime) "
+                          "--precision int8")
+    if device.type == "cpu" and (precision in ("fp16", "tf32") or (precision == "bf16" and not native_bf16())):
+        have = ", ".join(matrix_features()) or "none"
+        raise ConfigError(f"{precision} on this CPU is emulated and far slower than fp32 (it lacks AMX / AVX512-BF16; "
+                          f"matrix features: {have}); use --precision auto or fp32")
     model = model.to(device).eval()
     dtype = HALF.get(precision, torch.float32)
     if precision in HALF:
@@ -96,9 +133,18 @@ def prepare(model: torch.nn.Module, device: torch.device, precision: str, channe
     return model, dtype
 
 
+@register
 class TorchBackend(Backend):
     """Eager PyTorch (one runner for every shape), or ``torch.compile`` (one compiled graph per
     input shape; ``compile_mode`` e.g. ``reduce-overhead`` for CUDA graphs inside compile)."""
+
+    name = "torch"
+    precisions = ("fp32", "tf32", "fp16", "bf16")
+
+    @classmethod
+    def create(cls, model, options, calibration=None):
+        return cls(model, torch.device(options.device), options.precision, compile=cls.name == "compile",
+                   channels_last=options.channels_last, compile_mode=options.compile_mode)
 
     def __init__(self, model: torch.nn.Module, device: torch.device, precision: str = "fp32", compile: bool = False,
                  channels_last: bool = False, compile_mode: str | None = None):
@@ -121,11 +167,30 @@ class TorchBackend(Backend):
         return run
 
 
+@register
+class CompileBackend(TorchBackend):
+    """``torch.compile``: one compiled graph per input shape."""
+
+    name = "compile"
+
+
+@register
 class CudaGraphBackend(Backend):
     """CUDA graphs: per input shape, the forward pass is captured once (after warm-up on a side
     stream) into a graph with static input and output buffers and replayed for every frame, so a
     frame costs one graph launch instead of hundreds of kernel launches. Each backend has its own
     memory pool; calls are serialised by the Predictor's lock."""
+
+    name = "cudagraph"
+    precisions = ("fp32", "tf32", "fp16", "bf16")
+
+    @classmethod
+    def missing(cls, device: str = "cpu") -> str | None:
+        return None if device.startswith("cuda") and torch.cuda.is_available() else "a CUDA device (--device cuda)"
+
+    @classmethod
+    def create(cls, model, options, calibration=None):
+        return cls(model, torch.device(options.device), options.precision, channels_last=options.channels_last)
 
     def __init__(self, model: torch.nn.Module, device: torch.device, precision: str = "fp32",
                  channels_last: bool = False, warmup: int = 3):
@@ -157,11 +222,29 @@ class CudaGraphBackend(Backend):
         return run
 
 
+@register
 class OrtBackend(Backend):
     """ONNX Runtime sessions: over an exported file (its fixed input size), or exported from a torch
     model per network input size into a private temporary folder that is removed with the backend.
 
     int8 needs ``calibration`` (static QDQ quantisation calibrated on representative inputs)."""
+
+    name = "onnxruntime"
+    precisions = ("fp32", "int8")
+    extra = "onnx"
+
+    @classmethod
+    def missing(cls, device: str = "cpu") -> str | None:
+        try:
+            import onnxruntime  # noqa: F401
+        except ImportError:
+            return "ONNX Runtime (pip install -e '.[onnx]')"
+        return None
+
+    @classmethod
+    def create(cls, model, options, calibration=None):
+        return cls(model, torch.device(options.device), options.precision, threads=options.threads,
+                   calibration=calibration)
 
     def __init__(self, model: torch.nn.Module | None, device: torch.device, precision: str = "fp32",
                  onnx_path: str | os.PathLike | None = None, threads: int | None = None,
@@ -243,16 +326,17 @@ class OrtBackend(Backend):
             self._tmp = None
 
 
-def make_backend(backend: str, model: torch.nn.Module, device: torch.device, precision: str = "fp32",
-                 threads: int | None = None, calibration: Calibration | None = None, channels_last: bool = False,
-                 compile_mode: str | None = None) -> Backend:
-    if backend not in BACKENDS:
-        raise ConfigError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    if precision not in PRECISIONS:
-        raise ConfigError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-    if backend == "onnxruntime":
-        return OrtBackend(model, device, precision, threads=threads, calibration=calibration)
-    if backend == "cudagraph":
-        return CudaGraphBackend(model, device, precision, channels_last=channels_last)
-    return TorchBackend(model, device, precision, compile=backend == "compile", channels_last=channels_last,
-                        compile_mode=compile_mode)
+def make_backend(model: torch.nn.Module, options, calibration: Calibration | None = None) -> Backend:
+    """The backend ``options.backend`` (resolved: no ``auto``) for ``model``, after checking that this
+    machine can run it and that it runs ``options.precision``; one line naming what is missing."""
+    cls = REGISTRY.get(options.backend)
+    if cls is None:
+        raise ConfigError(f"backend must be one of {', '.join(REGISTRY)} or auto, got {options.backend!r}")
+    if options.precision not in cls.precisions:
+        others = [n for n, c in REGISTRY.items() if options.precision in c.precisions and c.missing(options.device) is None]
+        raise ConfigError(f"the {cls.name} backend runs {', '.join(cls.precisions)}, not {options.precision}"
+                          + (f"; {options.precision} runs on: {', '.join(others)}" if others else ""))
+    lack = cls.missing(options.device)
+    if lack is not None:
+        raise ConfigError(f"the {cls.name} backend needs {lack}; or use --backend auto")
+    return cls.create(model, options, calibration)

@@ -319,8 +319,11 @@ def write_report(study: str | os.PathLike, out_dir: str | os.PathLike, title: st
     lines = summary(rows)
     title = title or f"Study {study.name}"
     trials = [r for r in rows if not r.get("baseline")]
+    in_grid = any(r.get("baseline") and not str(r.get("name", "")).endswith("~baseline") for r in rows)
+    reference = (f"the baseline `{settings.baseline}` is a grid member: trained and scored like the others, its row "
+                 "is also the speed reference" if in_grid else f"plus the baseline `{settings.baseline}`")
     meta = (f"{len(trials)} trials ({sum(r.get('status') == 'ok' for r in trials)} finished, "
-            f"{sum(r.get('status') == 'failed' for r in trials)} failed) plus the baseline `{settings.baseline}`; "
+            f"{sum(r.get('status') == 'failed' for r in trials)} failed); {reference}; "
             f"grid `{settings.grid}`; training options {json.dumps(settings.train)}; timed on "
             f"{rows[0].get('device', '?')} with {rows[0].get('bench_threads', '?')} threads, frames "
             f"{settings.bench_frame[0]}x{settings.bench_frame[1]}.")

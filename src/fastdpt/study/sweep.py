@@ -94,82 +94,93 @@ def run_study(grid, out: str | os.PathLike, data_root: str | os.PathLike | None 
     the grid's input size; ``"none"`` for no baseline), trained only with ``train_baseline``.
     ``fail_once``: {trial id: marker path} fault injection for tests.
     """
-    import ray
     from ray import tune
+
+    from ..cluster import ray_session
 
     out = Path(out).resolve()
     specs = load_grid(grid)
     if not specs:
         raise ConfigError("the grid is empty")
-    if resume:
-        if not (out / "study.json").is_file():
-            raise FastDPTError(f"nothing to resume: {out} holds no study")
-        settings = StudySettings.load(out)
-        specs = [TrialSpec(**s) for s in json.loads((out / "trials.json").read_text())]
-    else:
-        if (out / "study.json").exists():
-            raise FastDPTError(f"{out} already holds a study: pass --resume to continue it or choose another --out")
-        base = None if baseline == "none" else (baseline or default_baseline(specs))
-        if base is not None:
-            from ..presets import get_config
-
-            base = get_config(base).name  # trained (when asked) with the grid's options, as its first trial
-            specs = [TrialSpec(f"{base}~baseline", base, dict(specs[0].train), baseline=True)] + \
-                [s for s in specs if s.id != base]
-        options = dict(train or {})
-        if epochs is not None:
-            options["epochs"] = epochs
-        if max_steps is not None:
-            options["max_steps"] = max_steps
-        splits = splits or {}
-        settings = StudySettings(out=str(out), data_root=str(data_root) if data_root else None, raw_root=raw_root,
-                                 gt_root=gt_root, train_split=splits.get("train"), val_split=splits.get("val"),
-                                 test_split=splits.get("test"), init=init, backbone_weights=backbone_weights,
-                                 train=options, bench_sizes=[tuple(s) for s in (bench_sizes or [])], bench_runs=bench_runs,
-                                 bench_frame=tuple(bench_frame),
-                                 train_baseline=train_baseline, tracking_uri=tracking_uri, grid=str(grid), baseline=base)
-        settings.paths()  # the data is named before anything starts
-        if fail_once:
-            specs = [TrialSpec(**{**s.as_dict(), "fail_once": fail_once.get(s.id)}) for s in specs]
-        settings.save()
-        (out / "trials.json").write_text(json.dumps([s.as_dict() for s in specs], indent=1))
-        settings.parent_run_id = _parent_run(settings)
-        settings.save()
+    if resume and not (out / "study.json").is_file():
+        raise FastDPTError(f"nothing to resume: {out} holds no study")
+    if not resume and (out / "study.json").exists():
+        raise FastDPTError(f"{out} already holds a study: pass --resume to continue it or choose another --out")
     res = parse_resources(resources) if not isinstance(resources, dict) else resources
-    started_here = False
-    if not ray.is_initialized():
-        if address:
-            ray.init(address=address, log_to_driver=verbose > 0)
+    with ray_session(address, verbose=verbose):  # Ray is up (or refused) before anything is written
+        if resume:
+            settings = StudySettings.load(out)
+            specs = [TrialSpec(**s) for s in json.loads((out / "trials.json").read_text())]
         else:
-            ray.init(num_cpus=os.cpu_count(), num_gpus=torch.cuda.device_count(), include_dashboard=False,
-                     object_store_memory=256 * 2**20, log_to_driver=verbose > 0)
-        started_here = True
-    try:
-        storage = str(out / "ray")
-        trainable = tune.with_resources(_trainable, res)
-        if resume and tune.Tuner.can_restore(os.path.join(storage, "tune")):
-            tuner = tune.Tuner.restore(os.path.join(storage, "tune"), trainable=trainable, resume_errored=True)
-        else:
-            tuner = tune.Tuner(
-                trainable,
-                param_space={"trial": tune.grid_search([s.as_dict() for s in specs]), "study": str(out)},
-                tune_config=tune.TuneConfig(reuse_actors=False),
-                run_config=tune.RunConfig(name="tune", storage_path=storage, verbose=verbose,
-                                          failure_config=tune.FailureConfig(max_failures=max_failures),
-                                          checkpoint_config=tune.CheckpointConfig()))  # tiny pointer files, kept
-        grid_result = tuner.fit()
-        for r in grid_result:  # trials that failed for good: their row says why
-            if r.error is not None:
-                tid = r.config["trial"]["id"] if r.config else None
-                row = read_row(out, tid) if tid else None
-                if row is not None and row.get("status") == "running":
-                    row.update(status="failed", error=_first_line(r.error))
-                    write_row(out, row)
-    finally:
-        if started_here:
-            ray.shutdown()
-        rows = assemble(out)
+            settings, specs = _new_study(specs, out, data_root, epochs, max_steps, init, backbone_weights, baseline,
+                                         train_baseline, tracking_uri, bench_sizes, bench_runs, train, raw_root,
+                                         gt_root, splits, bench_frame, fail_once, grid)
+        try:
+            storage = str(out / "ray")
+            trainable = tune.with_resources(_trainable, res)
+            if resume and tune.Tuner.can_restore(os.path.join(storage, "tune")):
+                tuner = tune.Tuner.restore(os.path.join(storage, "tune"), trainable=trainable, resume_errored=True)
+            else:
+                tuner = tune.Tuner(
+                    trainable,
+                    param_space={"trial": tune.grid_search([s.as_dict() for s in specs]), "study": str(out)},
+                    tune_config=tune.TuneConfig(reuse_actors=False),
+                    run_config=tune.RunConfig(name="tune", storage_path=storage, verbose=verbose,
+                                              failure_config=tune.FailureConfig(max_failures=max_failures),
+                                              checkpoint_config=tune.CheckpointConfig()))  # tiny pointer files, kept
+            grid_result = tuner.fit()
+            for r in grid_result:  # trials that failed for good: their row says why
+                if r.error is not None:
+                    tid = r.config["trial"]["id"] if r.config else None
+                    row = read_row(out, tid) if tid else None
+                    if row is not None and row.get("status") == "running":
+                        row.update(status="failed", error=_first_line(r.error))
+                        write_row(out, row)
+        finally:
+            rows = assemble(out)
     return rows
+
+
+def _new_study(specs, out: Path, data_root, epochs, max_steps, init, backbone_weights, baseline, train_baseline,
+               tracking_uri, bench_sizes, bench_runs, train, raw_root, gt_root, splits, bench_frame, fail_once, grid):
+    """Write a new study's settings, trials and MLflow parent run; every data path absolute (Ray's
+    workers run in other folders)."""
+    def absolute(p):
+        return str(Path(p).resolve()) if p else None
+
+    base = None if baseline == "none" else (baseline or default_baseline(specs))
+    if base is not None:
+        from ..presets import get_config
+
+        base = get_config(base).name
+        if base in {s.id for s in specs}:  # a grid member is always trained; its row is the speed reference too
+            specs = [TrialSpec(**{**s.as_dict(), "baseline": True}) if s.id == base else s for s in specs]
+            train_baseline = True
+        else:  # an extra row, trained only when asked, with the grid's options, as the first trial
+            specs = [TrialSpec(f"{base}~baseline", base, dict(specs[0].train), baseline=True)] + specs
+    options = dict(train or {})
+    if epochs is not None:
+        options["epochs"] = epochs
+    if max_steps is not None:
+        options["max_steps"] = max_steps
+    splits = splits or {}
+    settings = StudySettings(out=str(out), data_root=absolute(data_root), raw_root=absolute(raw_root),
+                             gt_root=absolute(gt_root), train_split=absolute(splits.get("train")),
+                             val_split=absolute(splits.get("val")), test_split=absolute(splits.get("test")),
+                             init=absolute(init) if init and Path(init).exists() else init,
+                             backbone_weights=absolute(backbone_weights) if backbone_weights and Path(backbone_weights).exists()
+                             else backbone_weights, train=options,
+                             bench_sizes=[tuple(s) for s in (bench_sizes or [])], bench_runs=bench_runs,
+                             bench_frame=tuple(bench_frame), train_baseline=train_baseline, tracking_uri=tracking_uri,
+                             grid=str(grid), baseline=base)
+    settings.paths()  # the data is named before anything starts
+    if fail_once:
+        specs = [TrialSpec(**{**s.as_dict(), "fail_once": fail_once.get(s.id)}) for s in specs]
+    settings.save()
+    (out / "trials.json").write_text(json.dumps([s.as_dict() for s in specs], indent=1))
+    settings.parent_run_id = _parent_run(settings)
+    settings.save()
+    return settings, specs
 
 
 def _first_line(error) -> str:

@@ -13,8 +13,9 @@ from ..errors import ConfigError
 from ..evaluation.metrics import METRIC_KEYS, Protocol
 
 
-def _opt(help: str, default=None, flags: tuple[str, ...] | None = None, required: bool = False):
-    """A field with its command-line help, flags (default ``--field-name``) and whether it is required."""
+def option(help: str, default=None, flags: tuple[str, ...] | None = None, required: bool = False):
+    """A dataclass field with its command-line help, flags (default ``--field-name``) and whether it is
+    required; ``cli.common.dataclass_command`` derives a command's options from such fields."""
     meta = {"help": help, "required": required}
     if flags:
         meta["flags"] = flags
@@ -25,52 +26,52 @@ def _opt(help: str, default=None, flags: tuple[str, ...] | None = None, required
 class TrainConfig:
     """Everything a training run needs; stored as ``train_config.json`` in the run folder."""
 
-    model: str = _opt("variant to train: preset or canonical name (a metric head for silog); with --resume, "
+    model: str = option("variant to train: preset or canonical name (a metric head for silog); with --resume, "
                       "the run's", flags=("--model", "-m"))
-    out: str = _opt("run folder", flags=("--out",), required=True)
-    data_root: str | None = _opt("KITTI-format root with raw/, data_depth_annotated/, splits/ (e.g. from `data synth`)")
-    raw_root: str | None = _opt("KITTI raw root (default <data-root>/raw)")
-    gt_root: str | None = _opt("annotated depth root (default <data-root>/data_depth_annotated)")
-    train_split: str | None = _opt("training split list (default <data-root>/splits/train_files_with_gt.txt)")
-    val_split: str | None = _opt("validation split list (default <data-root>/splits/val_files_with_gt.txt)")
-    init: str | None = _opt("warm-start weights (official, Hugging Face or fastdpt)")
-    backbone_weights: str | None = _opt("timm ImageNet weights for new CNN tensors, or 'hub'")
-    epochs: int = _opt("epochs", 20)
-    max_steps: int = _opt("stop after this many optimiser steps (-1: no limit)", -1)
-    batch_size: int = _opt("batch size", 1)
-    accumulate: int = _opt("gradient accumulation (batches per optimiser step)", 1)
-    lr: float = _opt("AdamW learning rate", 1e-5)
-    betas: tuple[float, float] = _opt("AdamW betas", (0.9, 0.999))
-    eps: float = _opt("AdamW eps", 1e-8)
-    weight_decay: float = _opt("AdamW weight decay", 0.01)
-    clip_value: float | None = _opt("clip gradients by value (0 or none: off)", 0.5)
-    loss: str = _opt("silog (metric heads) | ssi (scale-and-shift-invariant + gradient, any head)", "silog")
-    silog_lambda: float = _opt("lambda of the SILog loss", 0.5)
-    grad_weight: float = _opt("weight of multi-scale gradient matching added to silog (ssi has it at 0.5)", 0.0)
-    trim: float = _opt("leave out this fraction of each image's largest-loss pixels (pseudo-labels: 0.1)", 0.0)
-    dense_gt: bool = _opt("train on dense depth maps (synthetic data's dense/) instead of sparse annotations",
+    out: str = option("run folder", flags=("--out",), required=True)
+    data_root: str | None = option("KITTI-format root with raw/, data_depth_annotated/, splits/ (e.g. from `data synth`)")
+    raw_root: str | None = option("KITTI raw root (default <data-root>/raw)")
+    gt_root: str | None = option("annotated depth root (default <data-root>/data_depth_annotated)")
+    train_split: str | None = option("training split list (default <data-root>/splits/train_files_with_gt.txt)")
+    val_split: str | None = option("validation split list (default <data-root>/splits/val_files_with_gt.txt)")
+    init: str | None = option("warm-start weights (official, Hugging Face or fastdpt)")
+    backbone_weights: str | None = option("timm ImageNet weights for new CNN tensors, or 'hub'")
+    epochs: int = option("epochs", 20)
+    max_steps: int = option("stop after this many optimiser steps (-1: no limit)", -1)
+    batch_size: int = option("batch size", 1)
+    accumulate: int = option("gradient accumulation (batches per optimiser step)", 1)
+    lr: float = option("AdamW learning rate", 1e-5)
+    betas: tuple[float, float] = option("AdamW betas", (0.9, 0.999))
+    eps: float = option("AdamW eps", 1e-8)
+    weight_decay: float = option("AdamW weight decay", 0.01)
+    clip_value: float | None = option("clip gradients by value (0 or none: off)", 0.5)
+    loss: str = option("silog (metric heads) | ssi (scale-and-shift-invariant + gradient, any head)", "silog")
+    silog_lambda: float = option("lambda of the SILog loss", 0.5)
+    grad_weight: float = option("weight of multi-scale gradient matching added to silog (ssi has it at 0.5)", 0.0)
+    trim: float = option("leave out this fraction of each image's largest-loss pixels (pseudo-labels: 0.1)", 0.0)
+    dense_gt: bool = option("train on dense depth maps (synthetic data's dense/) instead of sparse annotations",
                           False, flags=("--dense-gt/--sparse-gt",))
-    precision: str = _opt("fp32 | fp16 | bf16 (mixed precision, GPU only)", "fp32")
-    channels_last: bool = _opt("channels-last convolutions (faster on GPUs)", False,
+    precision: str = option("fp32 | fp16 | bf16 (mixed precision, GPU only)", "fp32")
+    channels_last: bool = option("channels-last convolutions (faster on GPUs)", False,
                                flags=("--channels-last/--no-channels-last",))
-    workers: int = _opt("data loader processes", 2)
-    seed: int = _opt("random seed (recorded in the run)", 0)
-    monitor: str = _opt(f"validation metric that picks best.safetensors ({', '.join(METRIC_KEYS)})", "abs_rel")
-    kb_crop: bool = _opt("KB crop (352x1216) for training and validation", True, flags=("--kb-crop/--no-kb-crop",))
-    eval_crop: str | None = _opt("validation crop on the GT: garg | eigen | none", "garg")
-    hflip: float = _opt("horizontal flip probability", 0.5)
-    random_crop: tuple[int, int] | None = _opt("random crop HxW")
-    rotate_deg: float = _opt("max random rotation, degrees", 0.0, flags=("--rotate",))
-    color: bool = _opt("colour jitter", False, flags=("--color-jitter",))
-    limit_train_batches: float = _opt("fraction (<= 1) or number (> 1) of training batches an epoch", 1.0)
-    limit_val_batches: float = _opt("fraction (<= 1) or number (> 1) of validation batches", 1.0)
-    val_every: int = _opt("validate (and choose best.safetensors) every N epochs", 1)
-    checkpoint_every: int = _opt("also save the resume state every N optimiser steps (0: epoch ends only)", 0)
-    max_time_s: float | None = _opt("stop after this much training time, seconds", None)
-    tracking_uri: str | None = _opt("MLflow tracking URI (default: SQLite in the run folder)")
-    accelerator: str = _opt("Lightning accelerator: auto | cpu | gpu", "auto")
-    devices: str = _opt("Lightning devices: auto, a count, or a list", "auto")
-    progress: bool = _opt("show a progress bar", True, flags=("--progress/--no-progress",))
+    workers: int = option("data loader processes", 2)
+    seed: int = option("random seed (recorded in the run)", 0)
+    monitor: str = option(f"validation metric that picks best.safetensors ({', '.join(METRIC_KEYS)})", "abs_rel")
+    kb_crop: bool = option("KB crop (352x1216) for training and validation", True, flags=("--kb-crop/--no-kb-crop",))
+    eval_crop: str | None = option("validation crop on the GT: garg | eigen | none", "garg")
+    hflip: float = option("horizontal flip probability", 0.5)
+    random_crop: tuple[int, int] | None = option("random crop HxW")
+    rotate_deg: float = option("max random rotation, degrees", 0.0, flags=("--rotate",))
+    color: bool = option("colour jitter", False, flags=("--color-jitter",))
+    limit_train_batches: float = option("fraction (<= 1) or number (> 1) of training batches an epoch", 1.0)
+    limit_val_batches: float = option("fraction (<= 1) or number (> 1) of validation batches", 1.0)
+    val_every: int = option("validate (and choose best.safetensors) every N epochs", 1)
+    checkpoint_every: int = option("also save the resume state every N optimiser steps (0: epoch ends only)", 0)
+    max_time_s: float | None = option("stop after this much training time, seconds", None)
+    tracking_uri: str | None = option("MLflow tracking URI (default: SQLite in the run folder)")
+    accelerator: str = option("Lightning accelerator: auto | cpu | gpu", "auto")
+    devices: str = option("Lightning devices: auto, a count, or a list", "auto")
+    progress: bool = option("show a progress bar", True, flags=("--progress/--no-progress",))
 
     def __post_init__(self) -> None:
         if not self.model or not self.out:

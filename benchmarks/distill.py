@@ -1,0 +1,185 @@
+"""Distillation benchmark on synthetic drives whose ground truth is withheld from the student.
+
+    PYTHONPATH=src python benchmarks/distill.py --out .bench/distill --threads 2 [--quick]
+
+1. Render drives (KITTI format, exact dense depth + LiDAR-like annotations).
+2. Teacher: a DPT-Hybrid-sized variant (ResNet-50 + 12 ViT-B blocks, 256-wide decoder) trained on the
+   dense depth of drives 1-3 (validated on drive 4).
+3. Distil it into the student on drives 5-9 given only as image folders (no ground truth passed);
+   score teacher, student and the best constant depth on drive 10's annotations; speed-up measured
+   in the same process (the distillation report).
+4. Labelled data cut to one drive: a teacher trained on drive 1 alone, distilled on the 5x more
+   unlabelled frames of drives 5-9, against the same student trained for the same steps on drive 1.
+5. Labelling throughput: in this process, and on a 2-worker local Ray instance.
+
+Writes ``OUT/results.json`` and ``OUT/results.md``; every stage is skipped when its output exists.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+import torch  # noqa: E402
+
+from fastdpt.bench import environment  # noqa: E402
+from fastdpt.data.kitti import SplitEntry, read_split, write_split  # noqa: E402
+from fastdpt.data.synthetic import DATE, drive_name, synth  # noqa: E402
+from fastdpt.distill import DistillConfig, LabelSet, distill, label, prepare, resolve_teacher  # noqa: E402
+from fastdpt.evaluation.metrics import Protocol  # noqa: E402
+from fastdpt.evaluation.protocol import evaluate  # noqa: E402
+from fastdpt.predict import Predictor  # noqa: E402
+from fastdpt.training import TrainConfig, train  # noqa: E402
+
+TEACHER = "r50.h8-11.heads12.softmax.f256.m0.01_0.0125@128x416"   # DPT-Hybrid-sized, a head that trains from scratch
+STUDENT = "fast-effb0-f64-128x416"
+
+
+def drive_entries(data: Path, drives: list[int]) -> list[SplitEntry]:
+    names = {drive_name(d) for d in drives}
+    rows = read_split(data / "splits" / "train_files_with_gt.txt") + read_split(data / "splits" / "val_files_with_gt.txt") \
+        + read_split(data / "splits" / "test_files_with_gt.txt")
+    return [e for e in rows if e.rgb.split("/")[1] in names]
+
+
+def train_on(data: Path, out: Path, model: str, train_drives: list[int], val_drives: list[int], steps: int,
+             batch: int, lr: float) -> Path:
+    if not (out / "result.json").is_file():
+        splits = out.parent / f"{out.name}-splits"
+        write_split(drive_entries(data, train_drives), splits / "train.txt")
+        write_split(drive_entries(data, val_drives), splits / "val.txt")
+        train(TrainConfig(model=model, out=str(out), data_root=str(data), train_split=str(splits / "train.txt"),
+                          val_split=str(splits / "val.txt"), dense_gt=True, max_steps=steps, epochs=10**6,
+                          batch_size=batch, lr=lr, workers=1, kb_crop=False, eval_crop=None, progress=False,
+                          limit_val_batches=12, val_every=max(1, steps // (len(drive_entries(data, train_drives)) // batch) // 4)),
+              logger=False, overwrite=out.exists())
+    return out / "best.safetensors"
+
+
+def footage(data: Path, out: Path, drives: list[int]) -> Path:
+    if not out.is_dir():
+        for d in drives:
+            shutil.copytree(data / "raw" / DATE / drive_name(d) / "image_02" / "data", out / f"clip{d:02d}")
+    return out
+
+
+def score(model_path: Path, data: Path, test: list[SplitEntry]) -> dict:
+    res = evaluate(Predictor(model_path), test, data / "raw", data / "data_depth_annotated", Protocol())
+    return {k: round(res[k], 4) for k in ("abs_rel", "rmse", "d1", "images")}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--out", default=".bench/distill")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--teacher", default=TEACHER)
+    ap.add_argument("--student", default=STUDENT)
+    ap.add_argument("--frame-size", default="192x640")
+    ap.add_argument("--frames", type=int, default=40, help="frames a drive")
+    ap.add_argument("--teacher-steps", type=int, default=240)
+    ap.add_argument("--student-steps", type=int, default=300)
+    ap.add_argument("--lr", type=float, default=3e-4)
+    ap.add_argument("--quick", action="store_true", help="tiny everything: checks the script runs")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    size = tuple(int(v) for v in args.frame_size.split("x"))
+    if args.quick:
+        args.teacher = args.student = "effb0.h0-1.heads4.softmax.f16.m0.01_0.0125@64x192"
+        args.frames, args.teacher_steps, args.student_steps, size = 12, 6, 6, (96, 320)
+    t0 = time.perf_counter()
+    data = out / "data"
+    if not (data / "splits").is_dir():
+        synth(data, drives=10, frames=args.frames, size=size, seed=7, workers=2)
+    test = read_split(data / "splits" / "test_files_with_gt.txt")  # drive 10
+    clips = footage(data, out / "footage", [5, 6, 7, 8, 9])
+    results: dict = {"machine": environment(), "threads": args.threads, "teacher": args.teacher, "student": args.student,
+                     "frame_size": f"{size[0]}x{size[1]}", "teacher_steps": args.teacher_steps,
+                     "student_steps": args.student_steps, "command": " ".join(sys.argv)}
+
+    def stage(name: str) -> None:
+        print(f"[{time.perf_counter() - t0:7.0f} s] {name}", flush=True)
+
+    common = dict(student=args.student, frames=(str(clips),), steps=args.student_steps, batch_size=4, lr=args.lr,
+                  data_workers=1, threads=args.threads, progress=False, bench_runs=3 if args.quick else 7,
+                  gt_root=str(data / "data_depth_annotated"), gt_split=str(data / "splits" / "test_files_with_gt.txt"),
+                  gt_raw_root=str(data / "raw"), flicker_frames=20)
+    # A: labelled drives 1-3 (+4 to validate) -> teacher -> distilled on drives 5-9
+    stage("teacher on drives 1-3")
+    teacher = train_on(data, out / "teacher-3drives", args.teacher, [1, 2, 3], [4], args.teacher_steps, 2, args.lr)
+    stage("distilling it on drives 5-9")
+    run_a = out / "distill-3drives"
+    rep = json.loads((run_a / "report.json").read_text()) if (run_a / "report.json").is_file() else \
+        distill(DistillConfig(teacher=str(teacher), out=str(run_a), **common), log=lambda m: print("   ", m, flush=True))
+    g = rep["ground_truth"]
+    results["A"] = {"teacher": g["teacher"], "student": g["student"], "best_constant": g["best_constant"],
+                    "agreement": rep["agreement"]["student"], "speedup": rep["speedup"], "models": rep["models"],
+                    "flicker": rep.get("flicker"), "times": rep["times"], "label_fps_here": rep["labels"]["fps"]}
+    # B: one labelled drive
+    stage("teacher on drive 1 alone")
+    teacher1 = train_on(data, out / "teacher-1drive", args.teacher, [1], [1], args.teacher_steps, 2, args.lr)
+    stage("distilling it on drives 5-9 (5x the frames)")
+    run_b = out / "distill-1drive"
+    rep_b = json.loads((run_b / "report.json").read_text()) if (run_b / "report.json").is_file() else \
+        distill(DistillConfig(teacher=str(teacher1), out=str(run_b), **{**common, "flicker_frames": 0}),
+                log=lambda m: print("   ", m, flush=True))
+    stage("the student trained on drive 1 for the same steps")
+    direct = train_on(data, out / "student-1drive", args.student, [1], [1], args.student_steps, 4, args.lr)
+    results["B"] = {"teacher": rep_b["ground_truth"]["teacher"], "distilled": rep_b["ground_truth"]["student"],
+                    "direct": score(direct, data, test), "best_constant": rep_b["ground_truth"]["best_constant"]}
+    # labelling throughput on a 2-worker local Ray instance (in-process labelling: A's report)
+    stage("labelling on 2 local Ray workers")
+    t = resolve_teacher(teacher)
+    ray_labels = LabelSet(out / "labels-ray")
+    if ray_labels.root.exists():
+        shutil.rmtree(ray_labels.root)
+    prepare(ray_labels, t, [clips], max_frames=40 if not args.quick else 12)
+    here_labels = LabelSet(out / "labels-here")
+    if here_labels.root.exists():
+        shutil.rmtree(here_labels.root)
+    prepare(here_labels, t, [clips], max_frames=40 if not args.quick else 12)
+    here = label(here_labels, t, threads=args.threads)
+    ray = label(ray_labels, t, workers=2, threads=1, shard_size=4)
+    results["labelling"] = {"frames": ray.labelled, "here_fps": round(here.fps, 3), "ray2_fps": round(ray.fps, 3),
+                            "ray_seconds_incl_start": round(ray.seconds, 1), "here_seconds": round(here.seconds, 1)}
+    results["wall_s"] = round(time.perf_counter() - t0, 1)
+    (out / "results.json").write_text(json.dumps(results, indent=1, default=str))
+    (out / "results.md").write_text(markdown(results))
+    print(markdown(results))
+
+
+def markdown(r: dict) -> str:
+    a, b = r["A"], r["B"]
+    rows = [f"Machine: {r['machine']['processor']}, {r['threads']} torch threads, torch {r['machine']['torch']}, "
+            f"Python {r['machine']['python']}. Frames {r['frame_size']}; teacher `{r['teacher']}` "
+            f"({r['teacher_steps']} steps), student `{r['student']}` ({r['student_steps']} steps). Command: "
+            f"`{r['command']}` ({r['wall_s']:.0f} s in all).", "",
+            "| drive 10 (held out, LiDAR-like GT, Garg crop) | AbsRel | RMSE | d1 |", "|---|---|---|---|"]
+    for name, m in (("teacher (drives 1-3 labelled)", a["teacher"]), ("student distilled on drives 5-9", a["student"]),
+                    ("best constant", a["best_constant"]), ("teacher (drive 1 labelled)", b["teacher"]),
+                    ("student distilled from it on drives 5-9", b["distilled"]),
+                    ("student trained on drive 1, same steps", b["direct"])):
+        rows.append(f"| {name} | {m['abs_rel']:.4f} | {m['rmse']:.3f} | {m['d1']:.3f} |")
+    ratio = a["student"]["abs_rel"] / a["teacher"]["abs_rel"]
+    gain = 1 - a["student"]["abs_rel"] / a["best_constant"]["abs_rel"]
+    ms = a["models"]
+    rows += ["", f"Student / teacher AbsRel: {ratio:.3f} (target <= 1.15); student vs best constant: {gain:+.1%} "
+             f"(target >= 25 %); speed-up {a['speedup']}x (student {ms['student']['median_ms']} ms, teacher "
+             f"{ms['teacher']['median_ms']} ms a frame, whole online step, interleaved; target >= 5x). "
+             f"One labelled drive: distilled {b['distilled']['abs_rel']:.4f} vs trained directly {b['direct']['abs_rel']:.4f}.",
+             "", f"Labelling {r['labelling']['frames']} frames: {r['labelling']['here_fps']} frames/s in this process "
+             f"({r['threads']} threads), {r['labelling']['ray2_fps']} frames/s on 2 local Ray workers of 1 thread "
+             f"(including the workers' start). Time: labelling {a['times']['label_s']:.0f} s, student training "
+             f"{a['times']['train_s']:.0f} s."]
+    return "\n".join(rows) + "\n"
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,160 @@
+"""The OpenVINO backend (``pip install -e '.[openvino]'``): Intel's CPU runtime, which uses AMX and
+AVX-512 BF16/VNNI where the processor has them (and is fast on AMD too).
+
+A torch model is converted per network input size with ``openvino.convert_model`` (no file written);
+an ``.xml`` (OpenVINO IR from ``fastdpt export --format openvino``) or ``.onnx`` file is read as it
+is, with its fixed input size. Precisions: fp32; bf16 (``INFERENCE_PRECISION_HINT``, only where the
+CPU runs bf16 natively); int8 (post-training quantisation with NNCF on calibration frames, as the ONNX
+Runtime int8 path takes them). Compiled once per input shape, for latency, on ``threads`` threads.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Hashable
+
+import numpy as np
+import torch
+
+from ..config import CONFIG_KEY, ModelConfig
+from ..errors import ConfigError, ExportError
+from .backends import Backend, Calibration, register
+
+RT_INFO = ["fastdpt", CONFIG_KEY.replace(".", "_")]  # where the canonical name travels in an IR file
+
+
+def _ov():
+    try:
+        import openvino as ov
+    except ImportError:
+        raise ConfigError("the openvino backend needs OpenVINO: pip install -e '.[openvino]'") from None
+    return ov
+
+
+def ov_bf16() -> bool:
+    """Whether OpenVINO runs bf16 natively on this CPU."""
+    return "BF16" in _ov().Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+
+
+def convert(model: torch.nn.Module, size: tuple[int, int]):
+    """An OpenVINO model of ``model`` for (1, 3, h, w) input, carrying the canonical name."""
+    ov = _ov()
+    model = model.float().eval()
+    x = torch.zeros(1, 3, *size)
+    with torch.no_grad():
+        om = ov.convert_model(model, example_input=x, input=[(1, 3, *size)])
+    om.set_rt_info(model.config.name, RT_INFO)
+    return om
+
+
+def ir_config(path: str | os.PathLike) -> ModelConfig:
+    """The variant an OpenVINO IR (``.xml``) or ONNX file exported by fastdpt was made from."""
+    path = Path(path)
+    if path.suffix == ".onnx":
+        from .export import onnx_config
+
+        return onnx_config(path)
+    if not path.is_file():
+        raise ExportError(f"OpenVINO model not found: {path}")
+    try:
+        om = _ov().Core().read_model(str(path))
+        name = om.get_rt_info(RT_INFO).astype(str)
+    except RuntimeError as e:
+        raise ExportError(f"{path} is not an OpenVINO model exported by fastdpt ({str(e).splitlines()[0][:120]})") from None
+    return ModelConfig.from_name(name)
+
+
+def save_ir(model: torch.nn.Module, path: str | os.PathLike, size: tuple[int, int] | None = None) -> Path:
+    """``fastdpt export --format openvino``: ``path`` (.xml) and its .bin, fp32 weights."""
+    path = Path(path)
+    if path.suffix != ".xml":
+        raise ExportError(f"an OpenVINO model is written as .xml (+ .bin), got {path.name}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _ov().save_model(convert(model, size or model.config.input_size), str(path), compress_to_fp16=False)
+    return path
+
+
+@register
+class OpenVinoBackend(Backend):
+    """OpenVINO on the CPU: a compiled model per network input size (see the module docstring)."""
+
+    name = "openvino"
+    precisions = ("fp32", "bf16", "int8")
+    extra = "openvino"
+
+    @classmethod
+    def missing(cls, device: str = "cpu") -> str | None:
+        if not device.startswith("cpu"):
+            return "the CPU (--device cpu): fastdpt runs OpenVINO on CPUs"
+        try:
+            import openvino  # noqa: F401
+        except ImportError:
+            return "OpenVINO (pip install -e '.[openvino]')"
+        return None
+
+    @classmethod
+    def create(cls, model, options, calibration=None):
+        return cls(model, options.precision, threads=options.threads, calibration=calibration)
+
+    def __init__(self, model: torch.nn.Module | None, precision: str = "fp32", path: str | os.PathLike | None = None,
+                 threads: int | None = None, calibration: Calibration | None = None) -> None:
+        super().__init__(torch.device("cpu"))
+        self.ov = _ov()
+        if precision not in self.precisions:
+            raise ConfigError(f"the openvino backend runs {', '.join(self.precisions)}, not {precision}")
+        if precision == "bf16" and not ov_bf16():
+            from .cpu import matrix_features
+
+            raise ConfigError("bf16 is not native on this CPU (OpenVINO reports no BF16; it needs AMX or AVX512-BF16, "
+                              f"found: {', '.join(matrix_features()) or 'none'}); use --precision auto or fp32")
+        if precision == "int8" and calibration is None and path is None:
+            raise ConfigError("int8 needs calibration inputs (representative frames); pass calibration=")
+        try:
+            import nncf  # noqa: F401
+        except ImportError:
+            if precision == "int8":
+                raise ConfigError("OpenVINO int8 needs NNCF: pip install -e '.[openvino]'") from None
+        self.model, self.precision, self.threads, self.calibration = model, precision, threads, calibration
+        self.core = self.ov.Core()
+        self.fixed_size: tuple[int, int] | None = None
+        if path is not None:
+            om = self.core.read_model(str(path))
+            shape = om.inputs[0].get_partial_shape()
+            if shape.is_dynamic:
+                raise ConfigError(f"{path} has a dynamic input shape; export it with a fixed size")
+            self.fixed_size = (int(shape[2].get_length()), int(shape[3].get_length()))
+            self._runners[self.fixed_size] = self._run_fn(self._compile(om))
+
+    def key(self, shape: torch.Size) -> Hashable:
+        return tuple(int(s) for s in shape[-2:])
+
+    def _compile(self, om):
+        config = {"INFERENCE_PRECISION_HINT": "bf16" if self.precision == "bf16" else "f32",
+                  "PERFORMANCE_HINT": "LATENCY"}
+        if self.threads:
+            config["INFERENCE_NUM_THREADS"] = int(self.threads)
+        return self.core.compile_model(om, "CPU", config)
+
+    def build(self, shape: torch.Size):
+        size = self.key(shape)
+        if self.model is None:
+            raise ConfigError(f"this OpenVINO model takes {self.fixed_size[0]}x{self.fixed_size[1]} input, "
+                              f"not {size[0]}x{size[1]}")
+        om = convert(self.model, size)
+        if self.precision == "int8":
+            import nncf
+
+            calib = [x.detach().cpu().numpy().astype(np.float32) for x in self.calibration(size)]
+            om = nncf.quantize(om, nncf.Dataset(calib), subset_size=len(calib))
+        return self._run_fn(self._compile(om))
+
+    def _run_fn(self, compiled):
+        request = compiled.create_infer_request()
+
+        def run(x: torch.Tensor) -> torch.Tensor:
+            xs = x.detach().cpu().numpy().astype(np.float32)
+            outs = [np.array(request.infer({0: xs[i:i + 1]})[0]) for i in range(len(xs))]  # graphs take batch 1
+            return torch.from_numpy(np.concatenate(outs))
+
+        return run

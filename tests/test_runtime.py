@@ -1,0 +1,161 @@
+"""The backend registry, RuntimeOptions and the `auto` choice, and each backend x precision against
+torch fp32 on a tiny variant.
+
+Tolerances: fp32 backends compute the same graph in float32 with other kernels and fusion orders, so
+they agree to 1e-4 relative. bf16 keeps 8 bits of mantissa (relative rounding ~4e-3 a value, growing
+through a dozen layers): median relative depth error 5e-2. int8 (calibrated, per-channel weights,
+per-tensor activations) on random weights is the loosest: median 0.25. The trained-model figures are
+in BENCHMARKS.md."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+import fastdpt
+from conftest import TINY_EFF
+from fastdpt.cli import app
+from fastdpt.data.synthetic import sample_frames
+from fastdpt.errors import ConfigError
+from fastdpt.runtime import (REGISTRY, RuntimeOptions, available_backends, backend_names, choose, native_bf16,
+                             native_int8)
+
+runner = CliRunner()
+FRAMES = sample_frames(3, size=(96, 320), seed=2)
+AMX = frozenset({"avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_int8", "amx_tile"})
+VNNI = frozenset({"avx2", "avx512f", "avx512_vnni"})
+AVX2 = frozenset({"avx2", "fma"})
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return fastdpt.create_model(TINY_EFF).eval()
+
+
+@pytest.fixture(scope="module")
+def reference(model):
+    pred = fastdpt.Predictor(model)
+    return [pred.predict(f).depth for f in FRAMES]
+
+
+def _median_rel(a, b) -> float:
+    return float(np.median(np.abs(a - b) / np.maximum(np.abs(b), 1e-6)))
+
+
+CASES = [("onnxruntime", "fp32", 1e-4), ("onnxruntime", "int8", 0.25), ("openvino", "fp32", 1e-4),
+         ("openvino", "int8", 0.25), ("openvino", "bf16", 5e-2), ("torch", "bf16", 5e-2)]
+
+
+@pytest.mark.parametrize("backend,precision,tol", CASES)
+def test_each_backend_and_precision_agrees_with_torch_fp32(model, reference, backend, precision, tol):
+    lack = REGISTRY[backend].missing("cpu")
+    if lack:
+        pytest.skip(f"{backend} needs {lack}")
+    if precision == "bf16" and not native_bf16():
+        with pytest.raises(ConfigError, match="(emulated|not native).*(AMX|AVX512-BF16)"):
+            fastdpt.Predictor(model, backend=backend, precision=precision)
+        pytest.skip("bf16 is emulated on this CPU (refused with one line, checked above)")
+    pred = fastdpt.Predictor(model, backend=backend, precision=precision, threads=2,
+                             calibration=sample_frames(4, size=(96, 320), seed=5) if precision == "int8" else None)
+    errors = [_median_rel(pred.predict(f).depth, r) for f, r in zip(FRAMES, reference)]
+    assert max(errors) < tol, errors
+    if precision == "fp32":
+        worst = max(float(np.max(np.abs(pred.predict(f).depth - r) / np.abs(r).max())) for f, r in zip(FRAMES, reference))
+        assert worst < tol
+    pred.close()
+
+
+@pytest.mark.parametrize("flags,available,calibration,expected", [
+    (AMX, {"torch", "onnxruntime", "openvino"}, False, ("openvino", "bf16")),
+    (AMX, {"torch", "onnxruntime"}, False, ("onnxruntime", "fp32")),
+    (AMX, {"torch"}, False, ("torch", "bf16")),
+    (VNNI, {"torch", "onnxruntime", "openvino"}, True, ("openvino", "int8")),
+    (VNNI, {"torch", "onnxruntime", "openvino"}, False, ("openvino", "fp32")),
+    (AVX2, {"torch", "onnxruntime", "openvino"}, True, ("openvino", "fp32")),
+    (AVX2, {"torch"}, False, ("torch", "fp32")),
+])
+def test_the_auto_choice_table_follows_the_cpu_flags(flags, available, calibration, expected):
+    c = choose("cpu", flags, available, calibration)
+    assert (c.backend, c.precision) == expected
+    assert c.why and c.line().startswith(f"auto: {expected[0]} {expected[1]}")
+    assert native_bf16(flags) == ("amx_bf16" in flags or "avx512_bf16" in flags)
+    assert native_int8(VNNI) and not native_int8(AVX2)
+    assert choose("cuda:0", flags, available).backend == "cudagraph"
+
+
+def test_auto_picks_a_backend_this_machine_has(model, reference):
+    pred = fastdpt.Predictor(model, backend="auto", precision="auto", threads=2)
+    assert pred.options.backend in available_backends("cpu") and pred.options.precision in ("fp32", "bf16")
+    assert pred.choice is not None and pred.choice.backend == pred.options.backend
+    if pred.options.precision == "fp32":
+        assert _median_rel(pred.predict(FRAMES[0]).depth, reference[0]) < 1e-4
+    # a precision given, the backend automatic: the first installed backend that runs it
+    opts, _ = RuntimeOptions("auto", "fp32").resolve()
+    assert opts.backend in available_backends("cpu") and "fp32" in REGISTRY[opts.backend].precisions
+
+
+def test_the_registry_is_what_the_command_line_offers(tmp_path):
+    assert set(backend_names()) == set(REGISTRY) | {"auto"}
+    assert {"torch", "compile", "cudagraph", "onnxruntime", "openvino"} <= set(REGISTRY)
+    ckpt = fastdpt.save_checkpoint(fastdpt.create_model(TINY_EFF), tmp_path / "m.safetensors")
+    img = tmp_path / "f.png"
+    from fastdpt.io import write_png
+    write_png(img, FRAMES[0])
+    r = runner.invoke(app, ["predict", str(img), "-m", str(ckpt), "--backend", "tensorrt", "-o", str(tmp_path / "o")])
+    assert r.exit_code == 2 and all(name in r.output for name in REGISTRY) and "auto" in r.output
+    r = runner.invoke(app, ["predict", str(img), "-m", str(ckpt), "--threads", "-1", "-o", str(tmp_path / "o")])
+    assert r.exit_code == 2 and "Traceback" not in r.output and "--threads" in r.output
+    # the default of the online commands is auto: the choice is printed with its reason
+    r = runner.invoke(app, ["predict", str(img), "-m", str(ckpt), "-o", str(tmp_path / "o2"), "--threads", "2"],
+                      env={"FASTDPT_BACKEND": "auto", "FASTDPT_PRECISION": "auto"})
+    assert r.exit_code == 0, r.output
+    assert "auto: " in r.output and (tmp_path / "o2").is_dir()
+
+
+def test_openvino_export_round_trips_its_name_and_refuses_what_it_cannot_run(tmp_path, model, reference):
+    if REGISTRY["openvino"].missing("cpu"):
+        pytest.skip("OpenVINO not installed")
+    ckpt = fastdpt.save_checkpoint(model, tmp_path / "m.safetensors")
+    r = runner.invoke(app, ["export", str(ckpt), "--format", "openvino", "-o", str(tmp_path / "m.xml")])
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "m.bin").is_file() and "max rel error" in r.output
+    from fastdpt.runtime import ir_config
+
+    assert ir_config(tmp_path / "m.xml") == model.config
+    pred = fastdpt.Predictor(tmp_path / "m.xml", backend="auto", precision="auto")
+    assert pred.options.backend == "openvino" and pred.config == model.config
+    assert _median_rel(pred.predict(FRAMES[0]).depth, reference[0]) < 1e-4
+    with pytest.raises(ConfigError, match="runs with backend 'openvino'"):
+        fastdpt.Predictor(tmp_path / "m.xml", backend="onnxruntime")
+    r = runner.invoke(app, ["export", str(ckpt), "--format", "openvino", "-o", str(tmp_path / "m.onnx")])
+    assert r.exit_code == 2 and ".xml" in r.output
+    r = runner.invoke(app, ["export", str(ckpt), "--format", "openvino", "-o", str(tmp_path / "m.xml")])
+    assert r.exit_code == 2 and "exists" in r.output  # never overwritten without --overwrite
+    # an IR file without fastdpt's name (another tool's model) is refused in one line
+    import openvino as ov
+
+    plain = ov.convert_model(model, example_input=torch.zeros(1, 3, *model.config.input_size))
+    ov.save_model(plain, str(tmp_path / "plain.xml"))
+    with pytest.raises(fastdpt.FastDPTError, match="not an OpenVINO model exported by fastdpt"):
+        fastdpt.Predictor(tmp_path / "plain.xml", backend="openvino")
+
+
+def test_bench_all_backends_and_stages(tmp_path):
+    import json
+
+    r = runner.invoke(app, ["bench", TINY_EFF.name, "--input-size", "96x320", "--backend", "all", "--runs", "1",
+                            "--warmup", "0", "--threads", "2", "--json", str(tmp_path / "b.json")])
+    assert r.exit_code == 0, r.output
+    rows = json.loads((tmp_path / "b.json").read_text())["rows"]
+    seen = {(row["backend"], row["precision"]) for row in rows}
+    assert ("torch", "fp32") in seen and {b for b, _ in seen} == available_backends("cpu") - {"compile"}
+    assert all(row["speedup"] > 0 for row in rows) and "cpu_features" in rows[0]
+    r = runner.invoke(app, ["bench", TINY_EFF.name, "--input-size", "96x320", "--stages", "--runs", "1", "--warmup",
+                            "0", "--threads", "2", "--json", str(tmp_path / "s.json")])
+    assert r.exit_code == 0, r.output
+    st = json.loads((tmp_path / "s.json").read_text())["rows"][0]
+    assert set(st["stages"]) == {"decode", "preprocess", "network", "postprocess", "colour", "encode"}
+    assert abs(sum(v["share"] for v in st["stages"].values()) - 1) < 1e-3
