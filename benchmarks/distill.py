@@ -84,6 +84,7 @@ def main() -> None:
     ap.add_argument("--frames", type=int, default=40, help="frames a drive")
     ap.add_argument("--teacher-steps", type=int, default=240)
     ap.add_argument("--student-steps", type=int, default=300)
+    ap.add_argument("--teacher1-steps", type=int, default=None, help="steps of the one-drive teacher (default: --teacher-steps)")
     ap.add_argument("--lr", type=float, default=3e-4)
     ap.add_argument("--quick", action="store_true", help="tiny everything: checks the script runs")
     args = ap.parse_args()
@@ -102,6 +103,7 @@ def main() -> None:
     clips = footage(data, out / "footage", [5, 6, 7, 8, 9])
     results: dict = {"machine": environment(), "threads": args.threads, "teacher": args.teacher, "student": args.student,
                      "frame_size": f"{size[0]}x{size[1]}", "teacher_steps": args.teacher_steps,
+                     "teacher1_steps": args.teacher1_steps or args.teacher_steps,
                      "student_steps": args.student_steps, "command": " ".join(sys.argv)}
 
     def stage(name: str) -> None:
@@ -124,7 +126,8 @@ def main() -> None:
                     "flicker": rep.get("flicker"), "times": rep["times"], "label_fps_here": rep["labels"]["fps"]}
     # B: one labelled drive
     stage("teacher on drive 1 alone")
-    teacher1 = train_on(data, out / "teacher-1drive", args.teacher, [1], [1], args.teacher_steps, 2, args.lr)
+    teacher1 = train_on(data, out / "teacher-1drive", args.teacher, [1], [1], args.teacher1_steps or args.teacher_steps,
+                        2, args.lr)
     stage("distilling it on drives 5-9 (5x the frames)")
     run_b = out / "distill-1drive"
     rep_b = json.loads((run_b / "report.json").read_text()) if (run_b / "report.json").is_file() else \
@@ -159,7 +162,7 @@ def markdown(r: dict) -> str:
     a, b = r["A"], r["B"]
     rows = [f"Machine: {r['machine']['processor']}, {r['threads']} torch threads, torch {r['machine']['torch']}, "
             f"Python {r['machine']['python']}. Frames {r['frame_size']}; teacher `{r['teacher']}` "
-            f"({r['teacher_steps']} steps), student `{r['student']}` ({r['student_steps']} steps). Command: "
+            f"({r['teacher_steps']} steps; the one-drive teacher {r.get('teacher1_steps', r['teacher_steps'])}), student `{r['student']}` ({r['student_steps']} steps). Command: "
             f"`{r['command']}` ({r['wall_s']:.0f} s in all).", "",
             "| drive 10 (held out, LiDAR-like GT, Garg crop) | AbsRel | RMSE | d1 |", "|---|---|---|---|"]
     for name, m in (("teacher (drives 1-3 labelled)", a["teacher"]), ("student distilled on drives 5-9", a["student"]),

@@ -15,7 +15,7 @@ import torch
 from typer.testing import CliRunner
 
 import fastdpt
-from conftest import TINY_EFF
+from conftest import TINY, TINY_EFF
 from fastdpt.cli import app
 from fastdpt.data.synthetic import sample_frames
 from fastdpt.errors import ConfigError
@@ -66,6 +66,18 @@ def test_each_backend_and_precision_agrees_with_torch_fp32(model, reference, bac
         worst = max(float(np.max(np.abs(pred.predict(f).depth - r) / np.abs(r).max())) for f, r in zip(FRAMES, reference))
         assert worst < tol
     pred.close()
+
+
+def test_openvino_runs_the_resnet_variants():
+    """DPT-Hybrid's ResNet-50 stem (OpenVINO's direct PyTorch conversion crashed its CPU plugin on it;
+    the backend converts through the ONNX export)."""
+    if REGISTRY["openvino"].missing("cpu"):
+        pytest.skip("OpenVINO not installed")
+    model = fastdpt.create_model(TINY).eval()
+    frame = FRAMES[0][:64, :96]
+    ref = fastdpt.Predictor(model).predict(frame).depth
+    got = fastdpt.Predictor(model, backend="openvino", threads=2).predict(frame).depth
+    assert float(np.max(np.abs(got - ref)) / np.abs(ref).max()) < 1e-4
 
 
 @pytest.mark.parametrize("flags,available,calibration,expected", [

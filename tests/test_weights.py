@@ -128,6 +128,22 @@ def test_preset_found_in_cache(tmp_path, monkeypatch):
     assert resolve_weights("dpt-hybrid-nyu", allow_download=False) == tmp_path / src.file
 
 
+def test_a_damaged_cached_file_is_found_by_verify(tmp_path):
+    """A cached file is trusted without re-hashing (seconds for 500 MB on every load); `weights --verify`
+    hashes it on demand and names the mismatch in one line."""
+    from typer.testing import CliRunner
+
+    from fastdpt.cli import app
+
+    src = OFFICIAL_WEIGHTS["dpt-hybrid-kitti"]
+    (tmp_path / src.file).write_bytes(b"truncated download")
+    r = CliRunner().invoke(app, ["weights", "dpt-hybrid-kitti", "--cache", str(tmp_path)])
+    assert r.exit_code == 0 and src.file in r.output  # trusted as cached
+    r = CliRunner().invoke(app, ["weights", "dpt-hybrid-kitti", "--cache", str(tmp_path), "--verify"])
+    digest = hashlib.sha256(b"truncated download").hexdigest()
+    assert r.exit_code == 2 and digest[:8] in r.output and src.sha256_prefix in r.output and "delete it" in r.output
+
+
 def test_download_checks_sha256_prefix(tmp_path):
     payload = tmp_path / "remote.bin"
     payload.write_bytes(b"official bytes" * 1000)

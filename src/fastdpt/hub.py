@@ -136,6 +136,22 @@ def resolve_weights(preset: str, weights: str | os.PathLike | None = None, cache
         raise WeightsNotFoundError(f"could not download weights for {preset!r} ({e}): {how}") from None
 
 
+def verify_weights(preset: str, path: str | os.PathLike) -> Path:
+    """Hash a preset's weights file and check it against the sha256 prefix its official name carries
+    (``fastdpt weights PRESET --verify``); a cached file is otherwise trusted without re-hashing."""
+    from .errors import WeightsError
+
+    src = OFFICIAL_WEIGHTS.get(preset)
+    path = Path(path)
+    if src is None or not src.sha256_prefix:
+        raise WeightsError(f"{preset!r} has no pinned hash to verify against")
+    digest = sha256_file(path)
+    if not digest.startswith(src.sha256_prefix):
+        raise WeightsError(f"{path} does not match its pinned sha256 ({digest[:8]} != {src.sha256_prefix}): it is damaged "
+                           "or another file; delete it to download it again")
+    return path
+
+
 def hub_weights(repo: str, cache: str | os.PathLike | None = None) -> Path:
     """A Hugging Face hub repository's weight file (``pip install -e '.[hub]'``), e.g.
     ``Intel/dpt-hybrid-midas``; safetensors preferred, a torch pickle read safely otherwise."""

@@ -142,14 +142,19 @@ def weights(
     preset: Optional[str] = typer.Argument(None, help="dpt-hybrid-midas | dpt-hybrid-kitti | dpt-hybrid-nyu"),
     hub: Optional[str] = typer.Option(None, "--hub", help="a Hugging Face repository instead, e.g. Intel/dpt-hybrid-midas"),
     cache: Optional[Path] = typer.Option(None, "--cache", help="cache folder (default $FASTDPT_CACHE or ~/.cache/fastdpt)"),
+    verify: bool = typer.Option(False, "--verify", help="hash the (cached) file again and check its pinned sha256"),
 ) -> None:
     """Download a preset's official weights (sha256-checked), or a Hugging Face repository's, and print the path."""
-    from ..hub import hub_weights, resolve_weights
+    from ..hub import hub_weights, resolve_weights, verify_weights
 
     if (preset is None) == (hub is None):
         raise ConfigError("name a preset or give --hub REPO (one of the two)")
     with console.status(f"fetching {preset or hub}"):
         path = resolve_weights(preset, cache=cache) if preset else hub_weights(hub, cache=cache)
+    if verify and preset:
+        with console.status(f"hashing {path}"):
+            verify_weights(preset, path)
+        console.print(f"{path}: sha256 matches", highlight=False)
     out.print(str(path), highlight=False)
 
 

@@ -1,7 +1,7 @@
 """The OpenVINO backend (``pip install -e '.[openvino]'``): Intel's CPU runtime, which uses AMX and
 AVX-512 BF16/VNNI where the processor has them (and is fast on AMD too).
 
-A torch model is converted per network input size with ``openvino.convert_model`` (no file written);
+A torch model is converted per network input size through the ONNX export (a temporary file);
 an ``.xml`` (OpenVINO IR from ``fastdpt export --format openvino``) or ``.onnx`` file is read as it
 is, with its fixed input size. Precisions: fp32; bf16 (``INFERENCE_PRECISION_HINT``, only where the
 CPU runs bf16 natively); int8 (post-training quantisation with NNCF on calibration frames, as the ONNX
@@ -38,14 +38,19 @@ def ov_bf16() -> bool:
 
 
 def convert(model: torch.nn.Module, size: tuple[int, int]):
-    """An OpenVINO model of ``model`` for (1, 3, h, w) input, carrying the canonical name."""
+    """An OpenVINO model of ``model`` for (1, 3, h, w) input, carrying the canonical name. Through the
+    project's ONNX export (a temporary file, removed at once): OpenVINO's direct PyTorch conversion
+    traces the ResNet-50 variants into a graph its CPU plugin crashes on (2026.4), the ONNX one runs."""
+    import tempfile
+
+    from .export import export_onnx
+
     ov = _ov()
-    model = model.float().eval()
-    x = torch.zeros(1, 3, *size)
-    with torch.no_grad():
-        om = ov.convert_model(model, example_input=x, input=[(1, 3, *size)])
-    om.set_rt_info(model.config.name, RT_INFO)
-    return om
+    with tempfile.TemporaryDirectory(prefix="fastdpt-ov-") as tmp:
+        path = export_onnx(model.float().eval(), Path(tmp) / "model.onnx", tuple(size))
+        om = ov.Core().read_model(str(path))
+        om.set_rt_info(model.config.name, RT_INFO)
+        return ov.clone_model(om) if hasattr(ov, "clone_model") else om
 
 
 def ir_config(path: str | os.PathLike) -> ModelConfig:

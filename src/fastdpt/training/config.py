@@ -69,6 +69,9 @@ class TrainConfig:
     checkpoint_every: int = option("also save the resume state every N optimiser steps (0: epoch ends only)", 0)
     max_time_s: float | None = option("stop after this much training time, seconds", None)
     tracking_uri: str | None = option("MLflow tracking URI (default: SQLite in the run folder)")
+    log_checkpoints: bool = option("also copy the checkpoints into MLflow's artefact store (by default it records "
+                                   "their paths: one copy on disk)", False,
+                                   flags=("--log-checkpoints/--no-log-checkpoints",))
     accelerator: str = option("Lightning accelerator: auto | cpu | gpu", "auto")
     devices: str = option("Lightning devices: auto, a count, or a list", "auto")
     progress: bool = option("show a progress bar", True, flags=("--progress/--no-progress",))

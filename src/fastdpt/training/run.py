@@ -221,13 +221,14 @@ def _fit(L, cfg: TrainConfig, run: Path, resume: bool, callbacks, logger, module
               "epochs": trainer.current_epoch, "global_step": trainer.global_step, "run": str(run)}
     if trainer.is_global_zero:
         if logger:
-            _log_artifacts(logger, run, module, data.val_ds)
+            _log_artifacts(logger, run, module, data.val_ds, cfg.log_checkpoints)
         (run / "result.json").write_text(json.dumps(result, indent=1))
     return result
 
 
-def _log_artifacts(logger, run: Path, module, val_ds) -> None:
-    """Checkpoints and a few validation predictions (colour maps) as MLflow artefacts."""
+def _log_artifacts(logger, run: Path, module, val_ds, copy_checkpoints: bool = False) -> None:
+    """The checkpoints' paths as MLflow tags (``checkpoint.best``, ``checkpoint.last``; copies as
+    artefacts only with ``copy_checkpoints``), and a few validation predictions (colour maps)."""
     from PIL import Image
 
     from ..viz import colorize
@@ -237,7 +238,9 @@ def _log_artifacts(logger, run: Path, module, val_ds) -> None:
         return
     for name in ("last.safetensors", "best.safetensors"):
         if (run / name).is_file():
-            exp.log_artifact(run_id, str(run / name), "checkpoints")
+            exp.set_tag(run_id, f"checkpoint.{name.split('.')[0]}", str((run / name).resolve()))
+            if copy_checkpoints:
+                exp.log_artifact(run_id, str(run / name), "checkpoints")
     preview = run / "previews"
     preview.mkdir(exist_ok=True)
     module.eval()
