@@ -214,8 +214,10 @@ def test_distilled_student_agrees_with_the_teacher(tmp_path, data, teacher, fram
                                    "-o", str(tmp_path / "pred")])
     assert res.exit_code == 0, res.output
     res = CliRunner().invoke(app, ["bench", str(out / "student.safetensors"), "--input-size", "96x320", "--runs", "1",
-                                   "--warmup", "0", "--threads", "2"])
-    assert res.exit_code == 0 and "student.safetensors" in res.output, res.output
+                                   "--warmup", "0", "--threads", "2", "--json", str(tmp_path / "b.json")])
+    assert res.exit_code == 0, res.output
+    row = json.loads((tmp_path / "b.json").read_text())["rows"][0]
+    assert row["name"] == str(out / "student.safetensors") and row["canonical"] == student.config.name
     # a second run into the same folder is refused; --resume finds everything done and trains nothing
     with pytest.raises(DistillError, match="already holds a distillation"):
         distill(cfg, log=lambda m: None)

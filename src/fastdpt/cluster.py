@@ -9,14 +9,11 @@ cannot be reached is one line naming the address, Ray's reason, and what to chec
 from __future__ import annotations
 
 import os
+import time
 from contextlib import contextmanager
 from typing import Iterator
 
-from .errors import FastDPTError
-
-
-class ClusterError(FastDPTError):
-    """A Ray cluster cannot be reached or started."""
+from .errors import ClusterError
 
 
 def ray_module():
@@ -37,7 +34,14 @@ def ray_session(address: str | None = None, num_cpus: int | None = None, num_gpu
         return
     try:
         if address:
-            ray.init(address=address, log_to_driver=verbose > 0, logging_level="ERROR")
+            for attempt in range(3):  # a head that just started (or a loaded machine) may answer late
+                try:
+                    ray.init(address=address, log_to_driver=verbose > 0, logging_level="ERROR")
+                    break
+                except ConnectionError:
+                    if attempt == 2:
+                        raise
+                    time.sleep(2.0)
         else:
             import torch
 

@@ -44,3 +44,15 @@ class TrainingError(FastDPTError):
 
 class NonFiniteLossError(TrainingError):
     """The training loss became inf or nan."""
+
+
+class ClusterError(FastDPTError):
+    """A Ray cluster that cannot be reached or started."""
+
+
+class LabelError(FastDPTError):
+    """A label folder that cannot be used as asked (another teacher's labels, another run)."""
+
+
+class DistillError(FastDPTError):
+    """A distillation that cannot run as asked."""

@@ -33,7 +33,7 @@ from typing import Callable
 import numpy as np
 
 from ..data.kitti import SplitEntry, write_split
-from ..errors import DataError, FastDPTError, WeightsNotFoundError
+from ..errors import DataError, LabelError, WeightsNotFoundError
 from ..io import atomic_write, read_image, write_depth_png, write_png
 from .sources import SampleCounts, Sampled, sample
 
@@ -41,10 +41,6 @@ FORMAT = "fastdpt-labels/1"
 DATE = "distill"
 RELATIVE_MEDIAN = 10.0
 NOMINAL_FOCAL = 0.8  # x image width, when a source has no calibration (recorded as such)
-
-
-class LabelError(FastDPTError):
-    """A label folder that cannot be used as asked (another teacher's labels, another run)."""
 
 
 # -- the teacher ---------------------------------------------------------------------------------------
@@ -383,9 +379,13 @@ class Labeller:
     def label(self, frames: list[bytes], hflip: bool) -> list[np.ndarray]:
         from ..io import decode_image
 
-        if self.fail_once and not os.path.exists(self.fail_once):  # fault injection for tests
-            Path(self.fail_once).touch()
-            raise RuntimeError("injected labelling failure")
+        if self.fail_once:  # fault injection for tests: the first shard on any worker fails, once
+            try:
+                os.close(os.open(self.fail_once, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+            except FileExistsError:
+                pass
+            else:
+                raise RuntimeError("injected labelling failure")
         return [to_label(teacher_depth(self.predictor, decode_image(b, label="frame"), hflip), self.kind) for b in frames]
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from ..data.kitti import read_split
+from ..errors import DistillError
 from ..evaluation.metrics import METRIC_KEYS, Protocol
 from ..evaluation.protocol import best_constant, evaluate
 from ..evaluation.temporal import flicker
@@ -93,8 +94,6 @@ def build_report(cfg, teacher: Teacher, labels: LabelSet, student_path: Path, st
         entries = read_split(cfg.gt_split)
         gt_raw = cfg.gt_raw_root or _kitti_root(cfg.frames)
         if gt_raw is None:
-            from .run import DistillError
-
             raise DistillError("--gt-split needs the raw root of its images: pass --gt-raw-root")
         p_student = Protocol(align=student.config.output_kind == "relative")
         p_teacher = Protocol(align=teacher.kind == "relative")

@@ -19,16 +19,12 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Callable
 
-from ..errors import ConfigError, FastDPTError
+from ..errors import ConfigError, DistillError
 from ..io import atomic_write
 from ..training.config import option
-from .labels import LabelError, LabelSet, Teacher, label, prepare, resolve_teacher
+from .labels import LabelSet, Teacher, label, prepare, resolve_teacher
 
 DEFAULT_STUDENT = "fast-effb0-f64-192x640"
-
-
-class DistillError(FastDPTError):
-    """A distillation that cannot run as asked."""
 
 
 @dataclass
