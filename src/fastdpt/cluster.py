@@ -24,6 +24,23 @@ def ray_module():
     return ray
 
 
+def _check_reachable(address: str, timeout: float = 5.0) -> None:
+    """A ``host:port`` nobody answers on fails at once (Ray itself keeps trying for minutes)."""
+    import socket
+
+    if address == "auto" or "://" in address or ":" not in address:
+        return
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+            return
+    except ValueError:
+        raise ClusterError(f"--address {address!r} is not host:port (or auto, or ray://host:10001)") from None
+    except OSError as e:
+        raise ClusterError(f"cannot reach the Ray cluster at {address!r} ({e.strerror or e}); check that `ray start "
+                           "--head` runs there, and the node IP and port it printed") from None
+
+
 @contextmanager
 def ray_session(address: str | None = None, num_cpus: int | None = None, num_gpus: int | None = None,
                 verbose: int = 1) -> Iterator[object]:
@@ -32,6 +49,8 @@ def ray_session(address: str | None = None, num_cpus: int | None = None, num_gpu
     if ray.is_initialized():
         yield ray
         return
+    if address:
+        _check_reachable(address)
     try:
         if address:
             for attempt in range(3):  # a head that just started (or a loaded machine) may answer late
