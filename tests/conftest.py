@@ -251,15 +251,8 @@ def ray_head(cpus: int = 2):
             if time.monotonic() > deadline:
                 raise RuntimeError("the Ray head did not come up in 90 s")
             time.sleep(0.5)
-        address = f"127.0.0.1:{port}"
-        while True:  # and the head answers a client (its raylet registered): on a loaded machine this takes a while
-            probe = subprocess.run([ray, "status", "--address", address], capture_output=True, env=env, timeout=120)
-            if probe.returncode == 0:
-                break
-            if time.monotonic() > deadline or proc.poll() is not None:
-                raise RuntimeError(f"the Ray head at {address} does not answer: {probe.stderr.decode()[-500:]}")
-            time.sleep(1.0)
-        yield address
+        time.sleep(3.0)  # the raylet registers after the GCS answers (ray_session also retries a late head)
+        yield f"127.0.0.1:{port}"
     finally:
         os.killpg(proc.pid, signal.SIGTERM)  # --block: ray start stops the head's processes on SIGTERM
         try:
