@@ -108,12 +108,11 @@ def teacher_predictor(t: Teacher, device: str = "cpu", threads: int | None = Non
         torch.set_num_threads(threads)
     if device.startswith("cuda"):
         options = RuntimeOptions("cudagraph", "bf16", device)
-    else:
-        options = RuntimeOptions(backend, "auto" if backend in ("auto", "torch", "openvino") else "fp32", device, threads)
-    if t.onnx:
+    else:  # auto precision: the best the backend runs natively here (fp32 without bf16 units)
+        options = RuntimeOptions(backend, "auto", device, threads)
+    if t.onnx or read_is_checkpoint(t.weights):  # the file carries its variant
         return Predictor(t.weights, options=options)
-    checkpoint = read_is_checkpoint(t.weights)
-    return Predictor(t.weights if checkpoint else t.source, None if checkpoint else t.weights, options=options)
+    return Predictor(t.source, t.weights, options=options)
 
 
 def read_is_checkpoint(path: str) -> bool:

@@ -125,11 +125,9 @@ def build_report(cfg, teacher: Teacher, labels: LabelSet, student_path: Path, st
 
 
 def _kitti_root(sources) -> str | None:
-    for s in sources:
-        p = Path(s)
-        if p.is_dir() and (any(p.glob("*/*_sync/image_02/data")) or any(p.glob("*_sync/image_02/data"))):
-            return str(p)
-    return None
+    from .sources import is_kitti_raw
+
+    return next((str(s) for s in sources if Path(s).is_dir() and is_kitti_raw(Path(s))), None)
 
 
 def _machine(threads: int) -> dict:

@@ -67,7 +67,8 @@ def _safe(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-.") or "seq"
 
 
-def _is_kitti_raw(root: Path) -> bool:
+def is_kitti_raw(root: Path) -> bool:
+    """A KITTI raw root: ``<date>/<drive>_sync/image_02/data`` (or the drives directly)."""
     return any(root.glob("*/*_sync/image_02/data")) or any(root.glob("*_sync/image_02/data"))
 
 
@@ -96,7 +97,7 @@ def discover(sources: list[str | os.PathLike]) -> list[Sequence]:
             if not looks_like_video(p):
                 raise DataError(f"{p} is not a video file (by its content); pass videos, image folders or a KITTI raw root")
             add("video", p, p.stem)
-        elif _is_kitti_raw(p):
+        elif is_kitti_raw(p):
             for data in sorted(p.glob("*/*_sync/image_02/data")) + sorted(p.glob("*_sync/image_02/data")):
                 files = sorted(f for f in data.iterdir() if f.suffix.lower() == ".png" and f.stem.isdigit())
                 if not files:
