@@ -16,7 +16,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "fastdpt"
 
 # lower layers first; a unit imports only from layers below its own
 LAYERS = [
-    ["errors"],
+    ["errors", "_lazy"],
     ["config"],
     ["presets", "hub", "viz", "losses", "cluster"],
     ["models", "io", "transforms"],

@@ -1,14 +1,15 @@
 """fastdpt: online monocular depth estimation with efficient Dense Prediction Transformers."""
 
-from .api import create_model, load
+from ._lazy import lazy_attributes
 from .config import ModelConfig, Preprocessing
 from .errors import FastDPTError
-from .models import DPT
-from .predict import DepthResult, Predictor
 from .presets import get_config, list_models
-from .runtime import RuntimeOptions
-from .transforms import Transforms
-from .weights import save_checkpoint, warm_start
+
+# torch, timm and the runtimes load on first use of these
+__getattr__ = lazy_attributes(__name__, {
+    "create_model": ".api", "load": ".api", "DPT": ".models", "DepthResult": ".predict", "Predictor": ".predict",
+    "RuntimeOptions": ".runtime", "Transforms": ".transforms", "save_checkpoint": ".weights", "warm_start": ".weights",
+})
 
 __version__ = "0.1.0"
 __all__ = [

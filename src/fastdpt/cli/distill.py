@@ -8,7 +8,7 @@ from typing import Annotated, List, Optional
 
 import typer
 
-from ..distill.run import DistillConfig
+from ..distill.config import DistillConfig
 from .common import console, dataclass_command, one_line_errors, out
 
 

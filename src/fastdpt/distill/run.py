@@ -15,96 +15,14 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
 
-from ..errors import ConfigError, DistillError
+from ..errors import DistillError
 from ..io import atomic_write
-from ..training.config import option
+from .config import RESUME_MAY_CHANGE, DistillConfig
 from .labels import LabelSet, Teacher, label, prepare, resolve_teacher
-
-DEFAULT_STUDENT = "fast-effb0-f64-192x640"
-
-
-@dataclass
-class DistillConfig:
-    """Everything a distillation needs; stored as ``distill.json`` in the run folder."""
-
-    teacher: str = option("teacher: a preset with weights (dpt-hybrid-kitti ...), a fastdpt checkpoint or an "
-                        "exported .onnx", required=True)
-    out: str = option("run folder", required=True)
-    frames: tuple = option("video files, image folders (recursive) or KITTI raw roots", (), required=True)
-    student: str = option("student variant (preset or canonical name)", DEFAULT_STUDENT)
-    teacher_weights: str | None = option("weights file for a preset teacher (else the cache or a download)")
-    val_frames: tuple = option("sources held out for validation (default: the last sequences, or a single "
-                             "sequence's tail)", ())
-    gt_root: str | None = option("annotated depth root: also score student and teacher against ground truth")
-    gt_split: str | None = option("split list of the ground-truth frames (with --gt-root)")
-    gt_raw_root: str | None = option("raw root of --gt-split's images (default: the KITTI raw root among --frames)")
-    every: int = option("keep every K-th frame", 1)
-    max_frames: int | None = option("label at most N frames")
-    duplicate_level: float = option("skip a frame whose 32-px grey thumbnail differs from the last kept one by "
-                                  "less than this many grey levels (0: keep all)", 1.0)
-    val_fraction: float = option("fraction of frames held out (whole sequences)", 0.2)
-    hflip: bool = option("average the teacher over the frame and its mirror image", False, flags=("--hflip/--no-hflip",))
-    steps: int | None = option("optimiser steps of the student (default: --epochs)")
-    epochs: int | None = option("epochs of the student (default 10 when --steps is not given)")
-    batch_size: int = option("batch size", 4)
-    lr: float = option("AdamW learning rate (a new decoder learns fastest near 5e-4..1e-3)", 5e-4)
-    trim: float = option("leave out each label's largest-loss pixels (fraction)", 0.1)
-    grad_weight: float = option("gradient-matching weight beside SILog (metric teachers)", 0.5)
-    warm_start: bool = option("warm-start the student from the teacher's tensors where names and shapes fit", True,
-                            flags=("--warm-start/--no-warm-start",))
-    workers: int = option("labelling workers (more than 1, or --address: Ray actors, each holding the teacher)", 1)
-    address: str | None = option("Ray cluster address for labelling (ray start --head; default: this machine)")
-    threads: int | None = option("torch threads (labelling, training, the speed comparison)")
-    teacher_backend: str = option("the teacher's CPU backend for labelling (auto: the fastest this machine runs)", "auto")
-    data_workers: int = option("data loader processes of the student's training", 2)
-    seed: int = option("random seed", 0)
-    bench_runs: int = option("timed runs of each model for the speed-up (interleaved)", 5)
-    flicker_frames: int = option("frames a held-out sequence for the flicker comparison (0: off)", 40)
-    tracking_uri: str | None = option("MLflow tracking URI (default: SQLite in the run folder)")
-    progress: bool = option("show progress", True, flags=("--progress/--no-progress",))
-
-    def __post_init__(self) -> None:
-        if not self.teacher or not self.out:
-            raise ConfigError("a distillation needs a teacher (--teacher) and a run folder (--out)")
-        self.frames = tuple(str(f) for f in (self.frames or ()))
-        self.val_frames = tuple(str(f) for f in (self.val_frames or ()))
-        for name in ("every", "batch_size", "workers", "bench_runs"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
-        for name in ("steps", "epochs", "max_frames", "threads"):
-            v = getattr(self, name)
-            if v is not None and v < 1:
-                raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {v}")
-        if self.steps is not None and self.epochs is not None:
-            raise ConfigError("give --steps or --epochs, not both")
-        if not 0 < self.val_fraction < 1:
-            raise ConfigError(f"--val-fraction must be in (0, 1), got {self.val_fraction}")
-        if not 0 <= self.trim < 1:
-            raise ConfigError(f"--trim must be in [0, 1), got {self.trim}")
-        if (self.gt_root is None) != (self.gt_split is None):
-            raise ConfigError("--gt-root and --gt-split go together")
-        if not self.lr > 0:
-            raise ConfigError(f"--lr must be positive, got {self.lr}")
-
-    def as_dict(self) -> dict:
-        d = asdict(self)
-        d["frames"], d["val_frames"] = list(self.frames), list(self.val_frames)
-        return d
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "DistillConfig":
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
-
-
-# what a resume may change (everything else is the run's)
-RESUME_MAY_CHANGE = {"steps", "epochs", "workers", "address", "threads", "teacher_backend", "data_workers", "bench_runs", "progress",
-                     "tracking_uri", "flicker_frames", "gt_root", "gt_split", "gt_raw_root"}
-
 
 def check_pair(teacher: Teacher, student: str) -> str:
     """The loss the student learns with, or a refusal when its head cannot learn from the teacher."""

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
-from ..data.kitti import kb_uncrop
 from ..errors import ConfigError, DataError
+
+if TYPE_CHECKING:  # torch loads when a score is computed, not when options are checked
+    import torch
 
 METRIC_KEYS = ("d1", "d2", "d3", "abs_rel", "sq_rel", "rmse", "rmse_log", "silog", "log10")
 CROPS = ("garg", "eigen", None)
@@ -59,6 +61,8 @@ def crop_mask(height: int, width: int, crop: str | None) -> np.ndarray:
 
 def compute_errors(gt: torch.Tensor | np.ndarray, pred: torch.Tensor | np.ndarray) -> dict[str, float]:
     """The nine metrics over matching 1-D arrays of valid pixels (float64)."""
+    import torch
+
     gt = torch.as_tensor(gt, dtype=torch.float64)
     pred = torch.as_tensor(pred, dtype=torch.float64)
     if gt.numel() == 0:
@@ -98,6 +102,8 @@ def score_image(pred: np.ndarray, gt: np.ndarray, crop: str | None = "garg", kb_
     gt = np.asarray(gt, dtype=np.float32)
     pred = np.asarray(pred, dtype=np.float32)
     if kb_cropped:
+        from ..data.kitti import kb_uncrop
+
         pred = kb_uncrop(pred, *gt.shape)
     if pred.shape != gt.shape:
         raise DataError(f"prediction {pred.shape} and ground truth {gt.shape} differ in size")

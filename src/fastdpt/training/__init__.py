@@ -4,7 +4,9 @@ the LightningDataModule (datamodule), checkpoint callbacks (callbacks), and ``tr
 Only ``config`` and ``run`` import without Lightning installed; ``train`` says how to install it.
 """
 
+from .._lazy import lazy_attributes
 from .config import TrainConfig
-from .run import train
+
+__getattr__ = lazy_attributes(__name__, {"train": ".run"})  # Lightning loads when training starts
 
 __all__ = ["TrainConfig", "train"]

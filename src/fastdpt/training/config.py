@@ -7,10 +7,13 @@ these fields, so the command line and the library cannot drift apart.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
+from typing import TYPE_CHECKING
 
-from ..data.kitti import DataPaths
 from ..errors import ConfigError
 from ..evaluation.metrics import METRIC_KEYS, Protocol
+
+if TYPE_CHECKING:  # the data module imports torch; options are checked without it
+    from ..data.kitti import DataPaths
 
 
 def option(help: str, default=None, flags: tuple[str, ...] | None = None, required: bool = False):
@@ -111,6 +114,8 @@ class TrainConfig:
         return Protocol(crop=self.eval_crop, kb_crop=self.kb_crop, align=get_config(self.model).metric is None)
 
     def paths(self) -> DataPaths:
+        from ..data.kitti import DataPaths
+
         return DataPaths.resolve(self.data_root, self.raw_root, self.gt_root, train_split=self.train_split,
                                  val_split=self.val_split)
 
