@@ -25,10 +25,10 @@ def test_device_colour_maps_equal_the_numpy_ones():
             got = DeviceColorizer(cmap)(torch.from_numpy(d), kind).numpy()
             for b in range(3):
                 np.testing.assert_array_equal(got[b], colorize(d[b], kind, cmap), err_msg=f"{cmap} {kind} {b}")
-            f32 = DeviceColorizer(cmap, dtype=torch.float32)(torch.from_numpy(d), kind).numpy()
+            f64 = DeviceColorizer(cmap, dtype=torch.float64)(torch.from_numpy(d), kind).numpy()
             lut = DeviceColorizer(cmap).lut.numpy().astype(int)
-            steps = np.abs(lut[1:] - lut[:-1]).max()  # the float32 path may take the neighbouring entry
-            assert np.abs(f32.astype(int) - got.astype(int)).max() <= steps
+            steps = np.abs(lut[1:] - lut[:-1]).max()  # float64 may take the neighbouring entry
+            assert np.abs(f64.astype(int) - got.astype(int)).max() <= steps
 
 
 def test_weights_cast_once_with_float32_norms():

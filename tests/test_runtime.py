@@ -173,3 +173,50 @@ def test_bench_all_backends_and_stages(tmp_path):
     st = json.loads((tmp_path / "s.json").read_text())["rows"][0]
     assert set(st["stages"]) == {"decode", "preprocess", "network", "postprocess", "colour", "encode"}
     assert abs(sum(v["share"] for v in st["stages"].values()) - 1) < 1e-3
+
+
+def test_an_onnx_file_whose_metadata_names_another_size_fails_at_load(tmp_path, model):
+    # it loaded and then skipped every image; it is refused when opened, for both runtimes that read it
+    import onnx
+
+    from fastdpt.config import CONFIG_KEY
+    from fastdpt.runtime import export_onnx
+
+    path = export_onnx(model, tmp_path / "m.onnx")
+    assert fastdpt.Predictor(path, backend="onnxruntime").config == model.config
+    proto = onnx.load(str(path))
+    other = model.config.replace(input_size=(model.config.input_size[0] * 2, model.config.input_size[1]))
+    next(p for p in proto.metadata_props if p.key == CONFIG_KEY).value = other.name
+    onnx.save(proto, str(tmp_path / "edited.onnx"))
+    for backend in ("onnxruntime", "openvino"):
+        if REGISTRY[backend].missing("cpu"):
+            continue
+        with pytest.raises(ConfigError, match=r"graph takes \d+x\d+ input but its metadata names"):
+            fastdpt.Predictor(tmp_path / "edited.onnx", backend=backend)
+
+
+def test_an_onnx_graph_whose_external_data_escapes_its_folder_is_one_line(tmp_path):
+    # ONNX Runtime refuses it with pages of context; the user gets one line naming the file
+    from onnx import TensorProto, helper, numpy_helper
+
+    from fastdpt.config import CONFIG_KEY
+    from fastdpt.errors import WeightsError
+
+    w = numpy_helper.from_array(np.ones(96, np.float32), "w")  # broadcasts over the last axis
+    w.ClearField("raw_data")
+    w.data_location = TensorProto.EXTERNAL
+    for key, value in (("location", "../../outside.bin"), ("offset", "0"), ("length", "384")):
+        entry = w.external_data.add()
+        entry.key, entry.value = key, value
+    graph = helper.make_graph([helper.make_node("Add", ["image", "w"], ["depth"])], "g",
+                              [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, 64, 96])],
+                              [helper.make_tensor_value_info("depth", TensorProto.FLOAT, [1, 3, 64, 96])], [w])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = CONFIG_KEY, TINY.name
+    (tmp_path / "m").mkdir()
+    path = tmp_path / "m" / "evil.onnx"
+    path.write_bytes(proto.SerializeToString())
+    with pytest.raises(WeightsError, match=r"ONNX Runtime cannot load .*evil\.onnx: .*escapes") as e:
+        fastdpt.Predictor(path, backend="onnxruntime")
+    assert "\n" not in str(e.value)

@@ -9,16 +9,16 @@ from __future__ import annotations
 import os
 import threading
 from dataclasses import dataclass, replace
-from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 import torch
 
-from .config import ModelConfig
-from .errors import ConfigError
 from .io import read_image
 from .transforms import Transforms, frame_size
+
+if TYPE_CHECKING:
+    from .runtime import RuntimeOptions
 
 
 @dataclass
@@ -60,30 +60,19 @@ class Predictor:
                  threads: int | None = None, calibration: Sequence[np.ndarray] | None = None,
                  resize: str = "auto", channels_last: bool = False, compile_mode: str | None = None,
                  options: "RuntimeOptions | None" = None) -> None:
-        from .runtime import OpenVinoBackend, OrtBackend, RuntimeOptions, ir_config, make_backend
+        from .runtime import RuntimeOptions, make_backend
+        from .runtime.exported import exported_options, is_exported, open_exported
 
         opts = options or RuntimeOptions(backend, precision, str(device), threads, compile_mode, channels_last)
         path = None if isinstance(model, torch.nn.Module) else str(model)
-        if path is not None and path.endswith((".onnx", ".xml")):  # exported files run where they can
-            if opts.backend == "auto":
-                from .runtime import available_backends
-
-                have = available_backends(opts.device)
-                opts = replace(opts, backend="openvino" if "openvino" in have or path.endswith(".xml") else "onnxruntime")
-            if opts.precision == "auto":
-                opts = replace(opts, precision="fp32")
+        if is_exported(path):
+            opts = exported_options(path, opts)
         opts, self.choice = opts.resolve(calibration is not None)
         self.options = opts
         self.device = torch.device(opts.device)
-        if path is not None and path.endswith((".onnx", ".xml")):
-            if opts.backend not in ("onnxruntime", "openvino") or (path.endswith(".xml") and opts.backend != "openvino"):
-                raise ConfigError(f"{Path(path).name} runs with backend 'openvino'"
-                                  + ("" if path.endswith(".xml") else " or 'onnxruntime'"))
+        if is_exported(path):
             self.model = None
-            self.config: ModelConfig = ir_config(path)
-            self.backend = (OpenVinoBackend(None, opts.precision, path=path, threads=opts.threads)
-                            if opts.backend == "openvino" else
-                            OrtBackend(None, self.device, opts.precision, onnx_path=path, threads=opts.threads))
+            self.config, self.backend = open_exported(path, opts)
         else:
             if not isinstance(model, torch.nn.Module):
                 from .api import load

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from ..config import ModelConfig
-from ..errors import ConfigError, FastDPTError
+from ..errors import ConfigError, FastDPTError, WeightsError
 
 PRECISIONS = ("fp32", "tf32", "fp16", "bf16", "int8")
 REGISTRY: dict[str, type["Backend"]] = {}
@@ -286,7 +286,10 @@ class OrtBackend(Backend):
         if self.threads:
             opts.intra_op_num_threads = self.threads
         opts.graph_optimization_level = self.ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        return self.ort.InferenceSession(str(path), opts, providers=self._providers())
+        try:
+            return self.ort.InferenceSession(str(path), opts, providers=self._providers())
+        except Exception as e:  # noqa: BLE001 - a hostile or damaged graph (external data outside its folder ...)
+            raise WeightsError(f"ONNX Runtime cannot load {path}: {_first_line(e)}") from None
 
     def _workdir(self) -> Path:
         if self._tmp is None:
@@ -314,7 +317,10 @@ class OrtBackend(Backend):
 
         def run(x: torch.Tensor) -> torch.Tensor:
             xs = x.detach().cpu().numpy().astype(np.float32)
-            outs = [sess.run(None, {name: xs[i:i + 1]})[0] for i in range(len(xs))]  # graphs take batch 1
+            try:
+                outs = [sess.run(None, {name: xs[i:i + 1]})[0] for i in range(len(xs))]  # graphs take batch 1
+            except Exception as e:  # noqa: BLE001 - e.g. a graph that allocates more than the machine has
+                raise WeightsError(f"the ONNX model failed to run: {_first_line(e)}") from None
             return torch.from_numpy(np.concatenate(outs)).to(device)
 
         return run
@@ -340,3 +346,9 @@ def make_backend(model: torch.nn.Module, options, calibration: Calibration | Non
     if lack is not None:
         raise ConfigError(f"the {cls.name} backend needs {lack}; or use --backend auto")
     return cls.create(model, options, calibration)
+
+
+def _first_line(e: Exception, limit: int = 300) -> str:
+    """An exception from a native runtime, as one line (they carry pages of context)."""
+    text = str(e).strip().splitlines()
+    return (text[0] if text else type(e).__name__)[:limit]

@@ -1,0 +1,53 @@
+"""Exported files (``.onnx`` from ``fastdpt export``, ``.xml`` OpenVINO IR): the variant they were made
+from, the backend that runs them, and the checks made when they are opened rather than on every frame."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import replace
+from pathlib import Path
+
+from ..config import ModelConfig
+from ..errors import ConfigError
+from .backends import Backend, OrtBackend, available_backends
+from .openvino import OpenVinoBackend, ir_config
+from .options import AUTO, RuntimeOptions
+
+SUFFIXES = (".onnx", ".xml")
+
+
+def is_exported(path: str | os.PathLike | None) -> bool:
+    return path is not None and str(path).endswith(SUFFIXES)
+
+
+def exported_options(path: str | os.PathLike, options: RuntimeOptions) -> RuntimeOptions:
+    """``auto`` for an exported file: OpenVINO where it is installed (always for ``.xml``), else ONNX
+    Runtime; the precision the file was exported in (fp32; an int8 file is already quantised). A
+    backend that cannot read the file is refused."""
+    path = str(path)
+    if options.backend == AUTO:
+        have = available_backends(options.device)
+        options = replace(options, backend="openvino" if "openvino" in have or path.endswith(".xml") else "onnxruntime")
+    if options.precision == AUTO:
+        options = replace(options, precision="fp32")
+    if options.backend not in ("onnxruntime", "openvino") or (path.endswith(".xml") and options.backend != "openvino"):
+        raise ConfigError(f"{Path(path).name} runs with backend 'openvino'" + ("" if path.endswith(".xml") else " or 'onnxruntime'"))
+    return options
+
+
+def open_exported(path: str | os.PathLike, options: RuntimeOptions) -> tuple[ModelConfig, Backend]:
+    """The variant and a backend for an exported file (``options`` already resolved by
+    :func:`exported_options`). A graph whose fixed input size is not the one its metadata's variant
+    preprocesses to is refused here, not by skipping every frame later."""
+    cfg = ir_config(path)
+    import torch
+
+    backend = (OpenVinoBackend(None, options.precision, path=path, threads=options.threads)
+               if options.backend == "openvino" else
+               OrtBackend(None, torch.device(options.device), options.precision, onnx_path=path, threads=options.threads))
+    if not cfg.keep_aspect and backend.fixed_size is not None and backend.fixed_size != tuple(cfg.input_size):
+        h, w = backend.fixed_size
+        raise ConfigError(f"{Path(path).name}: its graph takes {h}x{w} input but its metadata names {cfg.name}, which "
+                          f"preprocesses to {cfg.input_size[0]}x{cfg.input_size[1]}: the file or its metadata was "
+                          "changed; export it again with `fastdpt export`")
+    return cfg, backend
