@@ -28,6 +28,11 @@ def test_demo_end_to_end(tmp_path):
     assert [p for p in ("[1/4]", "[2/4]", "[3/4]", "[4/4]") if any(line.startswith(p) for line in lines)] == \
         ["[1/4]", "[2/4]", "[3/4]", "[4/4]"]
     assert any("step 4/4" in line for line in lines) and any("best constant" in line for line in lines)
+    from fastdpt.data.kitti import read_split
+
+    n = len(read_split(out / "data" / "splits" / "test_files_with_gt.txt"))
+    scoring = lines[next(i for i, line in enumerate(lines) if line.startswith("[3/4]")) + 1:]
+    assert n > s["test_metrics"]["images"] and f"  {n}/{n} frames" in scoring  # annotated or not, every line counts
     assert s["steps"] == 4 and s["best_constant"]["images"] == 2
     assert s["beats_best_constant"] == (s["test_metrics"]["abs_rel"] < s["best_constant"]["abs_rel"])
     with pytest.raises(FastDPTError, match="--force"):

@@ -4,6 +4,7 @@ errors for damaged resume files, an exact mid-epoch resume, and checkpoints that
 import fcntl
 import json
 import os
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -120,3 +121,66 @@ def test_a_checkpoint_must_match_the_model_it_is_loaded_as(data, tmp_path):
     Image.new("RGB", (40, 30)).save(tmp_path / "a.png")
     r = runner.invoke(app, ["predict", str(tmp_path / "a.png"), "-m", other, "-w", str(ckpt), "-o", str(tmp_path / "o")])
     assert r.exit_code == 2 and "leave out the model name" in r.output
+
+
+def test_a_killed_save_does_not_block_a_resume(tmp_path, data):
+    from fastdpt.errors import TrainingError
+    from fastdpt.training import train
+    from fastdpt.training.run import prepare_run
+
+    cfg = train_config(data, tmp_path / "run", max_steps=2, checkpoint_every=1)
+    train(cfg, logger=False)
+    run = Path(cfg.out)
+    state = (run / "resume.ckpt").read_bytes()
+    # kill -9 during the first save: only the .part exists
+    (run / "resume.ckpt").rename(run / "resume.ckpt.part")
+    with pytest.raises(TrainingError, match=r"nothing to resume.*resume\.ckpt\.part.*--overwrite"):
+        prepare_run(cfg, resume=True, overwrite=False, delete=False)
+    assert (run / "resume.ckpt.part").exists()  # nothing removed outside the run's lock
+    # kill -9 during a later save: a complete state and a stale .part; the resume removes the .part
+    (run / "resume.ckpt").write_bytes(state)
+    prepare_run(cfg, resume=True, overwrite=False, delete=True)
+    assert not (run / "resume.ckpt.part").exists() and (run / "resume.ckpt").read_bytes() == state
+    # a new run with --overwrite removes a stale .part too
+    (run / "resume.ckpt.part").write_bytes(b"x" * 10)
+    prepare_run(cfg, resume=False, overwrite=True)
+    assert not (run / "resume.ckpt.part").exists()
+
+
+def test_a_failed_save_leaves_no_part(tmp_path, monkeypatch):
+    from fastdpt.training.callbacks import SaveCheckpoints
+
+    saver = SaveCheckpoints.__new__(SaveCheckpoints)
+    saver.run = tmp_path
+
+    class Trainer:
+        is_global_zero = True
+
+        def save_checkpoint(self, path, weights_only=False):
+            Path(path).write_bytes(b"half")
+            raise OSError(28, "No space left on device")
+
+    from fastdpt.errors import DiskFullError
+
+    with pytest.raises(DiskFullError, match=r"disk full: cannot write .*resume\.ckpt \(0\.0 MB written"):
+        saver._resume_state(Trainer())
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_full_disk_is_one_line_and_leaves_nothing(tmp_path, monkeypatch):
+    import errno
+
+    from fastdpt.errors import DiskFullError
+    from fastdpt.io import write_text
+
+    write_text(tmp_path / "a.json", "old")
+
+    def full(p):
+        p.write_bytes(b"x" * 1000)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    from fastdpt.io import atomic_write
+
+    with pytest.raises(DiskFullError, match=r"a\.json .*MB free there"):
+        atomic_write(tmp_path / "a.json", full)
+    assert [f.name for f in tmp_path.iterdir()] == ["a.json"] and (tmp_path / "a.json").read_text() == "old"

@@ -143,3 +143,35 @@ def test_output_is_checked_before_any_work(tmp_path, ckpt):
     assert r.exit_code == 0 and frames_in(tmp_path / "o.mp4") == 5
     with pytest.raises(StreamError, match="is the input"):
         run_stream(VideoSource(str(video)), Predictor(fastdpt.create_model(TINY)), VideoSink(video.with_suffix(".avi"), 10, overwrite=True))
+
+
+def test_ctrl_c_while_a_packet_is_muxed_keeps_a_partial_that_decodes(tmp_path):
+    # a Ctrl-C between encoding a frame and muxing its packets lost the first (key) packet: the
+    # .partial.mp4 then decoded to 0 frames; a frame is now written whole or not at all
+    pytest.importorskip("av")
+    sink = VideoSink(tmp_path / "v.mp4", 10.0, side_by_side=False, codec="h264")
+    rng = np.random.default_rng(0)
+    frame = rng.integers(0, 255, (64, 96, 3), dtype=np.uint8)
+    sink.write(frame, frame)
+
+    class InterruptOnFirstMux:  # Ctrl-C arrives just as the encoder's first packet is to be muxed
+        def __init__(self, container):
+            self.container, self.first = container, True
+
+        def mux(self, packet):
+            if self.first:
+                self.first = False
+                os.kill(os.getpid(), signal.SIGINT)
+            self.container.mux(packet)
+
+        def __getattr__(self, name):
+            return getattr(self.container, name)
+
+    sink.writer.container = InterruptOnFirstMux(sink.writer.container)
+    with pytest.raises(KeyboardInterrupt):
+        for _ in range(200):
+            frame = rng.integers(0, 255, (64, 96, 3), dtype=np.uint8)
+            sink.write(frame, frame)
+    kept = sink.close(partial=True)
+    assert kept == tmp_path / "v.partial.mp4"
+    assert sink.frames > 1 and frames_in(kept) == sink.frames  # every frame it claims decodes

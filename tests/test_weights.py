@@ -184,3 +184,28 @@ def test_warm_start_takes_backbone_imagenet_weights(tmp_path):
     r = warm_start(m, donor.state_dict(), backbone_weights=path)
     assert any("from ImageNet weights" in n for n in r.notes)
     assert torch.equal(m.encoder.cnn.model.conv_head.weight, ref.conv_head.weight)
+
+
+def test_a_checkpoint_whose_name_was_edited_is_refused(tmp_path):
+    # metadata that changes only heads, @HxW or the metric head fits the tensors; the fingerprint does not
+    from safetensors import safe_open
+
+    from fastdpt.config import CONFIG_KEY, FINGERPRINT_KEY, fingerprint
+
+    model = fastdpt.create_model(TINY_EFF).eval()
+    path = save_checkpoint(model, tmp_path / "m.safetensors", {"note": "kept"})
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata()
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    assert meta[FINGERPRINT_KEY] == hashlib.sha256(TINY_EFF.name.encode()).hexdigest()[:16] == fingerprint(TINY_EFF.name)
+    assert read_checkpoint_config(path) == TINY_EFF and meta["note"] == "kept"
+    for other in (TINY_EFF.replace(heads=1), TINY_EFF.replace(input_size=(96, 128)), TINY_EFF.replace(metric=(1e-4, 1e-2))):
+        save_file(tensors, str(tmp_path / "edited.safetensors"), metadata={**meta, CONFIG_KEY: other.name})
+        with pytest.raises(WeightsError, match="fingerprint mismatch"):
+            fastdpt.load(tmp_path / "edited.safetensors")
+    # a file saved before fingerprints existed still loads (its name is all it has)
+    save_file(tensors, str(tmp_path / "old.safetensors"), metadata={CONFIG_KEY: TINY_EFF.name, "format": "pt"})
+    assert fastdpt.load(tmp_path / "old.safetensors").config == TINY_EFF
+    # metadata passed by a caller cannot replace the name or the fingerprint
+    p2 = save_checkpoint(model, tmp_path / "m2.safetensors", {CONFIG_KEY: "r50", FINGERPRINT_KEY: "0"})
+    assert read_checkpoint_config(p2) == TINY_EFF

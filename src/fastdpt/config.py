@@ -22,6 +22,7 @@ their defaults (12 heads, softmax, 256). The canonical name always spells them o
 
 from __future__ import annotations
 
+import hashlib
 import math
 import re
 from dataclasses import dataclass, replace
@@ -35,6 +36,12 @@ MAX_INPUT_SIDE = 2048  # network input side; the official KITTI size is 352x1216
 MAX_FEATURES = 1024  # decoder width; DPT's is 256
 MAX_BLOCKS = 12
 CONFIG_KEY = "fastdpt.config"  # metadata key that stamps the canonical name on every artefact
+FINGERPRINT_KEY = "fastdpt.fingerprint"  # the saved config's fingerprint: an edited name no longer matches it
+
+
+def fingerprint(name: str) -> str:
+    """A checkpoint's config fingerprint: sha256 of the canonical name it was saved with (16 hex digits)."""
+    return hashlib.sha256(name.encode()).hexdigest()[:16]
 
 # Official metric heads: depth = 1 / max(scale * y + shift, 1e-8)
 METRIC_HEADS = {

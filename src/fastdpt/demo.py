@@ -55,7 +55,7 @@ def run_demo(out: str | Path = "demo", steps: int = 120, preset: str = "fast-eff
     from .data.kitti import fits_kb_crop, read_split
     from .data.synthetic import DATE, synth
     from .evaluation import Protocol, best_constant, evaluate
-    from .io import read_image, write_png
+    from .io import read_image, write_png, write_text
     from .predict import Predictor
     from .stream import ImageSequence, VideoSink, run_stream
     from .training import TrainConfig, train
@@ -111,7 +111,7 @@ def run_demo(out: str | Path = "demo", steps: int = 120, preset: str = "fast-eff
                "train_s": round(train_s, 1), "test_metrics": metrics, "best_constant": baseline,
                "beats_best_constant": bool(beats), "stream": stats.summary(), "video": str(out / "demo.mp4"),
                "pngs": pngs, "mlflow": f"sqlite:///{(run / 'mlflow.db').resolve()}"}
-    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    write_text(out / "summary.json", json.dumps(summary, indent=1))
     say(f"test drive: AbsRel {metrics['abs_rel']:.3f}, RMSE {metrics['rmse']:.2f} m, d1 {metrics['d1']:.3f}; "
         f"the best constant depth ({baseline['depth']:.1f} m) scores AbsRel {baseline['abs_rel']:.3f}")
     if beats:

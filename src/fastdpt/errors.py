@@ -56,3 +56,7 @@ class LabelError(FastDPTError):
 
 class DistillError(FastDPTError):
     """A distillation that cannot run as asked."""
+
+
+class DiskFullError(FastDPTError, OSError):
+    """A file could not be written for lack of space (nothing half-written is left under its name)."""

@@ -8,8 +8,10 @@ coloured binary ``.ply`` point clouds, KITTI depth PNGs.
 
 from __future__ import annotations
 
+import errno
 import glob
 import os
+import shutil
 from io import BytesIO
 import tempfile
 from pathlib import Path
@@ -19,7 +21,7 @@ import cv2
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .errors import DataError, ImageError, ImageTooLargeError
+from .errors import DataError, DiskFullError, ImageError, ImageTooLargeError
 from .viz import beside, colorize
 
 MAX_PIXELS = 25_000_000  # the one decoded-image size limit (predict, streams, the HTTP service)
@@ -44,10 +46,30 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
+    except OSError as e:
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise disk_full(path, os.path.getsize(tmp) if os.path.exists(tmp) else 0) from None
+        raise
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
     return path
+
+
+def write_text(path: str | os.PathLike, text: str) -> Path:
+    """A text file (JSON records, split lists, settings) written atomically: all of it or nothing."""
+    return atomic_write(path, lambda p: p.write_text(text))
+
+
+def disk_full(path: str | os.PathLike, written: int = 0) -> DiskFullError:
+    """The one-line error for a write that ran out of space: the file, what it had written, what is free."""
+    try:
+        free = shutil.disk_usage(Path(path).parent).free
+    except OSError:
+        free = 0
+    return DiskFullError(f"disk full: cannot write {path} ({written / 2**20:.1f} MB written before the disk filled, "
+                         f"{free / 2**20:.1f} MB free there); free some space and run again (nothing was left "
+                         "half-written under that name)")
 
 
 # -- images ------------------------------------------------------------------------------------------

@@ -16,9 +16,11 @@ the video written so far is kept under ``<name>.partial<ext>`` and :class:`Strea
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
+import signal
 import tempfile
 import threading
 import time
@@ -64,6 +66,8 @@ class VideoSource:
     ``truncated`` problem at the end."""
 
     def __init__(self, path: str | int, fps: float | None = None, max_pixels: int = MAX_PIXELS) -> None:
+        if isinstance(path, int) and path < 0:
+            raise StreamError(f"camera index must be 0 or more, got {path}")
         self.name = str(path)
         self.path = None if isinstance(path, int) else Path(path)
         if self.path is not None and not self.path.is_file():
@@ -189,6 +193,24 @@ class _H264Writer:
         self.container.close()
 
 
+@contextlib.contextmanager
+def _sigint_deferred():
+    """Ctrl-C waits until the block is done (main thread only): a frame is muxed whole or not at all,
+    so a partial video never loses the packet it starts with (a first packet that is not a key frame
+    left a .partial.mp4 that decoded to 0 frames)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    got: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: got.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if got:
+        raise KeyboardInterrupt
+
+
 class VideoSink:
     """Writes side-by-side (input | depth) or depth-only frames to a video at the source rate.
 
@@ -241,20 +263,22 @@ class VideoSink:
         if (out.shape[1], out.shape[0]) != self.size:
             out = cv2.resize(out, self.size, interpolation=cv2.INTER_AREA)
             self.resized += 1
-        self.writer.write(out)
-        self.frames += 1
+        with _sigint_deferred():
+            self.writer.write(out)
+            self.frames += 1
 
     def close(self, partial: bool = False) -> Path | None:
         """Finish the file; returns where it is (None when no frame was written)."""
         if self.writer is None:
             return None
-        self.writer.close()
-        self.writer = None
-        target = self.partial_path if partial else self.path
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(self.tmp, 0o666 & ~umask)  # as every other output (mkstemp made it private)
-        os.replace(self.tmp, target)
+        with _sigint_deferred():  # a second Ctrl-C cuts neither the encoder's flush nor the rename
+            self.writer.close()
+            self.writer = None
+            target = self.partial_path if partial else self.path
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(self.tmp, 0o666 & ~umask)  # as every other output (mkstemp made it private)
+            os.replace(self.tmp, target)
         return target
 
 

@@ -22,7 +22,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 from torch import nn
 
-from .config import CONFIG_KEY, ModelConfig
+from .config import CONFIG_KEY, FINGERPRINT_KEY, ModelConfig, fingerprint
 from .io import atomic_write
 from .errors import WeightsError, WeightsNotFoundError
 
@@ -312,8 +312,8 @@ def save_checkpoint(model: nn.Module, path: str | os.PathLike, metadata: Mapping
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    meta = {CONFIG_KEY: model.config.name, "format": "pt"}
-    meta.update({str(k): str(v) for k, v in (metadata or {}).items()})
+    meta = {str(k): str(v) for k, v in (metadata or {}).items()}
+    meta.update({CONFIG_KEY: model.config.name, FINGERPRINT_KEY: fingerprint(model.config.name), "format": "pt"})
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     return atomic_write(path, lambda p: save_file(tensors, str(p), metadata=meta))
 
@@ -329,5 +329,12 @@ def read_checkpoint_config(path: str | os.PathLike) -> ModelConfig | None:
     except (SafetensorError, OSError) as e:
         raise WeightsError(f"cannot read {path}: {e}") from None
     name = meta.get(CONFIG_KEY)
-    return ModelConfig.from_name(name) if name else None
+    if not name:
+        return None
+    stamp = meta.get(FINGERPRINT_KEY)  # files saved before fingerprints existed have none
+    if stamp is not None and stamp != fingerprint(name):
+        raise WeightsError(f"{path}: its metadata names {name!r}, but the file was saved as another variant "
+                           "(config fingerprint mismatch: the metadata was edited); load it as the variant it was "
+                           "trained as, or re-save it")
+    return ModelConfig.from_name(name)
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import functools
 import inspect
+import os
+import sys
 import types
 import typing
 from dataclasses import MISSING, fields
@@ -17,8 +19,40 @@ from rich.table import Table
 
 from ..errors import FastDPTError
 
+class _ClosableStdout:
+    """Standard output that a closed pipe (``fastdpt predict dir | head -1``) cannot stop: the first
+    ``BrokenPipeError`` points file descriptor 1 at /dev/null and the command's work goes on (its
+    files, its exit code and its stderr are unchanged); only the lines nobody reads are dropped."""
+
+    closed_pipe = False
+
+    def write(self, text: str) -> int:
+        if not self.closed_pipe:
+            try:
+                return sys.stdout.write(text)
+            except BrokenPipeError:
+                self._drop()
+        return len(text)
+
+    def flush(self) -> None:
+        if not self.closed_pipe:
+            try:
+                sys.stdout.flush()
+            except BrokenPipeError:
+                self._drop()
+
+    def _drop(self) -> None:
+        self.closed_pipe = True
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # the interpreter's own flush at exit finds a sink, not EPIPE
+        os.close(devnull)
+
+    def __getattr__(self, name):
+        return getattr(sys.stdout, name)
+
+
 console = Console(stderr=True)
-out = Console()
+out = Console(file=_ClosableStdout())
 
 # options shared by every command that runs a model
 ModelOpt = Annotated[str, typer.Option("--model", "-m", help="preset, canonical name, .safetensors or .onnx")]

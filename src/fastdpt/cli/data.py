@@ -61,4 +61,6 @@ def check(
         table.add_row(r["split"], str(r["listed"]), str(r["images_missing"]), str(r["annotations_missing"]), str(r["usable"]))
     out.print(table)
     if json_out:
-        json_out.write_text(json.dumps(rows, indent=1))
+        from ..io import write_text
+
+        write_text(json_out, json.dumps(rows, indent=1))

@@ -163,7 +163,7 @@ def video(
 
 
 def camera(
-    index: int = typer.Option(0, "--index"),
+    index: int = typer.Option(0, "--index", min=0, help="camera index (0, 1, ...)"),
     output: Optional[Path] = typer.Option(None, "--output", "-o"),
     model: ModelOpt = "dpt-hybrid-midas",
     weights: WeightsOpt = None,

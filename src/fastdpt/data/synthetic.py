@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ConfigError
-from ..io import atomic_write, write_depth_png, write_png
+from ..io import atomic_write, write_depth_png, write_png, write_text
 from .kitti import SplitEntry, write_split
 
 KITTI_SIZE = (375, 1242)
@@ -481,7 +481,7 @@ def _render_frame(args) -> tuple[str, bool]:
     write_png(img_path, rgb)
     oxts = out / "raw" / DATE / drive / "oxts" / "data" / f"{name}.txt"
     oxts.parent.mkdir(parents=True, exist_ok=True)
-    oxts.write_text(oxts_record(scene, frame))
+    write_text(oxts, oxts_record(scene, frame))
     dense = out / "dense" / drive / "image_02" / f"{name}.npy"
     dense.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(dense, lambda p: np.save(p, depth))
@@ -542,9 +542,9 @@ def synth(out: str | os.PathLike, drives: int = 4, frames: int = 40, size: tuple
     rng = np.random.default_rng(seed)
     scenes = {d: make_scene(rng, frames) for d in names}
     (out / "raw" / DATE).mkdir(parents=True, exist_ok=True)
-    (out / "raw" / DATE / "calib_cam_to_cam.txt").write_text(_calib_text(size))
-    (out / "raw" / DATE / "calib_imu_to_velo.txt").write_text(IMU_TO_VELO)
-    (out / "raw" / DATE / "calib_velo_to_cam.txt").write_text(VELO_TO_CAM)
+    write_text(out / "raw" / DATE / "calib_cam_to_cam.txt", _calib_text(size))
+    write_text(out / "raw" / DATE / "calib_imu_to_velo.txt", IMU_TO_VELO)
+    write_text(out / "raw" / DATE / "calib_velo_to_cam.txt", VELO_TO_CAM)
     jobs = [(scenes[d], d, f, frames, size, str(out), folder[d]) for d in names for f in range(frames)]
     workers = workers or min(2, os.cpu_count() or 1)
     done = {}

@@ -71,12 +71,12 @@ def evaluate(predictor, entries: list[SplitEntry], raw_root: str | os.PathLike, 
         img_path = Path(raw_root) / e.rgb
         if gt_path is None or not img_path.is_file():
             skipped += 1
-            continue
-        pred, metrics = predict_and_score(timed, read_image(img_path), read_depth_png(gt_path), protocol)
-        if save_png:
-            write_depth_png(Path(save_png) / prediction_png_name(e.frame_id), pred)
-        avg.add(metrics)
-        if progress:
+        else:
+            pred, metrics = predict_and_score(timed, read_image(img_path), read_depth_png(gt_path), protocol)
+            if save_png:
+                write_depth_png(Path(save_png) / prediction_png_name(e.frame_id), pred)
+            avg.add(metrics)
+        if progress:  # every line counts, scored or skipped, so the count reaches the total
             progress(i + 1, len(entries))
     res = avg.result()
     res["images"] = avg.count

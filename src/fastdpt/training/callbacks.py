@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import errno
 import math
 import os
 from pathlib import Path
 
 import lightning as L
 
+from ..io import disk_full
 from ..weights import save_checkpoint
 
 
@@ -40,7 +42,14 @@ class SaveCheckpoints(L.Callback):
 
     def _resume_state(self, trainer) -> None:
         tmp = self.run / "resume.ckpt.part"
-        trainer.save_checkpoint(tmp, weights_only=False)  # full state: optimiser, loops, callbacks
+        try:
+            trainer.save_checkpoint(tmp, weights_only=False)  # full state: optimiser, loops, callbacks
+        except BaseException as e:  # a full disk or Ctrl-C mid-save: no half-written file is left behind
+            written = tmp.stat().st_size if tmp.exists() else 0
+            tmp.unlink(missing_ok=True)
+            if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise disk_full(self.run / "resume.ckpt", written) from None
+            raise
         if trainer.is_global_zero:
             os.replace(tmp, self.run / "resume.ckpt")
 

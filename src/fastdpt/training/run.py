@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -22,6 +23,7 @@ import numpy as np
 import torch
 
 from ..errors import TrainingError
+from ..io import write_text
 from ..presets import get_config
 from .config import TrainConfig
 
@@ -66,7 +68,8 @@ def default_logger(cfg: TrainConfig, run: Path):
                         if cfg.tracking_uri is None else None)
 
 
-RUN_FILES = ("train_config.json", "resume.ckpt", "last.safetensors", "best.safetensors", "result.json", "mlflow.db")
+RUN_FILES = ("train_config.json", "resume.ckpt", "last.safetensors", "best.safetensors", "result.json", "mlflow.db",
+             "resume.ckpt.part")
 RUN_FOLDERS = ("mlartifacts", "previews", "checkpoints")
 # what may differ between a run and its resume; everything else must be what the run was started with
 RESUME_MAY_CHANGE = {"epochs", "max_steps", "max_time_s", "progress", "workers", "checkpoint_every",
@@ -126,10 +129,17 @@ def prepare_run(cfg: TrainConfig, resume: bool, overwrite: bool, delete: bool = 
         raise TrainingError(f"--out {run} is a file; choose a folder")
     if resume and overwrite:
         raise TrainingError("choose --resume (continue the run) or --overwrite (start over), not both")
+    stale = run / "resume.ckpt.part"  # a save that was killed (kill -9, power) or ran out of disk
     if resume:
         state = run / "resume.ckpt"
         if not state.is_file():
-            raise TrainingError(f"nothing to resume: {state} does not exist")
+            found = (f"; only {stale.name} ({stale.stat().st_size / 2**20:.0f} MB), half-written by an interrupted "
+                     "save, was found: start over with --overwrite (it removes it)") if stale.is_file() else ""
+            raise TrainingError(f"nothing to resume: {state} does not exist{found}")
+        if delete and stale.is_file():  # under the run's lock: nobody else is writing it
+            print(f"removed {stale} ({stale.stat().st_size / 2**20:.0f} MB), half-written by an interrupted save",
+                  file=sys.stderr)
+            stale.unlink()
         diff = _differences(stored_config(run), cfg)
         if diff:
             raise TrainingError("--resume with other options than the run was started with: " + "; ".join(diff[:4])
@@ -195,7 +205,7 @@ def _fit(L, cfg: TrainConfig, run: Path, resume: bool, callbacks, logger, module
 
         report = warm_start(module.model, cfg.init, cfg.backbone_weights)
         print(f"warm start from {cfg.init}:\n{report}")
-    (run / "train_config.json").write_text(json.dumps(cfg.as_dict(), indent=1, default=str))
+    write_text(run / "train_config.json", json.dumps(cfg.as_dict(), indent=1, default=str))
     if torch.cuda.is_available():
         torch.backends.cudnn.benchmark = True
     precision = {"fp32": "32-true", "fp16": "16-mixed", "bf16": "bf16-mixed"}[cfg.precision]
@@ -222,7 +232,7 @@ def _fit(L, cfg: TrainConfig, run: Path, resume: bool, callbacks, logger, module
     if trainer.is_global_zero:
         if logger:
             _log_artifacts(logger, run, module, data.val_ds, cfg.log_checkpoints)
-        (run / "result.json").write_text(json.dumps(result, indent=1))
+        write_text(run / "result.json", json.dumps(result, indent=1))
     return result
 
 
