@@ -38,6 +38,9 @@ def run(
     bench_runs: int = typer.Option(5, "--bench-runs"),
     tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help="MLflow server (default: SQLite in the study)"),
     resume: bool = typer.Option(False, "--resume", help="continue an interrupted study (finished trials are kept)"),
+    max_trials: int = typer.Option(256, "--max-trials", min=1, help="refuse a grid with more trials than this"),
+    timing_rounds: int = typer.Option(3, "--timing-rounds", min=0, help="after training, time every variant again in "
+                                      "this many interleaved rounds (speed-ups with their spread; < 2: off)"),
 ) -> None:
     """Run a grid of variants: each trial warm-starts, trains, is scored on the test split and timed."""
     from ..study.sweep import run_study
@@ -47,7 +50,7 @@ def run(
     rows = run_study(grid if len(grid) > 1 else grid[0], out_dir, data_root, epochs=epochs, max_steps=max_steps,
                      init=str(init) if init else None, backbone_weights=backbone_weights, baseline=baseline,
                      train_baseline=train_baseline, address=address, resources=resources, max_failures=max_failures,
-                     resume=resume, tracking_uri=tracking_uri,
+                     resume=resume, tracking_uri=tracking_uri, max_trials=max_trials, timing_rounds=timing_rounds,
                      bench_sizes=[parse_size(s) for s in bench_sizes or []], bench_runs=bench_runs,
                      raw_root=str(raw_root) if raw_root else None, gt_root=str(gt_root) if gt_root else None,
                      splits={"train": train_split and str(train_split), "val": val_split and str(val_split),
@@ -79,6 +82,8 @@ def _print_status(study: Path) -> dict:
     rows += [[r["name"], "waiting", ""] for r in st["waiting"]]
     if rows:
         print_table(f"study {study}", ["trial", "state", "detail"], rows)
+    for r in st["failed"]:  # whole, whatever the terminal's width (a table cell is cut at 80 columns)
+        out.print(f"failed: {r['name']}: {r.get('error')}", highlight=False, soft_wrap=True, markup=False)
     return st
 
 
@@ -91,7 +96,9 @@ def status(
     """Trials done / running / failed (with the reason of each failure) / waiting."""
     st = _print_status(study)
     if json_out:
-        json_out.write_text(json.dumps(st, indent=1))
+        from ..io import write_text
+
+        write_text(json_out, json.dumps(st, indent=1))
 
 
 @study_app.command("report")

@@ -19,6 +19,7 @@ training options that vary in the grid (``<name>~lr=0.0003``).
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import asdict, dataclass, field, fields
 from itertools import product
@@ -31,6 +32,8 @@ from ..training.config import TrainConfig
 
 MODEL_AXES = ("backbone", "hooks", "heads", "attention", "performer_features", "features", "input_size",
               "keep_aspect", "output", "norm")
+MAX_TRIALS = 256  # a grid larger than this is refused unless max_trials allows it (10^6 combinations were accepted once)
+MODEL_DEFAULT = ModelConfig().name  # any variant: training options are checked against one
 FIXED_TRAIN = ("model", "out", "data_root", "raw_root", "gt_root", "train_split", "val_split", "init",
                "backbone_weights", "tracking_uri", "progress")
 
@@ -74,17 +77,40 @@ def _levels(key: str, value) -> list:
     return [value]
 
 
+def _number(key: str, value):
+    """YAML reads ``1e-4`` (no dot) as a string: a numeric training option takes it as the number."""
+    kind = str({f.name: f for f in fields(TrainConfig)}[key].type)
+    if isinstance(value, str) and not isinstance(value, bool) and ("float" in kind or "int" in kind):
+        for cast in ((int, float) if "int" in kind and "float" not in kind else (float,)):
+            try:
+                return cast(value)
+            except ValueError:
+                pass
+    return value
+
+
 def _train_levels(key: str, value) -> list:
     types = {f.name: f for f in fields(TrainConfig)}
     if key not in types or key in FIXED_TRAIN:
         raise ConfigError(f"unknown or study-wide training option {key!r} in the grid's train: section")
     tuple_typed = isinstance(types[key].default, tuple) or "tuple" in str(types[key].type)
     if isinstance(value, list) and (not tuple_typed or (value and isinstance(value[0], (list, tuple)))):
-        return value
-    return [value]
+        return [_number(key, v) for v in value]
+    return [_number(key, value)]
 
 
-def grid_from_axes(axes: dict) -> list[TrialSpec]:
+def _check_train(train: dict, model: str) -> None:
+    """A trial's training options are checked when the grid is read (``epochs: -5`` or ``lr: -1`` would
+    otherwise reach trials.json and fail on a worker later)."""
+    try:
+        TrainConfig(model=model, out="grid", **train)
+    except ConfigError as e:
+        raise ConfigError(f"the grid's train: section: {e}") from None
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"the grid's train: section has a value of the wrong type ({train}): {e}") from None
+
+
+def grid_from_axes(axes: dict, max_trials: int = MAX_TRIALS) -> list[TrialSpec]:
     axes = dict(axes)
     train_axes = axes.pop("train", {}) or {}
     unknown = sorted(set(axes) - set(MODEL_AXES))
@@ -95,6 +121,12 @@ def grid_from_axes(axes: dict) -> list[TrialSpec]:
     train_keys = list(train_axes)
     train_levels = [_train_levels(k, train_axes[k]) for k in train_keys]
     varying = [k for k, lv in zip(train_keys, train_levels) if len(lv) > 1]
+    count = math.prod(len(lv) for lv in model_levels + train_levels)
+    if count > max_trials:
+        raise ConfigError(f"the grid has {count} combinations, over the limit of {max_trials}; pass "
+                          f"--max-trials {count} to run it anyway, or use fewer levels")
+    for tcombo in product(*train_levels):
+        _check_train(dict(zip(train_keys, tcombo)), MODEL_DEFAULT)
     specs, seen = [], set()
     for combo in product(*model_levels):
         values = dict(zip(model_keys, combo))
@@ -114,10 +146,14 @@ def grid_from_axes(axes: dict) -> list[TrialSpec]:
     return specs
 
 
-def load_grid(spec: str | os.PathLike | list[str]) -> list[TrialSpec]:
-    """Trials from a preset group or glob, a list of names, or a ``.yaml``/``.yml``/``.json`` file of axes."""
+def load_grid(spec: str | os.PathLike | list[str], max_trials: int = MAX_TRIALS) -> list[TrialSpec]:
+    """Trials from a preset group or glob, a list of names, or a ``.yaml``/``.yml``/``.json`` file of
+    axes; more than ``max_trials`` trials are refused."""
     if isinstance(spec, (list, tuple)):
         names = resolve_names(list(spec))
+        if len(names) > max_trials:
+            raise ConfigError(f"the grid names {len(names)} variants, over the limit of {max_trials}; pass "
+                              f"--max-trials {len(names)} to run them all")
         return [TrialSpec(get_config(n).name, get_config(n).name) for n in names]
     path = Path(str(spec))
     if path.suffix.lower() in (".yaml", ".yml", ".json"):
@@ -135,10 +171,10 @@ def load_grid(spec: str | os.PathLike | list[str]) -> list[TrialSpec]:
             raise ConfigError(f"cannot read the grid file {path}: {e}") from None
         if not isinstance(axes, dict):
             raise ConfigError(f"{path}: a grid file maps axes to levels (a mapping at the top)")
-        return grid_from_axes(axes)
+        return grid_from_axes(axes, max_trials)
     if not list_models(str(spec)) and "," not in str(spec):
         get_config(str(spec))  # a single name: its error says what is wrong
-    return load_grid(str(spec).split(","))
+    return load_grid(str(spec).split(","), max_trials)
 
 
 def default_baseline(specs: list[TrialSpec]) -> str:

@@ -22,7 +22,7 @@ import numpy as np
 
 from ..errors import DataError
 from ..io import atomic_write
-from .results import by_factor, factors, finite, load_results, pareto_front
+from .results import by_factor, factors, finite, load_results, pareto_front, round_ratios
 
 FACTORS = ("backbone", "hooks", "heads", "attention", "size", "features")
 ACCURACY = ("d1", "abs_rel", "rmse_log", "silog")
@@ -64,12 +64,31 @@ def full_table(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
         cells = [r["name"], r.get("status", ""), _fmt(r.get("d1")), _fmt(r.get("abs_rel")), _fmt(r.get("rmse")),
                  _fmt(r.get("rmse_log")), _fmt(r.get("silog"), 2), _fmt((r.get("params") or 0) / 1e6, 1),
                  _fmt((r.get("macs") or 0) / 1e9, 1), *[_fmt(r.get(f"fps_{s}"), 2) for s in sizes],
-                 _fmt(r.get("speedup"), 2) + ("x" if finite(r.get("speedup")) else ""), _fmt(r.get("train_s"), 0),
+                 _speedup_cell(r), _fmt(r.get("train_s"), 0),
                  _fmt(wall_s(r), 0)]
         if "flicker" in head:
             cells += [_fmt(r.get("flicker"), 4), _fmt(r.get("tae"), 4)]
         body.append(cells)
     return head, body
+
+
+def _speedup_cell(r: dict) -> str:
+    """``1.79x (1.52-2.10)``: the speed-up and its range over interleaved timing rounds; ``~`` marks
+    one whose range holds 1.0 (not a measured difference)."""
+    if not finite(r.get("speedup")):
+        return _fmt(r.get("speedup"), 2)
+    text = f"{r['speedup']:.2f}x"
+    if finite(r.get("speedup_min")):
+        text += f" ({r['speedup_min']:.2f}-{r['speedup_max']:.2f}){' ~' if r.get('speedup_in_noise') else ''}"
+    return text
+
+
+def _level_rounds(rows: list[dict], factor: str, level: str) -> list[float] | None:
+    """Mean FPS of a factor level in each interleaved timing round (None without rounds)."""
+    rs = [r for r in rows if r.get("status") == "ok" and factors(r)[factor] == level and r.get("rounds_latency_ms")]
+    if not rs or len({len(r["rounds_latency_ms"]) for r in rs}) != 1:
+        return None
+    return [float(np.mean([1000.0 / r["rounds_latency_ms"][k] for r in rs])) for k in range(len(rs[0]["rounds_latency_ms"]))]
 
 
 def factor_tables(rows: list[dict]) -> list[tuple[str, list[str], list[list[str]]]]:
@@ -114,15 +133,18 @@ def summary(rows: list[dict]) -> list[str]:
         doublings = math.log2(fast["fps"][0] / slow["fps"][0])
         if doublings > 0.05:
             delta = fast["abs_rel"][0] - slow["abs_rel"][0]
-            costs.append((delta / doublings, f, slow["level"], fast["level"], doublings, delta))
+            lo, hi = round_ratios(_level_rounds(rows, f, fast["level"]), _level_rounds(rows, f, slow["level"]))
+            noise = "" if lo is None else (f" (timing rounds {lo:.2f}-{hi:.2f}x" +
+                                          (": within the timing noise, not a measured speed-up)" if lo <= 1 <= hi else ")"))
+            costs.append((delta / doublings, f, slow["level"], fast["level"], doublings, delta, noise))
     if costs:
-        cost, f, slow, fast, d, delta = min(costs)
+        cost, f, slow, fast, d, delta, noise = min(costs)
         verb = "costs" if cost > 0 else "gains"
         lines.append(f"The factor that costs least accuracy per unit of speed is **{f}**: going from {slow} to {fast} "
-                     f"is {2 ** d:.2f}x faster on average and changes the mean AbsRel by {delta:+.4f} "
+                     f"is {2 ** d:.2f}x faster on average{noise} and changes the mean AbsRel by {delta:+.4f} "
                      f"({verb} {abs(cost):.4f} AbsRel per doubling of speed).")
-        for cost, f2, slow, fast, d, delta in sorted(costs)[1:]:
-            lines.append(f"{f2}: {slow} -> {fast}, {2 ** d:.2f}x faster, mean AbsRel {delta:+.4f} "
+        for cost, f2, slow, fast, d, delta, noise in sorted(costs)[1:]:
+            lines.append(f"{f2}: {slow} -> {fast}, {2 ** d:.2f}x faster{noise}, mean AbsRel {delta:+.4f} "
                          f"({cost:+.4f} per doubling).")
     front = pareto_front(ok)
     lines.append("Pareto front (AbsRel against FPS): " + ", ".join(f"`{r['name']}`" for r in front) + ".")
@@ -161,6 +183,13 @@ def fig_accuracy_vs_fps(rows: list[dict], path: Path) -> Path:
     ax.scatter([], [], color="grey", marker="o", label="softmax")
     ax.scatter([], [], color="grey", marker="^", label="performer")
     ax.set_xscale("log")
+    from matplotlib.ticker import FuncFormatter, LogLocator
+
+    plain = FuncFormatter(lambda v, _: f"{v:g}")  # 0.7, not 7x10^-1
+    ax.xaxis.set_major_formatter(plain)
+    ax.xaxis.set_minor_locator(LogLocator(subs=(2.0, 5.0)))
+    ax.xaxis.set_minor_formatter(plain)
+    ax.margins(x=0.25, y=0.12)  # room for the labels of the outermost points
     ax.set_xlabel("FPS (whole online step, batch 1, own input size)")
     ax.set_ylabel("AbsRel (lower is better)")
     ax.set_title("Accuracy against speed")
@@ -277,9 +306,16 @@ def _md_table(head: list[str], body: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
+def inline_html(text: str) -> str:
+    """One line of the report's Markdown (``**bold**``, backticks) as HTML; raw HTML in it is escaped."""
+    from markdown_it import MarkdownIt
+
+    return MarkdownIt("commonmark", {"html": False}).renderInline(str(text))
+
+
 def _html_table(head: list[str], body: list[list[str]]) -> str:
-    h = "".join(f"<th>{html.escape(c)}</th>" for c in head)
-    b = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in body)
+    h = "".join(f"<th>{inline_html(c)}</th>" for c in head)
+    b = "".join("<tr>" + "".join(f"<td>{inline_html(c)}</td>" for c in row) + "</tr>" for row in body)
     return f"<table><thead><tr>{h}</tr></thead><tbody>{b}</tbody></table>"
 
 
@@ -342,10 +378,10 @@ def write_report(study: str | os.PathLike, out_dir: str | os.PathLike, title: st
            "text-align:right}td:first-child,th:first-child{text-align:left}img{max-width:100%}"
            ".note{background:#fff4d6;padding:.6rem;border-left:4px solid #e0a800}")
     parts = [f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-             f"<style>{css}</style></head><body><h1>{html.escape(title)}</h1><p>{html.escape(meta)}</p>"]
+             f"<style>{css}</style></head><body><h1>{html.escape(title)}</h1><p>{inline_html(meta)}</p>"]
     if note:
         parts.append(f"<p class='note'>{html.escape(note)}</p>")
-    parts.append("<h2>Summary</h2><ul>" + "".join(f"<li>{html.escape(line)}</li>" for line in lines) + "</ul>")
+    parts.append("<h2>Summary</h2><ul>" + "".join(f"<li>{inline_html(line)}</li>" for line in lines) + "</ul>")
     parts.append("<h2>All variants</h2>" + _html_table(head, body))
     for name, h, b in tables:
         parts.append(f"<h2>Accuracy {html.escape(name)} (mean ± std)</h2>" + _html_table(h, b))

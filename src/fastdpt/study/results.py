@@ -53,15 +53,28 @@ def read_rows(study: str | os.PathLike) -> list[dict]:
 
 
 def with_speedups(rows: list[dict]) -> list[dict]:
-    """``speedup`` = the baseline's latency / the row's, per bench size (``speedup_<HxW>`` too)."""
+    """``speedup`` = the baseline's latency / the row's, per bench size (``speedup_<HxW>`` too); with
+    interleaved rounds (``rounds_latency_ms``), ``speedup_min`` / ``speedup_max`` over the rounds'
+    ratios and ``speedup_in_noise`` when that range holds 1.0 (the difference is not measured)."""
     base = next((r for r in rows if r.get("baseline") and r.get("latency_ms_median")), None)
     for r in rows:
         if base and r.get("latency_ms_median"):
             r["speedup"] = round(base["latency_ms_median"] / r["latency_ms_median"], 3)
+            lo, hi = round_ratios(base.get("rounds_latency_ms"), r.get("rounds_latency_ms"))
+            if lo is not None and r is not base:
+                r.update(speedup_min=round(lo, 3), speedup_max=round(hi, 3), speedup_in_noise=bool(lo <= 1 <= hi))
             for key, value in list(r.items()):
                 if key.startswith("latency_ms_") and key != "latency_ms_median" and base.get(key) and value:
                     r["speedup_" + key.removeprefix("latency_ms_")] = round(base[key] / value, 3)
     return rows
+
+
+def round_ratios(slow: list | None, fast: list | None) -> tuple[float | None, float | None]:
+    """Min and max over interleaved rounds of slow / fast latency (None without matching rounds)."""
+    if not slow or not fast or len(slow) != len(fast):
+        return None, None
+    ratios = [a / b for a, b in zip(slow, fast) if a and b]
+    return (min(ratios), max(ratios)) if ratios else (None, None)
 
 
 def assemble(study: str | os.PathLike) -> list[dict]:

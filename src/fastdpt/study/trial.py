@@ -19,6 +19,7 @@ from typing import Callable
 import torch
 
 from ..errors import FastDPTError, NonFiniteLossError
+from ..io import write_text
 from .grid import TrialSpec
 from .results import read_row, write_row
 
@@ -51,7 +52,7 @@ class StudySettings:
 
     def save(self) -> None:
         Path(self.out).mkdir(parents=True, exist_ok=True)
-        (Path(self.out) / "study.json").write_text(json.dumps(asdict(self), indent=1, default=str))
+        write_text(Path(self.out) / "study.json", json.dumps(asdict(self), indent=1, default=str))
 
     @classmethod
     def load(cls, study: str | os.PathLike) -> "StudySettings":
