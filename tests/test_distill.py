@@ -24,7 +24,7 @@ from fastdpt.data.kitti import read_split  # noqa: E402
 from fastdpt.data.synthetic import DATE, drive_name, synth  # noqa: E402
 from fastdpt.distill import (DistillConfig, DistillError, LabelError, LabelSet, discover, distill, label,  # noqa: E402
                              prepare, resolve_teacher, sample)
-from fastdpt.distill.labels import to_label  # noqa: E402
+from fastdpt.distill.labels import teacher_predictor, to_label  # noqa: E402
 from fastdpt.evaluation.metrics import score_image  # noqa: E402
 from fastdpt.io import read_depth_png, read_image  # noqa: E402
 from fastdpt.training import train  # noqa: E402
@@ -117,8 +117,9 @@ def test_labelling_resumes_without_relabelling_and_refuses_a_second_teacher(tmp_
     assert again.teacher_frames == 38 and again.already == 10  # never relabels a finished frame
     assert all(labels.dense(r).stat().st_mtime_ns == stamp[r] for r in stamp)
     assert all(labels.done(r) for r in planned)
-    # the labels are the teacher's depth, as metres and as KITTI 16-bit PNGs
-    pred = fastdpt.Predictor(fastdpt.load(teacher))
+    # the labels are the teacher's depth (through the runtime that labelled: torch, bf16 on a CPU that
+    # runs it natively), as metres and as KITTI 16-bit PNGs
+    pred = teacher_predictor(t, backend="torch")
     rel = planned[7]
     expected = pred.predict(read_image(labels.frame(rel))).depth
     np.testing.assert_allclose(labels.read_label(rel), expected, rtol=1e-4, atol=1e-4)
@@ -181,7 +182,7 @@ def test_labelling_on_ray_matches_labelling_here(tmp_path, teacher, frames):
 
 def test_distilled_student_agrees_with_the_teacher(tmp_path, data, teacher, frames):
     cfg = DistillConfig(teacher=str(teacher), student=STUDENT, frames=(str(frames),), out=str(tmp_path / "d"),
-                        epochs=8, batch_size=4, lr=1e-3, data_workers=0, progress=False, bench_runs=2,
+                        epochs=12, batch_size=4, lr=1e-3, data_workers=0, progress=False, bench_runs=2,
                         flicker_frames=8, gt_root=str(data / "data_depth_annotated"),
                         gt_split=str(data / "splits" / "test_files_with_gt.txt"), gt_raw_root=str(data / "raw"),
                         teacher_backend="torch")
@@ -189,12 +190,14 @@ def test_distilled_student_agrees_with_the_teacher(tmp_path, data, teacher, fram
     out = Path(cfg.out)
     student = fastdpt.load(out / "student.safetensors")
     assert student.config.name == fastdpt.get_config(STUDENT).name
-    # agreement, computed here from the files: the student against the teacher on the held-out clip
+    # agreement, computed here from the files: the student against the teacher's labels on the held-out
+    # clip, as the KITTI-format annotations the report scores against (16-bit PNG: a label a hair under
+    # 80 m, where the teacher saturates, rounds to 80 m and leaves the valid range there)
     labels = LabelSet(out / "labels")
-    pred_s, pred_t = fastdpt.Predictor(student), fastdpt.Predictor(fastdpt.load(teacher))
+    pred_s = fastdpt.Predictor(student)
     rels = labels.frames("val")
     student_rel, constant_rel = [], []
-    depth_t = [pred_t.predict(read_image(labels.frame(r))).depth for r in rels]
+    depth_t = [read_depth_png(labels.annotation(r)) for r in rels]
     c = float(np.median(np.concatenate([d[(d > 1e-3) & (d < 80)] for d in depth_t])))
     for r, dt in zip(rels, depth_t):
         ds = pred_s.predict(read_image(labels.frame(r))).depth

@@ -95,10 +95,11 @@ def resolve_teacher(teacher: str | os.PathLike, weights: str | os.PathLike | Non
     return Teacher(text, str(Path(file).resolve()), cfg.name, cfg.output_kind, sha256_file(file))
 
 
-def teacher_predictor(t: Teacher, device: str = "cpu", threads: int | None = None, backend: str = "auto"):
+def teacher_predictor(t: Teacher, device: str = "cpu", threads: int | None = None, backend: str = "auto",
+                      precision: str = "auto"):
     """The teacher behind the fastest runtime this process has: the GPU runtime's bf16 CUDA-graph
-    backend on a GPU; on a CPU ``backend`` (``auto``: OpenVINO / ONNX Runtime / torch, bf16 where the
-    CPU runs it natively, see :mod:`fastdpt.runtime.cpu`)."""
+    backend on a GPU; on a CPU ``backend`` (``auto``: OpenVINO / ONNX Runtime / torch) in ``precision``
+    (``auto``: bf16 where the CPU runs it natively, see :mod:`fastdpt.runtime.cpu`)."""
     import torch
 
     from ..predict import Predictor
@@ -109,7 +110,7 @@ def teacher_predictor(t: Teacher, device: str = "cpu", threads: int | None = Non
     if device.startswith("cuda"):
         options = RuntimeOptions("cudagraph", "bf16", device)
     else:  # auto precision: the best the backend runs natively here (fp32 without bf16 units)
-        options = RuntimeOptions(backend, "auto", device, threads)
+        options = RuntimeOptions(backend, precision, device, threads)
     if t.onnx or read_is_checkpoint(t.weights):  # the file carries its variant
         return Predictor(t.weights, options=options)
     return Predictor(t.source, t.weights, options=options)

@@ -71,7 +71,8 @@ def build_report(cfg, teacher: Teacher, labels: LabelSet, student_path: Path, st
     from ..transforms import network_size
 
     student = Predictor(student_path)
-    teach = teacher_predictor(teacher, "cpu", cfg.threads, "torch")  # both timed on torch fp32: like for like
+    # both timed on torch fp32, like for like (auto would give the teacher bf16 on a CPU with bf16 units)
+    teach = teacher_predictor(teacher, "cpu", cfg.threads, "torch", "fp32")
     val = labels.entries("val")
     label_gt = labels.root / "data_depth_annotated"
     raw = labels.root / "raw"
