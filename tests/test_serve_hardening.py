@@ -237,6 +237,35 @@ def test_slow_and_idle_clients_are_cut_off(predictor):
         assert closed >= 12  # beyond the cap of 8, new connections are closed at once
         for s in crowd + [silent, trickle]:
             s.close()
+        time.sleep(1.5)  # the crowd's slots are free again
+        # keep-alive slowloris: one request answered, then the next one's headers a line at a time
+        slow = socket.create_connection(("127.0.0.1", port))
+        slow.settimeout(5)
+        slow.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        first = b""
+        while b'"status":"ok"' not in first:
+            first += slow.recv(4096)
+        t0 = time.time()
+        slow.sendall(b"GET /healthz HTTP/1.1\r\n")
+        closed_after = None
+        for i in range(20):
+            try:
+                slow.sendall(f"X-Slow-{i}: 1\r\n".encode())
+            except OSError:  # reset: the server closed it
+                closed_after = time.time() - t0
+                break
+            slow.setblocking(False)
+            try:
+                if slow.recv(1) == b"":
+                    closed_after = time.time() - t0
+                    break
+            except BlockingIOError:
+                pass
+            finally:
+                slow.setblocking(True)
+            time.sleep(0.3)
+        slow.close()
+        assert closed_after is not None and closed_after < 3, closed_after  # the header deadline (1 s) applies again
 
 
 def test_token_sources_and_bad_serve_options(tmp_path, monkeypatch):
@@ -264,16 +293,56 @@ def test_video_sessions_stabilise_over_http(predictor):
         frames.append(buf.getvalue())
     with running(create_app(predictor)) as port:
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", headers=PNG, timeout=60) as c:
+            car1, car2 = (c.post("/v1/sessions?stabilize=flow").json()["session"] for _ in range(2))
+            assert car1 != car2 and len(car1) >= 24  # issued by the service, unguessable
             plain = [np.load(io.BytesIO(c.post("/v1/depth?format=npy", content=f).content)) for f in frames]
-            stab = [np.load(io.BytesIO(c.post("/v1/depth?format=npy&stabilize=flow&session=car-1", content=f).content))
+            stab = [np.load(io.BytesIO(c.post(f"/v1/depth?format=npy&stabilize=flow&session={car1}", content=f).content))
                     for f in frames]
             np.testing.assert_allclose(stab[0], plain[0], rtol=1e-5)  # the first frame of a session is as it is
             assert not np.allclose(stab[2], plain[2])  # later ones are blended with the past
-            other = np.load(io.BytesIO(c.post("/v1/depth?format=npy&stabilize=flow&session=car-2", content=frames[2]).content))
+            other = np.load(io.BytesIO(c.post(f"/v1/depth?format=npy&session={car2}", content=frames[2]).content))
             np.testing.assert_allclose(other, plain[2], rtol=1e-5)  # sessions do not share state
-            assert c.delete("/v1/sessions/car-1").status_code == 200
-            assert c.delete("/v1/sessions/car-1").status_code == 404
+            assert c.delete(f"/v1/sessions/{car1}").status_code == 200
+            assert c.delete(f"/v1/sessions/{car1}").status_code == 404
             r = c.post("/v1/depth?stabilize=flow", content=frames[0])
             assert r.status_code == 400 and "session" in r.json()["error"]
             r = c.post("/v1/depth?stabilize=flow&session=" + "x" * 100, content=frames[0])
             assert r.status_code == 400
+            # a caller-chosen id is not a session: nobody can feed or end another client's video by guessing
+            r = c.post("/v1/depth?stabilize=flow&session=car-1-of-someone-else", content=frames[0])
+            assert r.status_code == 404 and "POST /v1/sessions" in r.json()["error"]
+            assert c.delete("/v1/sessions/car-1-of-someone-else").status_code == 404
+            r = c.post(f"/v1/depth?stabilize=scale&session={car2}", content=frames[0])
+            assert r.status_code == 400 and "flow" in r.json()["error"]
+
+
+def test_sessions_expire_on_a_timer_hold_bounded_memory_and_refuse_tiny_frames(predictor):
+    from fastdpt.serve import Limits
+    from fastdpt.stabilize import Stabilizer
+
+    # what a session keeps is bounded whatever the frame size (97 MB a 5000x5000 session before)
+    st = Stabilizer("flow", "metric", keep_pixels=10_000)
+    rng = np.random.default_rng(0)
+    for _ in range(2):
+        frame = rng.integers(0, 255, (600, 800, 3), dtype=np.uint8)
+        out = st(frame, rng.uniform(1, 50, (600, 800)).astype(np.float32))
+        assert out.shape == (600, 800) and np.isfinite(out).all()
+        assert st.prev[2].size <= 10_000
+    assert Stabilizer("scale", "metric")(frame, out).shape == (600, 800)
+    tiny = io.BytesIO()
+    Image.fromarray(rng.integers(0, 255, (10, 11, 3), dtype=np.uint8)).save(tiny, "PNG")
+    app = create_app(predictor, limits=Limits(session_idle_s=0.3))
+    with running(app) as port:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", headers=PNG, timeout=60) as c:
+            sid = c.post("/v1/sessions?stabilize=flow").json()["session"]
+            for _ in range(2):  # two tiny frames in one session: a 500 with cv2.error before
+                r = c.post(f"/v1/depth?session={sid}", content=tiny.getvalue())
+                assert r.status_code == 400 and "too small" in r.json()["error"]
+            c.post("/v1/sessions?stabilize=scale")
+            assert len(app.state.sessions.items) == 2
+            deadline = time.monotonic() + 10
+            while app.state.sessions.items and time.monotonic() < deadline:  # no request comes: the timer expires them
+                time.sleep(0.1)
+            assert not app.state.sessions.items
+            assert c.post(f"/v1/depth?session={sid}", content=tiny.getvalue()).status_code == 404
+

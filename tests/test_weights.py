@@ -120,29 +120,41 @@ def test_preset_offline_without_cache_says_how_to_get_weights(tmp_path):
         fastdpt.load("effb0.h0-1.heads1.performer.f256.kitti@192x640")
 
 
-def test_preset_found_in_cache(tmp_path, monkeypatch):
-    src = OFFICIAL_WEIGHTS["dpt-hybrid-nyu"]
-    (tmp_path / src.file).write_bytes(b"x")
+def test_preset_found_in_cache_is_hashed_once(tmp_path, monkeypatch):
+    import fastdpt.hub as hub
+
+    payload = b"official weights" * 100
+    src = WeightSource("dpt_hybrid_nyu-" + hashlib.sha256(payload).hexdigest()[:8] + ".pt")
+    monkeypatch.setitem(OFFICIAL_WEIGHTS, "dpt-hybrid-nyu", src)
+    (tmp_path / src.file).write_bytes(payload)
+    calls = []
+    real = hub.sha256_file
+    monkeypatch.setattr(hub, "sha256_file", lambda p: calls.append(p) or real(p))
     assert resolve_weights("dpt-hybrid-nyu", cache=tmp_path, allow_download=False) == tmp_path / src.file
     monkeypatch.setenv("FASTDPT_CACHE", str(tmp_path))
     assert resolve_weights("dpt-hybrid-nyu", allow_download=False) == tmp_path / src.file
+    assert len(calls) == 1  # hashed on first use, then the stamp beside it answers
+    # the file changes under the stamp (same name): hashed again and refused in one line
+    (tmp_path / src.file).write_bytes(payload[:-1])
+    with pytest.raises(WeightsNotFoundError, match="does not match its pinned sha256.*delete it"):
+        resolve_weights("dpt-hybrid-nyu", allow_download=False)
+    assert len(calls) == 2
 
 
-def test_a_damaged_cached_file_is_found_by_verify(tmp_path):
-    """A cached file is trusted without re-hashing (seconds for 500 MB on every load); `weights --verify`
-    hashes it on demand and names the mismatch in one line."""
+def test_a_damaged_cached_file_is_refused_at_first_use_and_by_verify(tmp_path):
+    """A cached file is hashed once (its first use) and on demand (`weights --verify`); a mismatch is
+    named in one line (it was trusted unhashed before)."""
     from typer.testing import CliRunner
 
     from fastdpt.cli import app
 
     src = OFFICIAL_WEIGHTS["dpt-hybrid-kitti"]
     (tmp_path / src.file).write_bytes(b"truncated download")
-    r = CliRunner().invoke(app, ["weights", "dpt-hybrid-kitti", "--cache", str(tmp_path)])
-    assert r.exit_code == 0 and src.file in r.output.replace("\n", "")  # trusted as cached
-    r = CliRunner().invoke(app, ["weights", "dpt-hybrid-kitti", "--cache", str(tmp_path), "--verify"])
     digest = hashlib.sha256(b"truncated download").hexdigest()
-    text = " ".join(r.output.split())
-    assert r.exit_code == 2 and digest[:8] in text and src.sha256_prefix in text and "delete it" in text
+    for extra in ([], ["--verify"]):
+        r = CliRunner().invoke(app, ["weights", "dpt-hybrid-kitti", "--cache", str(tmp_path), *extra])
+        text = " ".join(r.output.split())
+        assert r.exit_code == 2 and digest[:8] in text and src.sha256_prefix in text and "delete it" in text, text
 
 
 def test_download_checks_sha256_prefix(tmp_path):

@@ -90,20 +90,62 @@ def download(url: str, dest: str | os.PathLike, sha256_prefix: str = "", timeout
             os.unlink(tmp)
 
 
-def fetch_pinned(url: str, target: Path, sha256: str, error: type[FastDPTError], what: str,
-                 allow_download: bool = True) -> Path:
-    """``target`` if it is cached with the pinned sha256, else downloaded from ``url`` and checked.
-    Failures raise ``error`` saying how to provide the file by hand."""
-    if target.is_file():
-        if sha256_file(target) == sha256:
-            return target
-        raise error(f"{target} does not match its pinned sha256; delete it to fetch it again")
-    if not allow_download or offline():
-        raise error(f"{what} is not cached and downloads are off: save {url} as {target}")
+def _stamp_path(path: Path) -> Path:
+    return path.with_name(path.name + ".sha256")
+
+
+def _stamp(path: Path, digest: str) -> None:
+    """Remember that ``path`` (this size, this modification time) hashed to ``digest``."""
+    import json
+
+    st = path.stat()
     try:
-        return download(url, target, sha256_prefix=sha256)
+        _stamp_path(path).write_text(json.dumps({"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": digest}))
+    except OSError:
+        pass  # a read-only cache: it is hashed again next time
+
+
+def cached_digest(path: Path, rehash: bool = False) -> str:
+    """The sha256 of a cached file, hashed once: a ``<file>.sha256`` stamp beside it (size, modification
+    time, digest) saves hashing 500 MB on every load; a file changed since (size or time) is hashed
+    again, as is every file with ``rehash``."""
+    import json
+
+    st = path.stat()
+    if not rehash:
+        try:
+            stamp = json.loads(_stamp_path(path).read_text())
+            if stamp.get("size") == st.st_size and stamp.get("mtime_ns") == st.st_mtime_ns:
+                return str(stamp["sha256"])
+        except (OSError, ValueError, KeyError, AttributeError):
+            pass
+    digest = sha256_file(path)
+    _stamp(path, digest)
+    return digest
+
+
+def fetch_pinned(url: str, target: Path, sha256: str, error: type[FastDPTError], what: str,
+                 allow_download: bool = True, progress: Callable[[int, int], None] | None = None,
+                 how: str | None = None) -> Path:
+    """``target`` if it is cached with the pinned sha256 (the whole digest, or the prefix an official
+    weights name carries), else downloaded from ``url`` and checked: the one download path of weights
+    and split lists. A cached file is hashed once (:func:`cached_digest`). Failures raise ``error``
+    saying how to provide the file by hand (``how``)."""
+    how = how or f"save {url} as {target}"
+    if target.is_file():
+        digest = cached_digest(target)
+        if digest.startswith(sha256):
+            return target
+        raise error(f"{target} does not match its pinned sha256 ({digest[:8]} != {sha256[:8]}): it is damaged or "
+                    "another file; delete it to fetch it again")
+    if not allow_download or offline():
+        raise error(f"{what} is not cached and downloads are off: {how}")
+    try:
+        path = download(url, target, sha256_prefix=sha256, progress=progress)
     except (urllib.error.URLError, OSError, TimeoutError, WeightsError) as e:
-        raise error(f"could not fetch {what} from {url} ({e}): save it as {target}") from None
+        raise error(f"could not fetch {what} from {url} ({e}): {how}") from None
+    _stamp(path, sha256_file(path))
+    return path
 
 
 def resolve_weights(preset: str, weights: str | os.PathLike | None = None, cache: str | os.PathLike | None = None,
@@ -124,28 +166,20 @@ def resolve_weights(preset: str, weights: str | os.PathLike | None = None, cache
             "or build it untrained with fastdpt.create_model() / warm-start it with fastdpt.warm_start()"
         )
     target = cache_dir(cache) / src.file
-    if target.is_file():
-        return target
     how = (f"download {src.url} into {target.parent}/ (e.g. `curl -L -o {target} {src.url}`), "
            f"or pass --weights PATH / weights=PATH")
-    if not allow_download or offline():
-        raise WeightsNotFoundError(f"weights for {preset!r} are not cached and downloads are off: {how}")
-    try:
-        return download(src.url, target, src.sha256_prefix, progress=progress)
-    except (urllib.error.URLError, OSError, TimeoutError) as e:
-        raise WeightsNotFoundError(f"could not download weights for {preset!r} ({e}): {how}") from None
+    return fetch_pinned(src.url, target, src.sha256_prefix, WeightsNotFoundError, f"weights for {preset!r}",
+                        allow_download, progress, how)
 
 
 def verify_weights(preset: str, path: str | os.PathLike) -> Path:
-    """Hash a preset's weights file and check it against the sha256 prefix its official name carries
-    (``fastdpt weights PRESET --verify``); a cached file is otherwise trusted without re-hashing."""
-    from .errors import WeightsError
-
+    """Hash a preset's weights file again and check it against the sha256 prefix its official name
+    carries (``fastdpt weights PRESET --verify``); otherwise a cached file is hashed once."""
     src = OFFICIAL_WEIGHTS.get(preset)
     path = Path(path)
     if src is None or not src.sha256_prefix:
         raise WeightsError(f"{preset!r} has no pinned hash to verify against")
-    digest = sha256_file(path)
+    digest = cached_digest(path, rehash=True)
     if not digest.startswith(src.sha256_prefix):
         raise WeightsError(f"{path} does not match its pinned sha256 ({digest[:8]} != {src.sha256_prefix}): it is damaged "
                            "or another file; delete it to download it again")

@@ -73,16 +73,22 @@ class Limits:
     """What one server accepts. ``workers``: threads that decode, infer and encode (inference itself
     is serialised by the predictor's lock, so more workers mostly add memory); ``queue``: requests
     that may wait for a worker before new ones get 503; ``read_timeout_s``: deadline to receive a
-    whole body."""
+    whole body; ``sessions`` / ``session_idle_s`` / ``session_pixels``: video sessions held at once,
+    the idle time after which one ends, and the most pixels of output each keeps between frames."""
 
     max_bytes: int = MAX_BYTES
     max_pixels: int = MAX_PIXELS
     workers: int = 1
     queue: int = 8
     read_timeout_s: float = 30.0
+    sessions: int = 64
+    session_idle_s: float = 300.0
+    session_pixels: int = 1_000_000
 
     def __post_init__(self) -> None:
-        for name in ("max_bytes", "max_pixels", "workers"):
+        if not self.session_idle_s > 0:
+            raise ConfigError(f"session_idle_s must be positive, got {self.session_idle_s}")
+        for name in ("max_bytes", "max_pixels", "workers", "sessions", "session_pixels"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.queue < 0 or not self.read_timeout_s > 0:
@@ -109,9 +115,18 @@ def create_app(predictor: Predictor, token: str | None = None, max_bytes: int = 
     token = check_token(token)
     pool = ThreadPoolExecutor(limits.workers, thread_name_prefix="fastdpt-serve")
 
+    sessions = Sessions(limits.sessions, limits.session_idle_s, limits.session_pixels)
+
     @asynccontextmanager
     async def lifespan(app):
+        async def expire():  # idle sessions go on a timer, not only when another session request comes
+            while True:
+                await asyncio.sleep(max(0.05, min(30.0, sessions.idle_s / 4)))
+                sessions.expire()
+
+        expiry = asyncio.create_task(expire())
         yield
+        expiry.cancel()
         pool.shutdown(wait=False, cancel_futures=True)
 
     app = FastAPI(title="fastdpt", version="1", lifespan=lifespan)
@@ -121,7 +136,6 @@ def create_app(predictor: Predictor, token: str | None = None, max_bytes: int = 
                         buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30), registry=registry)
     waiting = Gauge("fastdpt_requests_in_flight", "Depth requests running or queued", registry=registry)
     state = {"in_flight": 0}
-    sessions = Sessions()
     routes = {"/v1/depth", "/v1/models", "/healthz", "/metrics", "/", "/docs", "/redoc", "/openapi.json", "/v1/sessions"}
 
     def error(status: int, message: str, headers: dict | None = None) -> JSONResponse:
@@ -217,7 +231,10 @@ def create_app(predictor: Predictor, token: str | None = None, max_bytes: int = 
         if session is not None:
             stabilizer, lock = session
             with lock:  # a session's frames are stabilised one after the other
-                d = stabilizer(image, d)
+                try:
+                    d = stabilizer(image, d)
+                except FastDPTError as e:  # a frame too small for the flow
+                    raise ApiError(400, str(e)) from None
         if fmt == "png16":
             return encode_png(depth_to_png16(d, result.kind)), "image/png", result.kind
         if fmt == "npy":
@@ -242,12 +259,12 @@ def create_app(predictor: Predictor, token: str | None = None, max_bytes: int = 
         if format not in FORMATS:
             raise ApiError(400, f"format must be one of {', '.join(FORMATS)}")
         stream = None
-        if stabilize != "none":
-            if stabilize not in ("scale", "flow"):
-                raise ApiError(400, "stabilize must be none, scale or flow")
+        if stabilize not in STABILIZE:
+            raise ApiError(400, f"stabilize must be one of {', '.join(STABILIZE)}")
+        if stabilize != "none" or session is not None:
             if not session or not SESSION_RE.fullmatch(session):
-                raise ApiError(400, "stabilize needs session=<id> (1-64 letters, digits, - or _) naming the video")
-            stream = sessions.get(session, stabilize, predictor.config.output_kind)
+                raise ApiError(400, "stabilize needs session=<id>, an id the service issued (POST /v1/sessions)")
+            stream = sessions.get(session, None if stabilize == "none" else stabilize)
         if state["in_flight"] >= limits.workers + limits.queue:
             raise ApiError(503, "busy: too many requests in progress, retry shortly", {"Retry-After": "1"})
         state["in_flight"] += 1
@@ -268,6 +285,16 @@ def create_app(predictor: Predictor, token: str | None = None, max_bytes: int = 
         if media is None:
             return JSONResponse(body, headers=headers)
         return Response(body, media_type=media, headers=headers)
+
+    @app.post("/v1/sessions", status_code=201)
+    def start_session(stabilize: str = "flow"):
+        """A video session: the service issues its id (unguessable), so no other client can feed or
+        end it; it ends after ``session_idle_s`` without a frame, or with DELETE."""
+        if stabilize not in STABILIZE or stabilize == "none":
+            raise ApiError(400, "stabilize must be scale or flow")
+        sid = sessions.start(stabilize, predictor.config.output_kind)
+        return {"session": sid, "stabilize": stabilize, "idle_timeout_s": sessions.idle_s,
+                "max_pixels_kept": sessions.keep_pixels}
 
     @app.delete("/v1/sessions/{session}")
     def end_session(session: str):
@@ -295,36 +322,57 @@ def create_app(predictor: Predictor, token: str | None = None, max_bytes: int = 
 
     app.state.predictor = predictor
     app.state.limits = limits
+    app.state.sessions = sessions
     return app
 
 
-SESSION_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
+SESSION_RE = re.compile(r"[A-Za-z0-9_-]{16,64}")
+STABILIZE = ("none", "scale", "flow")
 
 
 class Sessions:
-    """Stabiliser state per video session: at most ``limit`` (the least recently used goes first),
-    dropped after ``idle_s`` without a frame."""
+    """Stabiliser state per video session, under ids the service issues (``secrets.token_urlsafe``):
+    at most ``limit`` (the least recently used goes first), dropped after ``idle_s`` without a frame
+    (:meth:`expire`, run on a timer by the app), each keeping at most ``keep_pixels`` of its last output
+    (so 64 sessions of 25 MP frames hold ~0.3 GB, not 6 GB)."""
 
-    def __init__(self, limit: int = 64, idle_s: float = 300.0) -> None:
-        self.limit, self.idle_s = limit, idle_s
+    def __init__(self, limit: int = 64, idle_s: float = 300.0, keep_pixels: int = 1_000_000) -> None:
+        self.limit, self.idle_s, self.keep_pixels = limit, idle_s, keep_pixels
         self.items: OrderedDict = OrderedDict()
         self.lock = threading.Lock()
 
-    def get(self, sid: str, mode: str, kind: str):
+    def start(self, mode: str, kind: str) -> str:
+        import secrets
+
         from .stabilize import Stabilizer
 
-        now = time.monotonic()
+        sid = secrets.token_urlsafe(18)
         with self.lock:
-            for key in [k for k, v in self.items.items() if now - v[2] > self.idle_s]:
-                del self.items[key]
-            item = self.items.get(sid)
-            if item is None or item[0].mode != mode:
-                item = [Stabilizer(mode, kind), threading.Lock(), now]
-                self.items[sid] = item
-            item[2] = now
-            self.items.move_to_end(sid)
+            self.items[sid] = [Stabilizer(mode, kind, keep_pixels=self.keep_pixels), threading.Lock(), time.monotonic()]
             while len(self.items) > self.limit:
                 self.items.popitem(last=False)
+        return sid
+
+    def expire(self) -> int:
+        now = time.monotonic()
+        with self.lock:
+            old = [k for k, v in self.items.items() if now - v[2] > self.idle_s]
+            for key in old:
+                del self.items[key]
+        return len(old)
+
+    def get(self, sid: str, mode: str | None):
+        """The stabiliser of a session the service issued (404 otherwise); ``mode`` must be its mode
+        when given."""
+        self.expire()
+        with self.lock:
+            item = self.items.get(sid)
+            if item is None:
+                raise ApiError(404, "no such session (it ended or expired): start one with POST /v1/sessions")
+            if mode is not None and item[0].mode != mode:
+                raise ApiError(400, f"session {sid} stabilises with {item[0].mode}, not {mode}")
+            item[2] = time.monotonic()
+            self.items.move_to_end(sid)
             return item[0], item[1]
 
     def drop(self, sid: str) -> bool:
@@ -377,26 +425,49 @@ def multipart_field(body: bytes, content_type: str, name: str, max_parts: int = 
 
 # -- the server process ------------------------------------------------------------------------------
 def _protocol(max_connections: int, first_request_s: float):
-    """uvicorn's h11 protocol with a connection cap and a deadline for a new connection's first
-    request (uvicorn itself waits forever for a silent connection)."""
+    """uvicorn's h11 protocol with a connection cap and a header deadline for **every** request on a
+    connection: a new connection must send its first request's headers within ``first_request_s``, and
+    so must each later request on a kept-alive connection once its first byte arrives (uvicorn waits
+    forever for headers that trickle in a line at a time, so 64 such connections held every slot)."""
+    import h11
     from uvicorn.protocols.http.h11_impl import H11Protocol
 
     class Guarded(H11Protocol):
+        _headers_due = None
+
         def connection_made(self, transport):
             super().connection_made(transport)
             if len(self.connections) > max_connections:
                 transport.close()
                 return
-            self._first = self.loop.call_later(first_request_s, self._close_if_silent)
+            self._arm()
 
-        def _close_if_silent(self):
-            if self.cycle is None and not self.transport.is_closing():
-                self.transport.close()
+        def _arm(self):
+            if self._headers_due is None:
+                self._headers_due = self.loop.call_later(first_request_s, self._close_if_headers_late)
+
+        def _close_if_headers_late(self):
+            self._headers_due = None
+            if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+                self.transport.close()  # still no complete request head: a silent or trickling client
+
+        def data_received(self, data):
+            if self.conn.their_state is h11.IDLE:
+                self._arm()  # a request is starting (or a silent one is still being waited for)
+            super().data_received(data)
+            if self.conn.their_state is not h11.IDLE and self._headers_due is not None:
+                self._headers_due.cancel()  # its head arrived in time
+                self._headers_due = None
+
+        def on_response_complete(self):
+            super().on_response_complete()
+            if self.conn.their_state is h11.IDLE and self.conn.trailing_data[0]:
+                self._arm()  # a pipelined next request is already partly here
 
         def connection_lost(self, exc):
-            first = getattr(self, "_first", None)
-            if first is not None:
-                first.cancel()
+            if self._headers_due is not None:
+                self._headers_due.cancel()
+                self._headers_due = None
             super().connection_lost(exc)
 
     return Guarded

@@ -19,7 +19,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from .errors import ConfigError
+from .errors import ConfigError, ImageError
 from .evaluation.temporal import (FLOW_SIDE, Flow, _gray_small, expansion, flow_size, inverse_depth, photometric_weight,
                                   warp)
 
@@ -30,11 +30,16 @@ class Stabilizer:
     """Stateful: call it with each frame and its predicted depth, in order; it returns the stabilised
     depth (same kind and size). ``kind``: ``metric`` or ``relative``."""
 
+    MIN_SIDE = 16  # the flow needs a few pixels; smaller frames are refused (they raised cv2.error)
+
     def __init__(self, mode: str = "flow", kind: str = "metric", side: int = FLOW_SIDE, max_blend: float = 0.9,
-                 agree: float = 0.3, damping: float = 0.8, cut: float = 0.25) -> None:
+                 agree: float = 0.3, damping: float = 0.8, cut: float = 0.25, keep_pixels: int | None = None) -> None:
+        """``keep_pixels``: the most pixels of the previous output kept between frames (``flow`` mode;
+        larger outputs are kept downscaled and scaled back up when blended), so the memory a stream
+        holds is bounded whatever its frame size (the service sets it); None keeps it whole."""
         if mode not in MODES:
             raise ConfigError(f"--stabilize must be one of {', '.join(MODES)}, got {mode!r}")
-        self.mode, self.kind, self.side = mode, kind, side
+        self.mode, self.kind, self.side, self.keep_pixels = mode, kind, side, keep_pixels
         self.max_blend, self.agree, self.damping, self.cut = max_blend, agree, damping, cut
         self.flow = Flow()
         self.prev: tuple | None = None  # (gray small, output inverse depth small, output inverse depth full)
@@ -48,6 +53,8 @@ class Stabilizer:
         if self.mode == "none":
             return depth
         h, w = depth.shape
+        if min(h, w) < self.MIN_SIDE:
+            raise ImageError(f"a {w}x{h} frame is too small to stabilise (at least {self.MIN_SIDE} pixels a side)")
         size = flow_size(frame.shape, self.side)
         gray = _gray_small(frame, size)
         inv = inverse_depth(depth, self.kind)
@@ -64,8 +71,19 @@ class Stabilizer:
                 out = self._scale(inv, inv_small, warp(prev_small, flow) * expansion(flow), weight)
             else:
                 out = self._blend(inv, flow, prev_full, weight, size)
-        self.prev = (gray, cv2.resize(out, (size[1], size[0]), interpolation=cv2.INTER_AREA), out)
+        self.prev = (gray, cv2.resize(out, (size[1], size[0]), interpolation=cv2.INTER_AREA), self._kept(out))
         return self._depth(out)
+
+    def _kept(self, out: np.ndarray) -> np.ndarray | None:
+        """What is kept of the output for the next frame: nothing in ``scale`` mode (it uses the small
+        copy), at most ``keep_pixels`` in ``flow`` mode."""
+        if self.mode != "flow":
+            return None
+        h, w = out.shape
+        if self.keep_pixels is None or h * w <= self.keep_pixels:
+            return out
+        s = (self.keep_pixels / (h * w)) ** 0.5
+        return cv2.resize(out, (max(1, int(w * s)), max(1, int(h * s))), interpolation=cv2.INTER_AREA)
 
     def _scale(self, inv, inv_small, target, weight) -> np.ndarray:
         ok = np.isfinite(inv_small) & np.isfinite(target) & (weight > 0.5)
@@ -90,6 +108,8 @@ class Stabilizer:
         flow[..., 0] *= sx
         flow[..., 1] *= sy
         grow = cv2.resize(expansion(flow_small), (w, h), interpolation=cv2.INTER_LINEAR)
+        if prev_full.shape != (h, w):  # kept downscaled (keep_pixels): warped at full size all the same
+            prev_full = cv2.resize(prev_full, (w, h), interpolation=cv2.INTER_LINEAR)
         warped = warp(prev_full, flow) * grow  # what the previous output says now, the camera's motion taken out
         weight = cv2.resize(weight_small, (w, h), interpolation=cv2.INTER_LINEAR)
         rel = np.abs(warped - inv) / np.maximum(np.abs(inv), 1e-6)
