@@ -184,3 +184,15 @@ def test_a_full_disk_is_one_line_and_leaves_nothing(tmp_path, monkeypatch):
     with pytest.raises(DiskFullError, match=r"a\.json .*MB free there"):
         atomic_write(tmp_path / "a.json", full)
     assert [f.name for f in tmp_path.iterdir()] == ["a.json"] and (tmp_path / "a.json").read_text() == "old"
+
+
+def test_a_finished_run_drops_its_resume_state_when_asked(data, tmp_path):
+    # the demo wrote 1.3 GB (resume.ckpt alone 378 MB); the demo and study trials now drop it when done
+    kept = train(train_config(data, tmp_path / "kept", epochs=1), logger=False)
+    assert (tmp_path / "kept" / "resume.ckpt").is_file() and "resume_dropped" not in kept  # default: extendable
+    res = train(train_config(data, tmp_path / "run", epochs=1, keep_resume=False), logger=False)
+    names = sorted(p.name for p in (tmp_path / "run").iterdir())
+    assert "resume.ckpt" not in names and res["resume_dropped"]
+    assert {"best.safetensors", "last.safetensors", "result.json", "train_config.json"} <= set(names)
+    r = runner.invoke(app, ["train", "--out", str(tmp_path / "run"), "--resume", "--epochs", "2"])
+    assert r.exit_code == 2 and "nothing to resume" in r.output

@@ -100,6 +100,24 @@ def test_a_full_queue_answers_503_with_retry_after():
         assert busy.headers["retry-after"] == "1" and busy.json() == {"error": busy.json()["error"], "status": 503}
 
 
+def test_slow_uploads_do_not_take_inference_slots(predictor):
+    # 9 uploads trickling a byte every 3 s held every slot for 30 s: a slot is now taken once the body is in
+    with running(create_app(predictor, limits=Limits(workers=1, queue=0, read_timeout_s=5.0))) as port:
+        body = _png()
+        slow = []
+        for _ in range(3):
+            s = socket.create_connection(("127.0.0.1", port))
+            s.sendall(b"POST /v1/depth HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+                      + f"Content-Length: {len(body)}\r\n\r\n".encode() + body[:10])
+            slow.append(s)
+        time.sleep(0.3)
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as c:
+            for _ in range(2):  # the one slot is free for complete requests
+                assert c.post("/v1/depth", content=body, headers=PNG).status_code == 200
+        for s in slow:
+            s.close()
+
+
 def test_uploads_are_limited_while_streaming_and_never_spooled(predictor, monkeypatch):
     def no_disk(*a, **k):
         raise AssertionError("an upload was spooled to a temporary file")

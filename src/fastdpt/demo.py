@@ -84,7 +84,7 @@ def run_demo(out: str | Path = "demo", steps: int = 120, preset: str = "fast-eff
     say(f"[2/4] training {cfg.name} for {steps} steps (batch 4, {'dense' if dense_gt else 'sparse'} depth) ...")
     t0 = time.perf_counter()
     train(TrainConfig(model=cfg.name, out=str(run), data_root=str(data), epochs=10_000, max_steps=steps,
-                      batch_size=4, lr=lr, workers=1, kb_crop=kb, seed=seed, progress=False, val_every=4,
+                      batch_size=4, lr=lr, workers=1, kb_crop=kb, seed=seed, progress=False, val_every=4, keep_resume=False,
                       dense_gt=dense_gt),
           callbacks=[StepProgress(steps, say)])
     train_s = time.perf_counter() - t0

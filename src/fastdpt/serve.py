@@ -265,15 +265,15 @@ def create_app(predictor: Predictor, token: str | None = None, max_bytes: int = 
             if not session or not SESSION_RE.fullmatch(session):
                 raise ApiError(400, "stabilize needs session=<id>, an id the service issued (POST /v1/sessions)")
             stream = sessions.get(session, None if stabilize == "none" else stabilize)
+        try:  # the body first (within its deadline): a slow upload holds a connection, never an inference slot
+            data = await read_image_bytes(request)
+        except ClientDisconnect:
+            raise ApiError(400, "the client went away during the upload") from None
         if state["in_flight"] >= limits.workers + limits.queue:
             raise ApiError(503, "busy: too many requests in progress, retry shortly", {"Retry-After": "1"})
         state["in_flight"] += 1
         waiting.set(state["in_flight"])
         try:
-            try:
-                data = await read_image_bytes(request)
-            except ClientDisconnect:
-                raise ApiError(400, "the client went away during the upload") from None
             t0 = time.perf_counter()
             body, media, kind = await asyncio.get_running_loop().run_in_executor(
                 pool, work, data, format, bool(values), bool(color), t0, stream)

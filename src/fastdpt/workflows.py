@@ -15,6 +15,7 @@ import torch
 
 from .data.synthetic import sample_frames
 from .runtime import compare, export_onnx, quantize_int8
+from .runtime.quantize import CALIBRATION_FRAMES
 from .transforms import Transforms
 
 
@@ -48,7 +49,7 @@ EXPORT_FORMATS = ("onnx", "openvino")
 
 
 def export_and_verify(model: torch.nn.Module, output: str | os.PathLike, size: tuple[int, int] | None = None,
-                      int8: bool = False, calibration_frames: int = 8, overwrite: bool = False,
+                      int8: bool = False, calibration_frames: int = CALIBRATION_FRAMES, overwrite: bool = False,
                       fmt: str = "onnx") -> ExportReport:
     """Export ``model`` to ONNX (or OpenVINO IR: ``.xml`` + ``.bin``, ``fmt="openvino"``) at network
     ``size`` (default: its config's), check it against PyTorch on :func:`verification_inputs`, and

@@ -130,9 +130,9 @@ def build_predictor(model, weights, device, backend, precision, threads):
     resolved, _ = options.resolve(calibration=not exported)
     calibration = None
     if resolved.precision == "int8" and not exported:
-        from ..data.synthetic import sample_frames
+        from ..runtime.quantize import default_calibration
 
-        calibration = sample_frames(8)
+        calibration = default_calibration()
     predictor = Predictor(model, weights, calibration=calibration, options=options)
     if predictor.choice is not None:
         console.print(predictor.choice.line(), highlight=False)

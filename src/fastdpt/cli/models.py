@@ -79,9 +79,9 @@ def bench(
     runtimes = all_runtimes(device) if backend == "all" else [(backend, precision)]
     calibration = None
     if any(p in ("int8", "auto") for _, p in runtimes):
-        from ..data.synthetic import sample_frames
+        from ..runtime.quantize import default_calibration
 
-        calibration = sample_frames(8)
+        calibration = default_calibration()
     rows = []
     with console.status("benchmarking") as status:
         def report(i, n, row):

@@ -96,7 +96,7 @@ def evaluate(
             raise ConfigError(f"--stabilize must be one of {', '.join(MODES)}, got {stabilize!r}")
     m = api.load(model, weights, device=device) if model else api.load(weights, device=device)
     if temporal:
-        return _temporal(m, paths, data_root, stabilize, max_frames, device, json_out)
+        return _temporal(m, paths, stabilize, max_frames, device, json_out)
     with console.status("evaluating"):
         res = run_eval(Predictor(m, device=device), read_split(paths.splits["test_split"]), paths.raw_root,
                        paths.gt_root, protocol, save_png)
@@ -123,13 +123,13 @@ def eval_pngs(
     _print_metrics(run_eval_pngs(pred_dir, gt_root, read_split(split_file), protocol), json_out)
 
 
-def _temporal(model, paths, data_root, stabilize, max_frames, device, json_out) -> None:
+def _temporal(model, paths, stabilize, max_frames, device, json_out) -> None:
     from ..data.kitti import read_split
     from ..io import atomic_write
     from ..predict import Predictor
     from ..workflows import evaluate_temporal
 
-    dense = Path(data_root) / "dense" if data_root and (Path(data_root) / "dense").is_dir() else None
+    dense = paths.dense_root
     with console.status("temporal evaluation") as status:
         res = evaluate_temporal(Predictor(model, device=device), read_split(paths.splits["test_split"]), paths.raw_root,
                                 paths.gt_root, stabilize, max_frames, dense, progress=lambda n: status.update(f"{n} frames"))

@@ -61,11 +61,14 @@ def fits_kb_crop(height: int, width: int) -> bool:
 class DataPaths:
     """Where the frames, annotations and split lists are. ``DataPaths.resolve`` fills what is not
     given from a data root laid out as ``<root>/raw``, ``<root>/data_depth_annotated`` and
-    ``<root>/splits/{train,val,test}_files_with_gt.txt``."""
+    ``<root>/splits/{train,val,test}_files_with_gt.txt``; ``dense_root`` is ``<root>/dense`` (exact
+    per-pixel depth, as ``fastdpt data synth`` and distillation labels write it) when that folder exists:
+    the one place that probes for it."""
 
     raw_root: Path
     gt_root: Path
     splits: dict
+    dense_root: Path | None = None
 
     @classmethod
     def resolve(cls, data_root=None, raw_root=None, gt_root=None, **splits) -> "DataPaths":
@@ -82,7 +85,8 @@ class DataPaths:
             else:
                 flags = ", ".join("--" + n.replace("_", "-") for n in ("raw_root", "gt_root", *splits))
                 raise DataError(f"give --data-root, or all of {flags}")
-        return cls(out.pop("raw_root"), out.pop("gt_root"), out)
+        dense = root / "dense" if root is not None and (root / "dense").is_dir() else None
+        return cls(out.pop("raw_root"), out.pop("gt_root"), out, dense)
 
 
 # -- split lists -------------------------------------------------------------------------------------

@@ -9,6 +9,16 @@ import numpy as np
 
 from ..errors import ConfigError
 
+CALIBRATION_FRAMES = 8
+
+
+def default_calibration(count: int = CALIBRATION_FRAMES) -> list[np.ndarray]:
+    """The frames int8 is calibrated on when the caller gives none (the command line, ``bench``,
+    ``export --int8``): synthetic driving frames at KITTI size, declared here once."""
+    from ..data.synthetic import sample_frames
+
+    return sample_frames(count)
+
 
 def quantize_int8(src: str | os.PathLike, dst: str | os.PathLike, method: str = "static",
                   calibration: list[np.ndarray] | None = None) -> Path:

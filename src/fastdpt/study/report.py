@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import DataError
+from ..errors import DataError, FastDPTError
 from ..io import atomic_write
 from .results import by_factor, factors, finite, load_results, pareto_front, round_ratios
 
@@ -333,7 +333,10 @@ def write_report(study: str | os.PathLike, out_dir: str | os.PathLike, title: st
     out = Path(out_dir)
     figs = out / "figures"
     figs.mkdir(parents=True, exist_ok=True)
-    synthetic = settings.data_root and (Path(settings.data_root) / "dense").is_dir()
+    try:
+        synthetic = settings.paths().dense_root is not None
+    except FastDPTError:  # the data is not on this machine: no claim about it
+        synthetic = False
     if note is None and synthetic:
         note = ("These scores come from synthetic KITTI-format scenes (`fastdpt data synth`), not from KITTI: they "
                 "compare the variants with each other under this budget and say nothing about KITTI accuracy.")

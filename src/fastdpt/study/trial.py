@@ -152,7 +152,7 @@ def run_trial(spec: TrialSpec, settings: StudySettings, reporter: Callable[[dict
                           gt_root=settings.gt_root, train_split=settings.train_split, val_split=settings.val_split,
                           init=settings.init, backbone_weights=settings.backbone_weights, progress=False,
                           tracking_uri=settings.tracking if row["mlflow_run_id"] else None,
-                          **{"kb_crop": protocol.kb_crop, **options})
+                          **{"kb_crop": protocol.kb_crop, "keep_resume": False, **options})
         resume = (run / "run" / "resume.ckpt").is_file()
         logger = False
         if row["mlflow_run_id"]:
@@ -163,9 +163,13 @@ def run_trial(spec: TrialSpec, settings: StudySettings, reporter: Callable[[dict
         with open(run / "trainings.log", "a") as log:  # one line per training started (resumes included)
             log.write(f"{time.time():.3f} {socket.gethostname()} pid {os.getpid()} resume={resume}\n")
         t0 = time.perf_counter()
+        finished = run / "run" / "result.json"
         try:
-            result = train(cfg, resume=resume, callbacks=[_Report(reporter, run, spec.fail_once)], logger=logger,
-                           overwrite=not resume)
+            if finished.is_file() and not resume:  # trained already (a retry after a later step failed)
+                result = json.loads(finished.read_text())
+            else:
+                result = train(cfg, resume=resume, callbacks=[_Report(reporter, run, spec.fail_once)], logger=logger,
+                               overwrite=not resume)
         except NonFiniteLossError as e:  # diverged: recorded as failed with its reason, not retried
             row.update(status="failed", diverged=True, error=str(e), finished=time.time())
             write_row(settings.out, row)
@@ -222,7 +226,7 @@ def temporal_columns(settings: StudySettings, predictor, test, frames: int = 40)
     from ..workflows import evaluate_temporal
 
     paths = settings.paths()
-    dense = Path(settings.data_root) / "dense" if settings.data_root and (Path(settings.data_root) / "dense").is_dir() else None
+    dense = paths.dense_root
     try:
         t = evaluate_temporal(predictor, test, paths.raw_root, paths.gt_root, "none", frames, dense)
     except DataError:

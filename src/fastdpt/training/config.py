@@ -70,6 +70,9 @@ class TrainConfig:
     limit_val_batches: float = option("fraction (<= 1) or number (> 1) of validation batches", 1.0)
     val_every: int = option("validate (and choose best.safetensors) every N epochs", 1)
     checkpoint_every: int = option("also save the resume state every N optimiser steps (0: epoch ends only)", 0)
+    keep_resume: bool = option("keep resume.ckpt (weights + optimiser state, ~3x a checkpoint) once the run has "
+                               "finished, so --resume can extend it; --drop-resume deletes it then", True,
+                               flags=("--keep-resume/--drop-resume",))
     max_time_s: float | None = option("stop after this much training time, seconds", None)
     tracking_uri: str | None = option("MLflow tracking URI (default: SQLite in the run folder)")
     log_checkpoints: bool = option("also copy the checkpoints into MLflow's artefact store (by default it records "

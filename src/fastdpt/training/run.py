@@ -49,9 +49,9 @@ def build(cfg: TrainConfig):
     paths = cfg.paths()
     dense = None
     if cfg.dense_gt:
-        dense = str(Path(cfg.data_root) / "dense") if cfg.data_root else None
-        if dense is None or not Path(dense).is_dir():
+        if paths.dense_root is None:
             raise TrainingError("--dense-gt needs --data-root with a dense/ folder (as `fastdpt data synth` writes)")
+        dense = str(paths.dense_root)
     aug = Augment(hflip=cfg.hflip, kb_crop=cfg.kb_crop, random_crop=cfg.random_crop, rotate_deg=cfg.rotate_deg,
                   color=cfg.color)
     data = KittiDataModule(paths, aug, cfg.batch_size, cfg.workers, dense_root=dense, seed=cfg.seed)
@@ -72,7 +72,7 @@ RUN_FILES = ("train_config.json", "resume.ckpt", "last.safetensors", "best.safet
              "resume.ckpt.part")
 RUN_FOLDERS = ("mlartifacts", "previews", "checkpoints")
 # what may differ between a run and its resume; everything else must be what the run was started with
-RESUME_MAY_CHANGE = {"epochs", "max_steps", "max_time_s", "progress", "workers", "checkpoint_every",
+RESUME_MAY_CHANGE = {"epochs", "max_steps", "max_time_s", "progress", "workers", "checkpoint_every", "keep_resume",
                      "limit_val_batches", "tracking_uri", "accelerator", "devices"}
 
 
@@ -233,6 +233,9 @@ def _fit(L, cfg: TrainConfig, run: Path, resume: bool, callbacks, logger, module
         if logger:
             _log_artifacts(logger, run, module, data.val_ds, cfg.log_checkpoints)
         write_text(run / "result.json", json.dumps(result, indent=1))
+        if not cfg.keep_resume and not trainer.interrupted:  # finished: the optimiser state is not needed
+            resume_path.unlink(missing_ok=True)
+            result["resume_dropped"] = True
     return result
 
 
