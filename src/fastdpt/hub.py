@@ -7,6 +7,7 @@ renamed only after its sha256 checks out. ``FASTDPT_OFFLINE=1`` turns every down
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import tempfile
@@ -84,6 +85,8 @@ def download(url: str, dest: str | os.PathLike, sha256_prefix: str = "", timeout
                 raise WeightsError(f"{url}: sha256 {digest[:12]}... does not start with {sha256_prefix}; "
                                    "the download is corrupt or not the official file")
         os.replace(tmp, dest)
+        if sha256_prefix:
+            _stamp(dest, digest)  # hashed here once: the cache does not hash it again (cached_digest)
         return dest
     finally:
         if os.path.exists(tmp):
@@ -96,8 +99,6 @@ def _stamp_path(path: Path) -> Path:
 
 def _stamp(path: Path, digest: str) -> None:
     """Remember that ``path`` (this size, this modification time) hashed to ``digest``."""
-    import json
-
     st = path.stat()
     try:
         _stamp_path(path).write_text(json.dumps({"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": digest}))
@@ -109,8 +110,6 @@ def cached_digest(path: Path, rehash: bool = False) -> str:
     """The sha256 of a cached file, hashed once: a ``<file>.sha256`` stamp beside it (size, modification
     time, digest) saves hashing 500 MB on every load; a file changed since (size or time) is hashed
     again, as is every file with ``rehash``."""
-    import json
-
     st = path.stat()
     if not rehash:
         try:
@@ -141,11 +140,9 @@ def fetch_pinned(url: str, target: Path, sha256: str, error: type[FastDPTError],
     if not allow_download or offline():
         raise error(f"{what} is not cached and downloads are off: {how}")
     try:
-        path = download(url, target, sha256_prefix=sha256, progress=progress)
+        return download(url, target, sha256_prefix=sha256, progress=progress)
     except (urllib.error.URLError, OSError, TimeoutError, WeightsError) as e:
         raise error(f"could not fetch {what} from {url} ({e}): {how}") from None
-    _stamp(path, sha256_file(path))
-    return path
 
 
 def resolve_weights(preset: str, weights: str | os.PathLike | None = None, cache: str | os.PathLike | None = None,

@@ -47,7 +47,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
         os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     except OSError as e:
-        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        if is_disk_full(e):
             raise disk_full(path, os.path.getsize(tmp) if os.path.exists(tmp) else 0) from None
         raise
     finally:
@@ -59,6 +59,11 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
 def write_text(path: str | os.PathLike, text: str) -> Path:
     """A text file (JSON records, split lists, settings) written atomically: all of it or nothing."""
     return atomic_write(path, lambda p: p.write_text(text))
+
+
+def is_disk_full(e: BaseException) -> bool:
+    """An error that says the disk (or the user's quota) is full."""
+    return isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
 def disk_full(path: str | os.PathLike, written: int = 0) -> DiskFullError:

@@ -56,6 +56,7 @@ from .errors import ConfigError, FastDPTError, ImageError, ImageTooLargeError
 from .io import MAX_PIXELS, decode_image, depth_to_png16, encode_png
 from .predict import Predictor
 from .presets import list_models
+from .stabilize import MODES
 from .viz import colorize
 
 log = logging.getLogger("fastdpt.serve")
@@ -259,8 +260,8 @@ def create_app(predictor: Predictor, token: str | None = None, max_bytes: int = 
         if format not in FORMATS:
             raise ApiError(400, f"format must be one of {', '.join(FORMATS)}")
         stream = None
-        if stabilize not in STABILIZE:
-            raise ApiError(400, f"stabilize must be one of {', '.join(STABILIZE)}")
+        if stabilize not in MODES:
+            raise ApiError(400, f"stabilize must be one of {', '.join(MODES)}")
         if stabilize != "none" or session is not None:
             if not session or not SESSION_RE.fullmatch(session):
                 raise ApiError(400, "stabilize needs session=<id>, an id the service issued (POST /v1/sessions)")
@@ -290,7 +291,7 @@ def create_app(predictor: Predictor, token: str | None = None, max_bytes: int = 
     def start_session(stabilize: str = "flow"):
         """A video session: the service issues its id (unguessable), so no other client can feed or
         end it; it ends after ``session_idle_s`` without a frame, or with DELETE."""
-        if stabilize not in STABILIZE or stabilize == "none":
+        if stabilize not in MODES or stabilize == "none":
             raise ApiError(400, "stabilize must be scale or flow")
         sid = sessions.start(stabilize, predictor.config.output_kind)
         return {"session": sid, "stabilize": stabilize, "idle_timeout_s": sessions.idle_s,
@@ -327,7 +328,6 @@ def create_app(predictor: Predictor, token: str | None = None, max_bytes: int = 
 
 
 SESSION_RE = re.compile(r"[A-Za-z0-9_-]{16,64}")
-STABILIZE = ("none", "scale", "flow")
 
 
 class Sessions:

@@ -123,10 +123,11 @@ def build_predictor(model, weights, device, backend, precision, threads):
     and why printed on one line); int8 is calibrated on synthetic driving frames."""
     from ..predict import Predictor
     from ..runtime import RuntimeOptions
+    from ..runtime.exported import is_exported
 
     set_threads(threads)
     options = RuntimeOptions(backend, precision, device, threads)
-    exported = str(model).endswith((".onnx", ".xml"))
+    exported = is_exported(model)
     resolved, _ = options.resolve(calibration=not exported)
     calibration = None
     if resolved.precision == "int8" and not exported:

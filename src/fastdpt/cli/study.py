@@ -9,6 +9,7 @@ from typing import List, Optional
 import typer
 
 from ..errors import ConfigError
+from ..study.grid import MAX_TRIALS
 from .common import console, one_line_errors, out, parse_size, print_table
 
 study_app = typer.Typer(no_args_is_help=True, help="The study: a grid of variants trained, scored and timed on Ray Tune.")
@@ -38,7 +39,7 @@ def run(
     bench_runs: int = typer.Option(5, "--bench-runs"),
     tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help="MLflow server (default: SQLite in the study)"),
     resume: bool = typer.Option(False, "--resume", help="continue an interrupted study (finished trials are kept)"),
-    max_trials: int = typer.Option(256, "--max-trials", min=1, help="refuse a grid with more trials than this"),
+    max_trials: int = typer.Option(MAX_TRIALS, "--max-trials", min=1, help="refuse a grid with more trials than this"),
     timing_rounds: int = typer.Option(3, "--timing-rounds", min=0, help="after training, time every variant again in "
                                       "this many interleaved rounds (speed-ups with their spread; < 2: off)"),
 ) -> None:

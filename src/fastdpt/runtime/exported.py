@@ -7,6 +7,8 @@ import os
 from dataclasses import replace
 from pathlib import Path
 
+import torch
+
 from ..config import ModelConfig
 from ..errors import ConfigError
 from .backends import Backend, OrtBackend, available_backends
@@ -40,8 +42,6 @@ def open_exported(path: str | os.PathLike, options: RuntimeOptions) -> tuple[Mod
     :func:`exported_options`). A graph whose fixed input size is not the one its metadata's variant
     preprocesses to is refused here, not by skipping every frame later."""
     cfg = ir_config(path)
-    import torch
-
     backend = (OpenVinoBackend(None, options.precision, path=path, threads=options.threads)
                if options.backend == "openvino" else
                OrtBackend(None, torch.device(options.device), options.precision, onnx_path=path, threads=options.threads))

@@ -33,6 +33,7 @@ from ..training.config import TrainConfig
 MODEL_AXES = ("backbone", "hooks", "heads", "attention", "performer_features", "features", "input_size",
               "keep_aspect", "output", "norm")
 MAX_TRIALS = 256  # a grid larger than this is refused unless max_trials allows it (10^6 combinations were accepted once)
+TRAIN_FIELDS = {f.name: f for f in fields(TrainConfig)}
 MODEL_DEFAULT = ModelConfig().name  # any variant: training options are checked against one
 FIXED_TRAIN = ("model", "out", "data_root", "raw_root", "gt_root", "train_split", "val_split", "init",
                "backbone_weights", "tracking_uri", "progress")
@@ -79,8 +80,8 @@ def _levels(key: str, value) -> list:
 
 def _number(key: str, value):
     """YAML reads ``1e-4`` (no dot) as a string: a numeric training option takes it as the number."""
-    kind = str({f.name: f for f in fields(TrainConfig)}[key].type)
-    if isinstance(value, str) and not isinstance(value, bool) and ("float" in kind or "int" in kind):
+    kind = str(TRAIN_FIELDS[key].type)
+    if isinstance(value, str) and ("float" in kind or "int" in kind):
         for cast in ((int, float) if "int" in kind and "float" not in kind else (float,)):
             try:
                 return cast(value)
@@ -90,10 +91,9 @@ def _number(key: str, value):
 
 
 def _train_levels(key: str, value) -> list:
-    types = {f.name: f for f in fields(TrainConfig)}
-    if key not in types or key in FIXED_TRAIN:
+    if key not in TRAIN_FIELDS or key in FIXED_TRAIN:
         raise ConfigError(f"unknown or study-wide training option {key!r} in the grid's train: section")
-    tuple_typed = isinstance(types[key].default, tuple) or "tuple" in str(types[key].type)
+    tuple_typed = isinstance(TRAIN_FIELDS[key].default, tuple) or "tuple" in str(TRAIN_FIELDS[key].type)
     if isinstance(value, list) and (not tuple_typed or (value and isinstance(value[0], (list, tuple)))):
         return [_number(key, v) for v in value]
     return [_number(key, value)]

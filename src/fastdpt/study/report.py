@@ -12,6 +12,7 @@ speed). Figures are matplotlib PNGs: files beside the Markdown, embedded in the 
 from __future__ import annotations
 
 import base64
+import functools
 import html
 import json
 import math
@@ -306,11 +307,17 @@ def _md_table(head: list[str], body: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-def inline_html(text: str) -> str:
-    """One line of the report's Markdown (``**bold**``, backticks) as HTML; raw HTML in it is escaped."""
+@functools.lru_cache(maxsize=1)
+def _markdown():
     from markdown_it import MarkdownIt
 
-    return MarkdownIt("commonmark", {"html": False}).renderInline(str(text))
+    return MarkdownIt("commonmark", {"html": False})
+
+
+def inline_html(text: str) -> str:
+    """One line of the report's Markdown (``**bold**``, backticks) as HTML; raw HTML in it is escaped.
+    One parser serves every cell."""
+    return _markdown().renderInline(str(text))
 
 
 def _html_table(head: list[str], body: list[list[str]]) -> str:

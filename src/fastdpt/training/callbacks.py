@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import errno
 import math
 import os
 from pathlib import Path
 
 import lightning as L
 
-from ..io import disk_full
+from ..io import disk_full, is_disk_full
 from ..weights import save_checkpoint
 
 
@@ -47,7 +46,7 @@ class SaveCheckpoints(L.Callback):
         except BaseException as e:  # a full disk or Ctrl-C mid-save: no half-written file is left behind
             written = tmp.stat().st_size if tmp.exists() else 0
             tmp.unlink(missing_ok=True)
-            if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            if is_disk_full(e):
                 raise disk_full(self.run / "resume.ckpt", written) from None
             raise
         if trainer.is_global_zero:

@@ -232,10 +232,10 @@ def _fit(L, cfg: TrainConfig, run: Path, resume: bool, callbacks, logger, module
     if trainer.is_global_zero:
         if logger:
             _log_artifacts(logger, run, module, data.val_ds, cfg.log_checkpoints)
-        write_text(run / "result.json", json.dumps(result, indent=1))
         if not cfg.keep_resume and not trainer.interrupted:  # finished: the optimiser state is not needed
             resume_path.unlink(missing_ok=True)
             result["resume_dropped"] = True
+        write_text(run / "result.json", json.dumps(result, indent=1))
     return result
 
 
