@@ -25,7 +25,9 @@ LAYERS = [
     ["stabilize"],
     ["predict"],
     ["training", "stream", "bench", "serve", "workflows"],
-    ["demo", "study", "distill"],
+    ["demo", "distill"],
+    ["compress"],
+    ["study"],
     ["cli"],
     ["__init__"],
 ]

@@ -12,8 +12,9 @@ from .config import ModelConfig
 from .errors import WeightsError, WeightsNotFoundError
 from .hub import resolve_weights
 from .models import DPT
+from .models.structure import apply_structure
 from .presets import PRESETS, get_config, preset_with_weights
-from .weights import LoadReport, load_weights, read_checkpoint_config, warm_start
+from .weights import LoadReport, load_weights, read_checkpoint_config, read_checkpoint_structure, warm_start
 
 
 def create_model(name_or_config: str | ModelConfig, init: str | os.PathLike | None = None,
@@ -62,7 +63,7 @@ def load(name_or_path: str | os.PathLike, weights: str | os.PathLike | None = No
                 raise WeightsNotFoundError(
                     f"{cfg.name} has no published weights: pass weights=PATH (a checkpoint trained for it)")
             weights = resolve_weights(preset, cache=cache, allow_download=allow_download, progress=progress)
-    model = DPT(cfg)
+    model = apply_structure(DPT(cfg), read_checkpoint_structure(weights), str(weights))  # pruned shapes, if any
     model.load_report: LoadReport = load_weights(model, weights)
     model.weights_path = str(weights)
     return model.to(device).eval()

@@ -33,6 +33,7 @@ from .config import ModelConfig
 from .errors import ConfigError
 from .io import atomic_write
 from .models import DPT
+from .models.structure import apply_structure
 from .predict import Predictor
 from .presets import get_config, resolve_names
 from .runtime import RuntimeOptions, matrix_features
@@ -62,21 +63,27 @@ class BenchRow:
     channels_last: bool = False
     speedup: float | None = None
     cpu_features: str = ""  # the CPU's matrix features (AMX, AVX-512 BF16/VNNI, AVX2) for CPU rows
+    file_mb: float | None = None  # size of the weights file a checkpoint row was loaded from
 
     def as_dict(self) -> dict:
         return asdict(self)
 
 
-def count_macs(config: ModelConfig, net_size: tuple[int, int], batch: int = 1) -> int:
-    """Multiply-accumulates of one forward pass at ``net_size`` (counted on the meta device)."""
+def count_macs(config: ModelConfig, net_size: tuple[int, int], batch: int = 1, structure: dict | None = None) -> int:
+    """Multiply-accumulates of one forward pass at ``net_size`` (counted on the meta device); ``structure``:
+    the pruned shapes of a compressed model (:mod:`fastdpt.models.structure`)."""
     with torch.device("meta"):
-        model = DPT(config)
+        model = apply_structure(DPT(config), structure or {})
     model = model.to("meta").eval()
     x = torch.empty(batch, 3, *net_size, device="meta")
     counter = FlopCounterMode(display=False)
     with counter, torch.no_grad():
         model(x)
     return counter.get_total_flops() // 2
+
+
+def _file_mb(path: str | None) -> float | None:
+    return round(os.path.getsize(path) / 2**20, 2) if path and os.path.isfile(path) else None
 
 
 def count_params(model: torch.nn.Module) -> int:
@@ -218,13 +225,28 @@ def _bench(name: str, input_size, batch_size: int, options: RuntimeOptions, runs
         predictor.close()
     return BenchRow(
         name=name, canonical=cfg.name, input_size=f"{input_size[0]}x{input_size[1]}", net_size=f"{net[0]}x{net[1]}",
-        params=count_params(model), macs=count_macs(cfg, net), latency_ms_median=round(med, 2),
+        params=count_params(model), macs=count_macs(cfg, net, structure=getattr(model, "structure", None)),
+        file_mb=_file_mb(getattr(model, "weights_path", None)), latency_ms_median=round(med, 2),
         latency_ms_p90=round(p90, 2), fps=round(1000.0 / med, 3), throughput=round(throughput, 3),
         batch_size=batch_size if backend not in ("onnxruntime", "openvino") else 1, threads=torch.get_num_threads(),
         device=str(dev), precision=precision, backend=backend, peak_mem_mb=round(peak, 1), runs=runs,
         net_ms_median=round(statistics.median(net_times), 3), channels_last=options.channels_last,
         cpu_features=" ".join(matrix_features()) if dev.type == "cpu" else "",
     )
+
+
+def interleaved_ms(predictors: dict, frame: np.ndarray, runs: int) -> dict:
+    """Median whole-step latency (ms) of each predictor, timed in interleaved rounds, with the spread."""
+    times = {k: [] for k in predictors}
+    for p in predictors.values():  # warm-up (lazy graphs, caches)
+        p.predict(frame)
+    for _ in range(runs):
+        for k, p in predictors.items():
+            t0 = time.perf_counter()
+            p.predict(frame)
+            times[k].append((time.perf_counter() - t0) * 1000)
+    return {k: {"median_ms": round(statistics.median(v), 2), "min_ms": round(min(v), 2), "max_ms": round(max(v), 2)}
+            for k, v in times.items()}
 
 
 STAGES = ("decode", "preprocess", "network", "postprocess", "colour", "encode")

@@ -60,3 +60,7 @@ class DistillError(FastDPTError):
 
 class DiskFullError(FastDPTError, OSError):
     """A file could not be written for lack of space (nothing half-written is left under its name)."""
+
+
+class CompressError(FastDPTError):
+    """A compression (pruning, quantisation-aware training, clustering) that cannot be done as asked."""

@@ -7,6 +7,7 @@ Untrusted files are never unpickled: ``.pt``/``.pth``/``.bin`` go through
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import re
@@ -25,6 +26,7 @@ from torch import nn
 from .config import CONFIG_KEY, FINGERPRINT_KEY, ModelConfig, fingerprint
 from .io import atomic_write
 from .errors import WeightsError, WeightsNotFoundError
+from .models.structure import STRUCTURE_KEY, parse_structure, structure_of
 
 StateDict = dict[str, torch.Tensor]
 
@@ -314,20 +316,36 @@ def save_checkpoint(model: nn.Module, path: str | os.PathLike, metadata: Mapping
     path.parent.mkdir(parents=True, exist_ok=True)
     meta = {str(k): str(v) for k, v in (metadata or {}).items()}
     meta.update({CONFIG_KEY: model.config.name, FINGERPRINT_KEY: fingerprint(model.config.name), "format": "pt"})
+    meta.pop(STRUCTURE_KEY, None)
+    if structure := structure_of(model):  # a pruned model: its shapes beside its name
+        meta[STRUCTURE_KEY] = json.dumps(structure, sort_keys=True, separators=(",", ":"))
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     return atomic_write(path, lambda p: save_file(tensors, str(p), metadata=meta))
+
+
+def _metadata(path: Path) -> dict | None:
+    if not path.is_file() or not _is_safetensors(path):
+        return None
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return f.metadata() or {}
+    except (SafetensorError, OSError) as e:
+        raise WeightsError(f"cannot read {path}: {e}") from None
+
+
+def read_checkpoint_structure(path: str | os.PathLike) -> dict:
+    """The pruned structure a fastdpt checkpoint carries (:mod:`fastdpt.models.structure`); ``{}`` for
+    an unpruned model or another kind of file."""
+    meta = _metadata(Path(path))
+    return parse_structure((meta or {}).get(STRUCTURE_KEY), str(path))
 
 
 def read_checkpoint_config(path: str | os.PathLike) -> ModelConfig | None:
     """The config stored in a fastdpt safetensors checkpoint, or None for other files."""
     path = Path(path)
-    if not path.is_file() or not _is_safetensors(path):
+    meta = _metadata(path)
+    if meta is None:
         return None
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-    except (SafetensorError, OSError) as e:
-        raise WeightsError(f"cannot read {path}: {e}") from None
     name = meta.get(CONFIG_KEY)
     if not name:
         return None

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import typer
 
+from . import compress as _compress
 from . import demo as _demo
 from . import distill as _distill
 from . import infer as _infer
@@ -25,7 +26,7 @@ for _name, _fn in [("models", _models.models), ("predict", _infer.predict), ("be
                    ("video", _infer.video), ("camera", _infer.camera), ("stream", _infer.stream),
                    ("serve", _infer.serve), ("demo", _demo.demo), ("train", _train.train),
                    ("eval", _train.evaluate), ("eval-pngs", _train.eval_pngs),
-                   ("distill", _distill.distill)]:
+                   ("distill", _distill.distill), ("compress", _compress.compress)]:
     app.command(_name)(_fn)
 app.add_typer(data_app, name="data")
 app.add_typer(study_app, name="study")

@@ -99,11 +99,14 @@ def bench(
             first.setdefault(r.name, r)
             r.speedup = round(first[r.name].latency_ms_median / r.latency_ms_median, 3)
     ratio = baseline or backend == "all"
+    files = any(r.file_mb is not None for r in rows)  # checkpoints (compressed models ...): their file size too
     headers = ["variant", "backend", *(["speed-up"] if ratio else []), "step ms (p50/p90)", "net ms", "FPS", "net size",
-               "params (M)", "GMACs", "throughput", "peak MB"]
+               "params (M)", "GMACs", *(["file MB"] if files else []), "throughput", "peak MB"]
     cells = [[r.name, f"{r.backend} {r.precision}", *([f"{r.speedup:.2f}x"] if ratio else []),
               f"{r.latency_ms_median:.1f} / {r.latency_ms_p90:.1f}", f"{r.net_ms_median:.1f}", f"{r.fps:.2f}", r.net_size,
-              f"{r.params / 1e6:.1f}", f"{r.macs / 1e9:.1f}", f"{r.throughput:.2f}", f"{r.peak_mem_mb:.0f}"] for r in rows]
+              f"{r.params / 1e6:.1f}", f"{r.macs / 1e9:.2f}",
+              *([f"{r.file_mb:.1f}" if r.file_mb is not None else "-"] if files else []),
+              f"{r.throughput:.2f}", f"{r.peak_mem_mb:.0f}"] for r in rows]
     print_table(f"fastdpt bench: {size[0]}x{size[1]} frames, {device} ({features}), {rows[0].threads} threads",
                 headers, cells)
     if json_path:

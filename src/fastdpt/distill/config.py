@@ -38,6 +38,8 @@ class DistillConfig:
     lr: float = option("AdamW learning rate (a new decoder learns fastest near 5e-4..1e-3)", 5e-4)
     trim: float = option("leave out each label's largest-loss pixels (fraction)", 0.1)
     grad_weight: float = option("gradient-matching weight beside SILog (metric teachers)", 0.5)
+    student_init: str | None = option("start the student from this checkpoint of its variant (a pruned model from "
+                                      "fastdpt compress keeps its shapes) instead of the teacher's tensors")
     warm_start: bool = option("warm-start the student from the teacher's tensors where names and shapes fit", True,
                             flags=("--warm-start/--no-warm-start",))
     workers: int = option("labelling workers (more than 1, or --address: Ray actors, each holding the teacher)", 1)

@@ -11,12 +11,11 @@ ratio measured on one machine at one time.
 from __future__ import annotations
 
 import json
-import statistics
-import time
 from pathlib import Path
 
 import numpy as np
 
+from ..bench import interleaved_ms
 from ..data.kitti import read_split
 from ..errors import DistillError
 from ..evaluation.metrics import METRIC_KEYS, Protocol
@@ -24,20 +23,6 @@ from ..evaluation.protocol import best_constant, evaluate
 from ..evaluation.temporal import flicker
 from ..io import atomic_write, read_image
 from .labels import LabelSet, Teacher, teacher_predictor
-
-
-def _interleaved_ms(predictors: dict, frame: np.ndarray, runs: int) -> dict:
-    """Median whole-step latency (ms) of each predictor, timed in interleaved rounds, with the spread."""
-    times = {k: [] for k in predictors}
-    for p in predictors.values():  # warm-up (lazy graphs, caches)
-        p.predict(frame)
-    for _ in range(runs):
-        for k, p in predictors.items():
-            t0 = time.perf_counter()
-            p.predict(frame)
-            times[k].append((time.perf_counter() - t0) * 1000)
-    return {k: {"median_ms": round(statistics.median(v), 2), "min_ms": round(min(v), 2), "max_ms": round(max(v), 2)}
-            for k, v in times.items()}
 
 
 def _sequences(labels: LabelSet, split: str, limit: int) -> list[list[str]]:
@@ -115,7 +100,7 @@ def build_report(cfg, teacher: Teacher, labels: LabelSet, student_path: Path, st
         sizes[key] = {"params": count_params(p.model) if p.model is not None else None,
                       "gmacs": round(count_macs(p.config, net) / 1e9, 2), "net_size": f"{net[0]}x{net[1]}"}
     log(f"timing both models on a {frame.shape[0]}x{frame.shape[1]} frame ({cfg.bench_runs} interleaved rounds)")
-    speed = _interleaved_ms({"student": student, "teacher": teach}, frame, cfg.bench_runs)
+    speed = interleaved_ms({"student": student, "teacher": teach}, frame, cfg.bench_runs)
     report["models"] = {k: {**sizes[k], **speed[k]} for k in sizes}
     report["speedup"] = round(speed["teacher"]["median_ms"] / speed["student"]["median_ms"], 2)
     report["machine"] = _machine(torch.get_num_threads())

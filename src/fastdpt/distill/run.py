@@ -125,11 +125,13 @@ def train_config(cfg: DistillConfig, loss: str, teacher: Teacher, labels: LabelS
 
     steps = cfg.steps or -1
     epochs = 10**6 if cfg.steps else (cfg.epochs or 10)
+    init = cfg.student_init
+    if init is None and cfg.warm_start:
+        init = warm_start_file(teacher, cfg.student, Path(cfg.out) / "warm_start.safetensors", label_median(labels))
     return TrainConfig(
         model=cfg.student, out=str(Path(cfg.out) / "train"), data_root=str(labels.root), dense_gt=True, loss=loss,
         grad_weight=cfg.grad_weight if loss == "silog" else 0.0, trim=cfg.trim, kb_crop=False, eval_crop=None,
-        init=str(init) if (init := cfg.warm_start and warm_start_file(
-            teacher, cfg.student, Path(cfg.out) / "warm_start.safetensors", label_median(labels))) else None,
+        init=str(init) if init else None,
         epochs=epochs, max_steps=steps,
         batch_size=cfg.batch_size, lr=cfg.lr, workers=cfg.data_workers, seed=cfg.seed, hflip=0.5,
         tracking_uri=cfg.tracking_uri, progress=cfg.progress)
@@ -150,6 +152,13 @@ def distill(cfg: DistillConfig, resume: bool = False, log: Callable[[str], None]
 
     out = Path(cfg.out)
     get_config(cfg.student)  # a bad name fails before anything is loaded
+    if cfg.student_init is not None:
+        from ..weights import read_checkpoint_config
+
+        held = read_checkpoint_config(cfg.student_init) if Path(cfg.student_init).is_file() else None
+        if held is None or held != get_config(cfg.student):
+            raise DistillError(f"--student-init {cfg.student_init}: not a fastdpt checkpoint of the student "
+                               f"{get_config(cfg.student).name}" + (f" (it holds {held.name})" if held else ""))
     _check_out(out, cfg, resume)
     if not cfg.frames:
         raise DistillError("no frames given: pass --frames with video files, image folders or a KITTI raw root")

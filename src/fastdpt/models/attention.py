@@ -102,11 +102,12 @@ class Attention(nn.Module):
         # timm's Block passes these; DPT never masks
         if attn_mask is not None or is_causal:
             raise ValueError("fastdpt Attention is bidirectional and unmasked")
-        b, n, c = x.shape
+        b, n, _ = x.shape
         qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)
         if self.kernel == "softmax":
             out = F.scaled_dot_product_attention(q, k, v)
         else:  # exp() of random features: float32 whatever the weights' precision
             out = favor_attention(q.float(), k.float(), v.float(), self.projection.float()).to(q.dtype)
-        return self.proj(out.transpose(1, 2).reshape(b, n, c))
+        # heads x head width: the token width, or less in a model whose heads were pruned
+        return self.proj(out.transpose(1, 2).reshape(b, n, self.num_heads * self.head_dim))

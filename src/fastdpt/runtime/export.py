@@ -3,6 +3,7 @@ export against PyTorch."""
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import torch
 
 from ..config import CONFIG_KEY, ModelConfig
 from ..errors import ExportError, WeightsError
+from ..models.structure import STRUCTURE_KEY
 
 INPUT_SIZE_KEY = "fastdpt.input_size"
 
@@ -35,7 +37,10 @@ def export_onnx(model: torch.nn.Module, path: str | os.PathLike, size: tuple[int
             torch.onnx.export(model, (x,), str(tmp), input_names=["image"], output_names=["depth"],
                               opset_version=opset, dynamo=False)
         proto = onnx.load(str(tmp))
-        for key, value in {CONFIG_KEY: cfg.name, INPUT_SIZE_KEY: f"{size[0]}x{size[1]}"}.items():
+        meta = {CONFIG_KEY: cfg.name, INPUT_SIZE_KEY: f"{size[0]}x{size[1]}"}
+        if structure := getattr(model, "structure", None):  # a pruned model: its shapes, for the record
+            meta[STRUCTURE_KEY] = json.dumps(structure, sort_keys=True, separators=(",", ":"))
+        for key, value in meta.items():
             entry = proto.metadata_props.add()
             entry.key, entry.value = key, value
         onnx.save(proto, str(tmp))

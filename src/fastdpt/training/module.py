@@ -14,6 +14,7 @@ from ..evaluation.metrics import METRIC_KEYS, MetricAverager, Protocol
 from ..evaluation.protocol import predict_and_score
 from ..losses import make_loss
 from ..models import DPT
+from ..models.structure import apply_structure
 from ..presets import get_config
 from ..transforms import Transforms
 
@@ -29,6 +30,7 @@ class DepthModule(L.LightningModule):
         lr, betas, eps, weight_decay: AdamW.
         protocol: how validation frames are scored (:class:`~fastdpt.evaluation.Protocol`, or its fields).
         channels_last: channels-last memory order for the convolutions (faster on GPUs with bf16).
+        structure: pruned shapes (:mod:`fastdpt.models.structure`) to train a pruned model of the variant.
 
     The forward path is :class:`~fastdpt.transforms.Transforms` (resize in, normalise) -> DPT ->
     resize back to the ground truth's size: the Predictor's path. Validation logs ``val/<metric>``
@@ -38,13 +40,13 @@ class DepthModule(L.LightningModule):
     def __init__(self, model: str, loss: str | Callable = "silog", loss_options: dict | None = None,
                  lr: float = 1e-5, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
                  weight_decay: float = 0.01, protocol: Protocol | dict | None = None,
-                 channels_last: bool = False) -> None:
+                 channels_last: bool = False, structure: dict | None = None) -> None:
         super().__init__()
         # hyperparameters hold plain values only, so resume.ckpt loads with weights_only=True
         protocol = asdict(protocol) if isinstance(protocol, Protocol) else dict(protocol or asdict(Protocol()))
         self.save_hyperparameters(ignore=["loss"] if callable(loss) else None)
         self.config = get_config(model)
-        self.model = DPT(self.config)
+        self.model = apply_structure(DPT(self.config), structure or {})  # a pruned model keeps its shapes
         self.memory = torch.channels_last if channels_last else torch.contiguous_format
         if channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)

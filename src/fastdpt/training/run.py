@@ -44,8 +44,13 @@ def build(cfg: TrainConfig):
 
     options = {"lam": cfg.silog_lambda, "grad": cfg.grad_weight} if cfg.loss == "silog" else {}
     options["trim"] = cfg.trim
+    from ..weights import read_checkpoint_structure
+
+    # a pruned init (fastdpt compress) is trained in its own shapes, not warm-started into the full variant
+    structure = read_checkpoint_structure(cfg.init) if cfg.init else {}
     module = DepthModule(cfg.model, loss=cfg.loss, loss_options=options, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps,
-                         weight_decay=cfg.weight_decay, protocol=cfg.protocol, channels_last=cfg.channels_last)
+                         weight_decay=cfg.weight_decay, protocol=cfg.protocol, channels_last=cfg.channels_last,
+                         structure=structure or None)
     paths = cfg.paths()
     dense = None
     if cfg.dense_gt:

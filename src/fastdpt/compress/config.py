@@ -1,0 +1,76 @@
+"""``CompressConfig``: the options of ``fastdpt compress`` (stored in ``report.json``); importing it costs
+no torch, so the command line derives its options from it quickly."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from ..errors import ConfigError
+from ..training.config import option
+
+RECOVERY = ("none", "distill", "train")
+
+
+@dataclass
+class CompressConfig:
+    """Everything one compression needs."""
+
+    checkpoint: str = option("the model to compress: a fastdpt checkpoint or a preset with weights", required=True)
+    out: str = option("output folder (model.safetensors, report.json)", required=True)
+    prune: str | None = option("structured pruning: PART=RATIO items of heads, mlp, decoder (fraction removed), "
+                               "e.g. heads=0.5,mlp=0.3,decoder=0.25")
+    importance: str = option("how channels and heads are ranked: magnitude, or taylor (needs --frames)", "magnitude")
+    cluster: int | None = option("weight clustering: at most K shared values in each large weight tensor")
+    recover: str = option("recovery after pruning: none, distill (from the uncompressed model on --frames) or "
+                          "train (on the labelled --data-root)", "none")
+    frames: tuple = option("unlabelled frames (videos, image folders, KITTI raw roots) for distillation, taylor "
+                           "importance and the agreement check", ())
+    data_root: str | None = option("KITTI-format data root with ground truth for --recover train")
+    steps: int = option("optimiser steps of the recovery", 300)
+    batch_size: int = option("batch size of the recovery", 4)
+    lr: float = option("AdamW learning rate of the recovery", 2e-4)
+    max_frames: int = option("frames taken from --frames for distillation", 400)
+    backend: str = option("runtime of the speed comparison (auto: the fastest this machine runs)", "auto")
+    threads: int | None = option("torch threads (pruning, recovery, the speed comparison)")
+    frame_size: str = option("frame size HxW of the speed comparison", "375x1242")
+    bench_runs: int = option("timed steps of each model in the speed comparison (interleaved)", 5)
+    overwrite: bool = option("replace what an earlier compression wrote in --out", False,
+                             flags=("--overwrite/--no-overwrite",))
+    seed: int = option("random seed", 0)
+    progress: bool = option("show progress", True, flags=("--progress/--no-progress",))
+
+    def __post_init__(self) -> None:
+        if not self.checkpoint or not self.out:
+            raise ConfigError("a compression needs a checkpoint and an output folder (--out)")
+        self.frames = tuple(str(f) for f in (self.frames or ()))
+        if self.recover not in RECOVERY:
+            raise ConfigError(f"--recover must be one of {', '.join(RECOVERY)}, got {self.recover!r}")
+        if not self.prune and self.cluster is None:
+            raise ConfigError("nothing to do: give --prune PART=RATIO,... and/or --cluster K")
+        if self.recover != "none" and not self.prune:
+            raise ConfigError("--recover fine-tunes a pruned model: give --prune as well")
+        if self.recover == "distill" and not self.frames:
+            raise ConfigError("--recover distill needs frames to distil on: pass --frames (videos, image folders)")
+        if self.recover == "train" and not self.data_root:
+            raise ConfigError("--recover train needs labelled data: pass --data-root")
+        if self.importance == "taylor" and not self.frames:
+            raise ConfigError("--importance taylor measures gradients on frames: pass --frames")
+        for name in ("steps", "batch_size", "bench_runs", "max_frames"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if self.threads is not None and self.threads < 1:
+            raise ConfigError(f"--threads must be at least 1, got {self.threads}")
+        if not self.lr > 0:
+            raise ConfigError(f"--lr must be positive, got {self.lr}")
+        self.frame_hw()
+
+    def frame_hw(self) -> tuple[int, int]:
+        h, x, w = self.frame_size.lower().partition("x")
+        if not (x and h.isdigit() and w.isdigit() and int(h) >= 32 and int(w) >= 32):
+            raise ConfigError(f"--frame-size must be HxW (at least 32x32), got {self.frame_size!r}")
+        return int(h), int(w)
+
+    def as_dict(self) -> dict:
+        d = asdict(self)
+        d["frames"] = list(self.frames)
+        return d
