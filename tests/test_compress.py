@@ -245,22 +245,30 @@ def test_compress_writes_a_model_every_command_loads_and_never_overwrites(tmp_pa
     assert tiny_ckpt.is_file()
 
 
-@pytest.mark.slow
-def test_recovery_by_distillation_keeps_the_pruned_shapes_and_brings_the_model_back(tmp_path):
-    """A tiny metric model trained on synthetic drives, pruned hard: distilling from the unpruned model on
-    frames of another drive keeps the pruned shapes and brings its output closer to the unpruned one's."""
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A tiny metric model trained a few epochs on synthetic drives 1-2 (drive 3 validates, 4 is the test
+    drive); drives 3 and 4 also as plain image folders (unlabelled frames)."""
     pytest.importorskip("lightning")
     from conftest import train_config
     from fastdpt.data.synthetic import DATE, drive_name, synth
     from fastdpt.training import train
 
-    data = tmp_path / "synth"
+    root = tmp_path_factory.mktemp("trained")
+    data = root / "synth"
     synth(data, drives=4, frames=16, size=(96, 320), seed=3, workers=2)
-    train(train_config(data, tmp_path / "teacher", epochs=4, batch_size=4), logger=False)
-    ckpt = tmp_path / "teacher" / "best.safetensors"
-    frames = tmp_path / "frames"
+    train(train_config(data, root / "run", epochs=4, batch_size=4), logger=False)
+    frames = root / "frames"
     for d in (3, 4):
         shutil.copytree(data / "raw" / DATE / drive_name(d) / "image_02" / "data", frames / f"clip{d}")
+    return data, root / "run" / "best.safetensors", frames
+
+
+@pytest.mark.slow
+def test_recovery_by_distillation_keeps_the_pruned_shapes_and_brings_the_model_back(tmp_path, trained):
+    """Pruned hard, then distilled from the unpruned model on unlabelled frames: the pruned shapes stay and
+    the output comes closer to the unpruned model's."""
+    data, ckpt, frames = trained
     common = dict(checkpoint=str(ckpt), prune="heads=0.5,mlp=0.5,decoder=0.5", frames=(str(frames),),
                   backend="torch", frame_size="96x320", bench_runs=1, threads=2, progress=False)
     plain = compress(CompressConfig(out=str(tmp_path / "plain"), **common))
@@ -272,3 +280,18 @@ def test_recovery_by_distillation_keeps_the_pruned_shapes_and_brings_the_model_b
     assert rec["after"]["params"] == plain["after"]["params"] < plain["before"]["params"]
     assert rec["agreement"]["abs_rel_vs_original"] < 0.8 * plain["agreement"]["abs_rel_vs_original"], (
         rec["agreement"], plain["agreement"])
+
+
+@pytest.mark.slow
+def test_recovery_by_training_on_labelled_data_keeps_the_pruned_shapes(tmp_path, trained):
+    """--recover train on a labelled data root (small frames: no KB crop), too short to validate: the
+    last weights are taken, in the pruned shapes."""
+    data, ckpt, _ = trained
+    r = compress(CompressConfig(checkpoint=str(ckpt), out=str(tmp_path / "t"), prune="mlp=0.5,decoder=0.5",
+                                recover="train", data_root=str(data), steps=3, batch_size=2, backend="torch",
+                                frame_size="96x320", bench_runs=1, threads=2, progress=False))
+    assert r["recover"]["kind"] == "train" and r["recover"]["path"].endswith("last.safetensors")
+    model = fastdpt.load(tmp_path / "t" / "model.safetensors")
+    assert model.structure == r["prune"]["structure"] and model.encoder.blocks[0].mlp.fc1.out_features == 1536
+    before = fastdpt.load(tmp_path / "t" / "pruned.safetensors")
+    assert not torch.equal(model.decoder.layer_rn[0].weight, before.decoder.layer_rn[0].weight)  # it trained

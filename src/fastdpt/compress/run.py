@@ -19,8 +19,8 @@ import numpy as np
 from ..errors import CompressError
 from .config import CompressConfig
 
-AGREEMENT_FRAMES = 8  # frames of --frames scored against the uncompressed model
-TAYLOR_FRAMES = 8  # frames whose gradients rank channels for --importance taylor
+AGREEMENT_FRAMES = 8  # frames of --frames scored against the uncompressed model (the last ones sampled)
+TAYLOR_FRAMES = 8  # frames whose gradients rank channels for --importance taylor (before the agreement ones)
 
 
 def _check_out(cfg: CompressConfig) -> Path:
@@ -96,10 +96,19 @@ def _recover(cfg: CompressConfig, pruned: Path, out: Path, log) -> dict:
     tcfg = TrainConfig(model=_name(pruned), out=str(out / "recover"), data_root=cfg.data_root, init=str(pruned),
                        max_steps=cfg.steps, epochs=10**6, batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed,
                        progress=cfg.progress)
-    if tcfg.paths().dense_root is not None:  # dense depth where the data root has it (synthetic drives, labels)
-        tcfg = TrainConfig.from_dict({**tcfg.as_dict(), "dense_gt": True})
+    from ..data.kitti import fits_kb_crop, read_split
+    from ..io import read_image
+
+    paths = tcfg.paths()
+    first = read_split(paths.splits["train_split"])[0]
+    h, w = read_image(paths.raw_root / first.rgb).shape[:2]
+    # dense depth where the data root has it (synthetic drives, labels); the KB crop where frames are KITTI-sized
+    tcfg = TrainConfig.from_dict({**tcfg.as_dict(), "dense_gt": paths.dense_root is not None,
+                                  "kb_crop": fits_kb_crop(h, w)})
     result = train(tcfg, overwrite=(out / "recover").exists())
-    return {"kind": "train", "path": result["best"], "run": str(out / "recover"), "best_metrics": result["best_metrics"]}
+    # the best validated weights; the last ones when the run was too short to validate
+    path = result["best"] if Path(result["best"]).is_file() else result["last"]
+    return {"kind": "train", "path": path, "run": str(out / "recover"), "best_metrics": result["best_metrics"]}
 
 
 def _name(path: Path) -> str:
@@ -142,14 +151,16 @@ def compress(cfg: CompressConfig, log: Callable[[str], None] = print) -> dict:
     report: dict = {"config": cfg.as_dict(), "checkpoint": str(cfg.checkpoint), "variant": original.config.name,
                     "before": _stats(original, net, src_path), "times": {}}
     model = copy.deepcopy(original).train(False)
-    frames = _frames(cfg, max(AGREEMENT_FRAMES, TAYLOR_FRAMES))
+    frames = _frames(cfg, AGREEMENT_FRAMES + TAYLOR_FRAMES)
+    held_out = frames[-AGREEMENT_FRAMES:] if len(frames) > AGREEMENT_FRAMES else frames
+    seen = frames[:-AGREEMENT_FRAMES] if len(frames) > AGREEMENT_FRAMES else frames
     t0 = time.perf_counter()
     if spec is not None:
         from ..transforms import Transforms
 
         tf = Transforms(model.config)
         example = torch.zeros(1, 3, *network_size(*model.config.input_size, model.config))
-        batches = [(tf.preprocess(f), None) for f in frames[:TAYLOR_FRAMES]]
+        batches = [(tf.preprocess(f), None) for f in seen[:TAYLOR_FRAMES]]
         structure = prune(model, spec, example, batches)
         pruned = save_checkpoint(model, out / "pruned.safetensors",
                                  {"fastdpt.compressed_from": str(cfg.checkpoint), "fastdpt.prune": spec.label()})
@@ -177,17 +188,17 @@ def compress(cfg: CompressConfig, log: Callable[[str], None] = print) -> dict:
     if cfg.cluster is not None:
         report["after"]["palettised_bytes"] = palettised_bytes(model, cfg.cluster)
     options = RuntimeOptions(cfg.backend, "auto", "cpu", cfg.threads)
-    a, b = Predictor(original, options=options), Predictor(model, options=options)
+    preds = {"before": Predictor(original, options=options), "after": Predictor(model, options=options)}
     try:
         frame = np.random.default_rng(cfg.seed).integers(0, 256, (*frame_hw, 3), dtype=np.uint8)
-        report["speed"] = {"runtime": f"{a.options.backend} {a.options.precision}", "frame": cfg.frame_size,
-                           "threads": torch.get_num_threads(),
-                           **interleaved_ms({"before": a, "after": b}, frame, cfg.bench_runs)}
+        first = preds["before"]
+        report["speed"] = {"runtime": f"{first.options.backend} {first.options.precision}", "frame": cfg.frame_size,
+                           "threads": torch.get_num_threads(), **interleaved_ms(preds, frame, cfg.bench_runs)}
         report["speedup"] = round(report["speed"]["before"]["median_ms"] / report["speed"]["after"]["median_ms"], 3)
-        report["agreement"] = _agreement(a, b, frames[:AGREEMENT_FRAMES])
+        report["agreement"] = _agreement(preds["before"], preds["after"], held_out)
     finally:
-        a.close()
-        b.close()
+        for p in preds.values():
+            p.close()
     report["path"] = str(target)
     write_text(out / "report.json", json.dumps(report, indent=1))
     return report

@@ -1,0 +1,178 @@
+"""Compression on the speed/accuracy frontier: each technique alone and combined, in one run.
+
+    python benchmarks/compress.py --threads 2 --demo .bench/cpu-accuracy/demo --steps 150
+
+1. A trained fast student: ``fastdpt demo``'s model (the fast preset's 128x416 layout trained on three
+   synthetic drives; trained here when ``--demo`` holds none). Each compression is made with
+   ``fastdpt.compress`` (pruning heads / MLP / decoder alone, clustering alone, everything combined
+   and recovered by training on the demo's drives, and that plus clustering); every model is then
+   scored on the held-out drive (BTS protocol, AbsRel) and timed (whole online step, ``auto`` runtime,
+   375x1242 frames) in interleaved rounds in the same process.
+2. A DPT-Hybrid-sized variant (``dpt-hybrid-kitti``'s layout, random weights: no trained one exists
+   here, so speed and size only): the combined pruning and clustering, timed the same way.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+COMBINED = "heads=0.5,mlp=0.5,decoder=0.5"
+
+
+def main() -> None:
+    from fastdpt.bench import environment, interleaved_ms
+    from fastdpt.data.kitti import fits_kb_crop, read_split
+    from fastdpt.demo import run_demo
+    from fastdpt.evaluation import Protocol, evaluate
+    from fastdpt.io import read_image
+    from fastdpt.predict import Predictor
+    from fastdpt.runtime import RuntimeOptions, matrix_features
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--demo", default=".bench/cpu-accuracy/demo", help="a fastdpt demo folder (made if absent)")
+    ap.add_argument("--demo-steps", type=int, default=300)
+    ap.add_argument("--steps", type=int, default=150, help="recovery steps of the combined pruning")
+    ap.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds")
+    ap.add_argument("--work", default=".bench/compress")
+    ap.add_argument("--out", default="benchmarks/results/compress.json")
+    ap.add_argument("--no-big", action="store_true", help="skip the DPT-Hybrid-sized variant")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    demo = Path(args.demo)
+    if not (demo / "summary.json").is_file():
+        run_demo(demo, steps=args.demo_steps, force=True)
+    summary = json.loads((demo / "summary.json").read_text())
+    ckpt, data = summary["checkpoint"], demo / "data"
+    work = Path(args.work)
+    shutil.rmtree(work, ignore_errors=True)
+    plans = {"prune heads 0.5": dict(prune="heads=0.5"), "prune mlp 0.5": dict(prune="mlp=0.5"),
+             "prune decoder 0.5": dict(prune="decoder=0.5"), "cluster 16": dict(cluster=16),
+             f"prune {COMBINED} + train {args.steps}": dict(prune=COMBINED, recover="train", data_root=str(data),
+                                                          steps=args.steps, lr=3e-4)}
+    # the recovered model clustered in turn (its own checkpoint in, no second recovery)
+    plans[f"prune {COMBINED} + train {args.steps} + cluster 16"] = dict(
+        cluster=16, checkpoint=f"@prune {COMBINED} + train {args.steps}")
+    models = {"uncompressed": ckpt}
+    reports = {}
+    for i, (label, plan) in enumerate(plans.items()):
+        plan = dict(plan)
+        src = plan.pop("checkpoint", ckpt)
+        src = models[src[1:]] if src.startswith("@") else src
+        r = _compress_cli(src, work / f"m{i}", args.threads, plan)
+        models[label], reports[label] = r["path"], r
+        print(label, json.dumps({k: r[k] for k in ("before", "after")}), flush=True)
+    test = read_split(data / "splits" / "test_files_with_gt.txt")
+    size = read_image(data / "raw" / test[0].rgb).shape[:2]
+    protocol = Protocol("garg", kb_crop=fits_kb_crop(*size))
+    options = RuntimeOptions("auto", "auto", "cpu", args.threads)
+    preds = {k: Predictor(p, options=options) for k, p in models.items()}
+    frame = np.random.default_rng(0).integers(0, 256, (375, 1242, 3), dtype=np.uint8)
+    speed = interleaved_ms(preds, frame, args.rounds)
+    rows = []
+    for label, pred in preds.items():
+        m = evaluate(pred, test, data / "raw", data / "data_depth_annotated", protocol)
+        r = reports.get(label)
+        stats = r["after"] if r else next(iter(reports.values()))["before"]  # the first plan starts from ckpt
+        rows.append({"model": label, "params": stats["params"], "macs": stats["macs"],
+                     "file_mb": round(stats["file_bytes"] / 2**20, 2),
+                     "palettised_mb": round(stats["palettised_bytes"] / 2**20, 2) if "palettised_bytes" in stats else None,
+                     "step_ms": speed[label]["median_ms"], "step_min_ms": speed[label]["min_ms"],
+                     "step_max_ms": speed[label]["max_ms"], "abs_rel": round(m["abs_rel"], 4), "d1": round(m["d1"], 4)})
+        print(json.dumps(rows[-1]), flush=True)
+    runtime = f"{next(iter(preds.values())).options.backend} {next(iter(preds.values())).options.precision}"
+    for p in preds.values():
+        p.close()
+    base = rows[0]
+    for r in rows:
+        r["speedup"] = round(base["step_ms"] / r["step_ms"], 3)
+        r["abs_rel_change"] = round(r["abs_rel"] / base["abs_rel"] - 1, 4)
+    big = [] if args.no_big else _big(work, args.threads, args.rounds)
+    result = {"environment": environment(), "cpu_features": matrix_features(), "threads": args.threads,
+              "runtime": runtime, "student": summary["model"], "student_steps": summary["steps"],
+              "test_frames": len(test), "rows": rows, "big": big, "command": " ".join(sys.argv)}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=1))
+    print(markdown(result))
+
+
+def _big(work: Path, threads: int, rounds: int) -> list[dict]:
+    """dpt-hybrid-kitti's layout with random weights: speed and size of the combined compressions."""
+    import fastdpt
+    from fastdpt.bench import interleaved_ms
+    from fastdpt.predict import Predictor
+    from fastdpt.runtime import RuntimeOptions
+
+    torch.manual_seed(0)
+    ckpt = fastdpt.save_checkpoint(fastdpt.create_model("dpt-hybrid-kitti"), work / "big" / "dpt-hybrid.safetensors")
+    plans = {"prune heads 0.5": dict(prune="heads=0.5"), "prune mlp 0.5": dict(prune="mlp=0.5"),
+             f"prune {COMBINED}": dict(prune=COMBINED), f"prune {COMBINED} + cluster 16": dict(prune=COMBINED, cluster=16)}
+    models, reports = {"uncompressed (random weights)": str(ckpt)}, {}
+    for i, (label, plan) in enumerate(plans.items()):
+        r = _compress_cli(str(ckpt), work / "big" / f"m{i}", threads, plan)
+        models[label], reports[label] = r["path"], r
+    preds = {k: Predictor(p, options=RuntimeOptions("auto", "auto", "cpu", threads)) for k, p in models.items()}
+    frame = np.random.default_rng(0).integers(0, 256, (375, 1242, 3), dtype=np.uint8)
+    speed = interleaved_ms(preds, frame, rounds)
+    for p in preds.values():
+        p.close()
+    rows = []
+    first = next(iter(reports.values()))["before"]
+    for label in models:
+        stats = reports[label]["after"] if label in reports else first
+        rows.append({"model": label, "params": stats["params"], "macs": stats["macs"],
+                     "file_mb": round(stats["file_bytes"] / 2**20, 2),
+                     "palettised_mb": round(stats["palettised_bytes"] / 2**20, 2) if "palettised_bytes" in stats else None,
+                     "step_ms": speed[label]["median_ms"], "step_min_ms": speed[label]["min_ms"],
+                     "step_max_ms": speed[label]["max_ms"]})
+        rows[-1]["speedup"] = round(rows[0]["step_ms"] / rows[-1]["step_ms"], 3)
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def _compress_cli(checkpoint: str, out: Path, threads: int, plan: dict) -> dict:
+    """One `fastdpt compress` run, as a user runs it (its own process), read back from its report."""
+    cmd = [sys.executable, "-m", "fastdpt.cli", "compress", str(checkpoint), "--out", str(out), "--threads", str(threads),
+           "--bench-runs", "1", "--no-progress"]
+    for key, value in plan.items():
+        cmd += [f"--{key.replace('_', '-')}", str(value)]
+    print(" ".join(cmd[3:]), flush=True)
+    subprocess.run(cmd, check=True)
+    return json.loads((out / "report.json").read_text())
+
+
+def markdown(r: dict) -> str:
+    e = r["environment"]
+    lines = [f"{e['processor']} ({', '.join(r['cpu_features'])}), {r['threads']} threads, torch {e['torch']}, runtime "
+             f"{r['runtime']}; student `{r['student']}` trained {r['student_steps']} steps by `fastdpt demo`, "
+             f"{r['test_frames']} held-out frames (BTS protocol); whole step on 375x1242 frames, median of interleaved "
+             "rounds (min-max).", "",
+             "| model | params M | GMACs | file MB (palettised) | step ms (min-max) | speed-up | AbsRel (change) | d1 |",
+             "|---|---|---|---|---|---|---|---|"]
+    for x in r["rows"]:
+        pal = f" ({x['palettised_mb']})" if x["palettised_mb"] else ""
+        lines.append(f"| {x['model']} | {x['params'] / 1e6:.2f} | {x['macs'] / 1e9:.2f} | {x['file_mb']}{pal} | "
+                     f"{x['step_ms']} ({x['step_min_ms']}-{x['step_max_ms']}) | {x['speedup']}x | "
+                     f"{x['abs_rel']} ({x['abs_rel_change'] * 100:+.1f} %) | {x['d1']} |")
+    if r["big"]:
+        lines += ["", "| DPT-Hybrid-sized | params M | GMACs | file MB (palettised) | step ms (min-max) | speed-up |",
+                  "|---|---|---|---|---|---|"]
+        for x in r["big"]:
+            pal = f" ({x['palettised_mb']})" if x["palettised_mb"] else ""
+            lines.append(f"| {x['model']} | {x['params'] / 1e6:.2f} | {x['macs'] / 1e9:.2f} | {x['file_mb']}{pal} | "
+                         f"{x['step_ms']} ({x['step_min_ms']}-{x['step_max_ms']}) | {x['speedup']}x |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
