@@ -176,8 +176,14 @@ def test_labelling_on_ray_matches_labelling_here(tmp_path, teacher, frames):
     stats = label(there, t, workers=2, shard_size=4, fail_once=str(tmp_path / "failed-once"), backend="torch")
     assert stats.workers == 2 and stats.retries == 1  # the injected failure was retried on the cluster
     assert stats.teacher_frames == len(there.frames()) == 19  # 20 sampled, one left out as the gap
+    # the teacher runs in torch's auto precision: float32, or bf16 on CPUs with native bf16 (AMX, AVX-512
+    # BF16), where the actors' other thread count changes the bf16 accumulation order: up to ~1 % apart
+    p = teacher_predictor(t, backend="torch")
+    bf16 = p.options.precision == "bf16"
+    p.close()
     for r in here.frames():
-        np.testing.assert_allclose(there.read_label(r), here.read_label(r), rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(there.read_label(r), here.read_label(r),
+                                   rtol=3e-2 if bf16 else 1e-4, atol=1e-2 if bf16 else 1e-5)
 
 
 def test_distilled_student_agrees_with_the_teacher(tmp_path, data, teacher, frames):
