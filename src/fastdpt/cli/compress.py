@@ -32,6 +32,11 @@ def _compress(values: dict) -> None:
              f"{s['runtime']}, {s['threads']} threads)")
     if r.get("agreement"):
         line += f"; AbsRel vs the uncompressed model {r['agreement']['abs_rel_vs_original']:.4f}"
+    if r.get("qat"):
+        q, sq, sp = r["qat"], s.get("after int8 qat", {}), s.get("after int8 ptq", {})
+        line += (f"; int8 {q['path']}: {sq.get('median_ms', float('nan')):.1f} ms, AbsRel vs the uncompressed model "
+                 f"{q['agreement qat']['abs_rel_vs_original']:.4f} quantisation-aware, "
+                 f"{q['agreement ptq']['abs_rel_vs_original']:.4f} post-training ({sp.get('median_ms', float('nan')):.1f} ms)")
     out.print(line + f"; report {Path(cfg.out) / 'report.json'}", highlight=False)
 
 

@@ -21,6 +21,12 @@ class CompressConfig:
                                "e.g. heads=0.5,mlp=0.3,decoder=0.25")
     importance: str = option("how channels and heads are ranked: magnitude, or taylor (needs --frames)", "magnitude")
     cluster: int | None = option("weight clustering: at most K shared values in each large weight tensor")
+    qat: str | None = option("quantisation-aware training to a real int8 model (int8: NNCF -> OpenVINO, written as "
+                             "OUT/model-int8.xml; needs --frames), compared with post-training int8 on the same "
+                             "calibration frames")
+    qat_steps: int = option("fine-tuning steps of the quantisation-aware model", 100)
+    qat_lr: float = option("learning rate of the quantisation-aware fine-tuning (small: the weights start where the "
+                                                "float model ended)", 1e-6)
     recover: str = option("recovery after pruning: none, distill (from the uncompressed model on --frames) or "
                           "train (on the labelled --data-root)", "none")
     frames: tuple = option("unlabelled frames (videos, image folders, KITTI raw roots) for distillation, taylor "
@@ -45,8 +51,12 @@ class CompressConfig:
         self.frames = tuple(str(f) for f in (self.frames or ()))
         if self.recover not in RECOVERY:
             raise ConfigError(f"--recover must be one of {', '.join(RECOVERY)}, got {self.recover!r}")
-        if not self.prune and self.cluster is None:
-            raise ConfigError("nothing to do: give --prune PART=RATIO,... and/or --cluster K")
+        if not self.prune and self.cluster is None and self.qat is None:
+            raise ConfigError("nothing to do: give --prune PART=RATIO,..., --cluster K and/or --qat int8")
+        if self.qat not in (None, "int8"):
+            raise ConfigError(f"--qat takes int8, got {self.qat!r}")
+        if self.qat and not self.frames:
+            raise ConfigError("--qat int8 fine-tunes on frames and calibrates on them: pass --frames")
         if self.recover != "none" and not self.prune:
             raise ConfigError("--recover fine-tunes a pruned model: give --prune as well")
         if self.recover == "distill" and not self.frames:
@@ -55,13 +65,14 @@ class CompressConfig:
             raise ConfigError("--recover train needs labelled data: pass --data-root")
         if self.importance == "taylor" and not self.frames:
             raise ConfigError("--importance taylor measures gradients on frames: pass --frames")
-        for name in ("steps", "batch_size", "bench_runs", "max_frames"):
+        for name in ("steps", "batch_size", "bench_runs", "max_frames", "qat_steps"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         if self.threads is not None and self.threads < 1:
             raise ConfigError(f"--threads must be at least 1, got {self.threads}")
-        if not self.lr > 0:
-            raise ConfigError(f"--lr must be positive, got {self.lr}")
+        for name in ("lr", "qat_lr"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
         self.frame_hw()
 
     def frame_hw(self) -> tuple[int, int]:

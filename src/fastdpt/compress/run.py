@@ -21,6 +21,7 @@ from .config import CompressConfig
 
 AGREEMENT_FRAMES = 8  # frames of --frames scored against the uncompressed model (the last ones sampled)
 TAYLOR_FRAMES = 8  # frames whose gradients rank channels for --importance taylor (before the agreement ones)
+QAT_FRAMES = 64  # frames the quantisation-aware model is calibrated and fine-tuned on (before the agreement ones)
 
 
 def _check_out(cfg: CompressConfig) -> Path:
@@ -151,7 +152,7 @@ def compress(cfg: CompressConfig, log: Callable[[str], None] = print) -> dict:
     report: dict = {"config": cfg.as_dict(), "checkpoint": str(cfg.checkpoint), "variant": original.config.name,
                     "before": _stats(original, net, src_path), "times": {}}
     model = copy.deepcopy(original).train(False)
-    frames = _frames(cfg, AGREEMENT_FRAMES + TAYLOR_FRAMES)
+    frames = _frames(cfg, AGREEMENT_FRAMES + (QAT_FRAMES if cfg.qat else TAYLOR_FRAMES))
     held_out = frames[-AGREEMENT_FRAMES:] if len(frames) > AGREEMENT_FRAMES else frames
     seen = frames[:-AGREEMENT_FRAMES] if len(frames) > AGREEMENT_FRAMES else frames
     t0 = time.perf_counter()
@@ -182,7 +183,7 @@ def compress(cfg: CompressConfig, log: Callable[[str], None] = print) -> dict:
     target = save_checkpoint(model, out / "model.safetensors",
                              {"fastdpt.compressed_from": str(cfg.checkpoint), "fastdpt.compress": json.dumps(
                                  {"prune": spec.label() if spec else None, "cluster": cfg.cluster,
-                                  "recover": cfg.recover})})
+                                  "recover": cfg.recover, "qat": cfg.qat})})
     model = load(target)  # what a user gets back: the file, read as every command reads it
     report["after"] = _stats(model, net, target)
     if cfg.cluster is not None:
@@ -190,12 +191,32 @@ def compress(cfg: CompressConfig, log: Callable[[str], None] = print) -> dict:
     options = RuntimeOptions(cfg.backend, "auto", "cpu", cfg.threads)
     preds = {"before": Predictor(original, options=options), "after": Predictor(model, options=options)}
     try:
+        if cfg.qat:
+            from .qat import CALIBRATION_FRAMES, qat_int8
+
+            t3 = time.perf_counter()
+            log(f"quantisation-aware int8 on {len(seen)} frames, {cfg.qat_steps} steps ...")
+            report["qat"] = qat_int8(model, seen, out / "model-int8.xml", cfg.qat_steps, cfg.qat_lr, cfg.batch_size,
+                                     cfg.seed, log)
+            report["times"]["qat_s"] = round(time.perf_counter() - t3, 2)
+            # the file's quantised layers run in int8 and the rest in float32, as post-training int8's do
+            preds["after int8 qat"] = Predictor(out / "model-int8.xml",
+                                                options=RuntimeOptions("openvino", "fp32", "cpu", cfg.threads))
+            preds["after int8 ptq"] = Predictor(model, options=RuntimeOptions("openvino", "int8", "cpu", cfg.threads),
+                                                calibration=seen[:CALIBRATION_FRAMES])
         frame = np.random.default_rng(cfg.seed).integers(0, 256, (*frame_hw, 3), dtype=np.uint8)
         first = preds["before"]
         report["speed"] = {"runtime": f"{first.options.backend} {first.options.precision}", "frame": cfg.frame_size,
                            "threads": torch.get_num_threads(), **interleaved_ms(preds, frame, cfg.bench_runs)}
         report["speedup"] = round(report["speed"]["before"]["median_ms"] / report["speed"]["after"]["median_ms"], 3)
         report["agreement"] = _agreement(preds["before"], preds["after"], held_out)
+        if cfg.qat:  # both int8 models against the float32 model they were quantised from
+            reference = Predictor(model, options=RuntimeOptions("torch", "fp32", "cpu", cfg.threads))
+            try:
+                for key in ("after int8 qat", "after int8 ptq"):
+                    report["qat"]["agreement " + key.split()[-1]] = _agreement(reference, preds[key], held_out)
+            finally:
+                reference.close()
     finally:
         for p in preds.values():
             p.close()
