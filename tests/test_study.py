@@ -71,29 +71,54 @@ def test_grid_files_expand_to_trials(tmp_path):
     two = load_grid(_grid(tmp_path, GRID.replace("lr: 0.001", "lr: [0.001, 0.0003]")))
     assert len(two) == 8 and two[1].id.endswith("~lr=0.0003")
     assert len(load_grid("study@192x640")) == 36
+    three = load_grid(_grid(tmp_path, GRID + "compress: [none, prune-0.3, prune-heads0.5-mlp0.25+qat-int8]\n"))
+    assert len(three) == 4 and three[0].compress == ["prune-0.3", "prune-heads0.5-mlp0.25+qat-int8"]
+    assert three[0].row_ids() == [three[0].id, three[0].id + "~compress=prune-0.3",
+                                  three[0].id + "~compress=prune-heads0.5-mlp0.25+qat-int8"]
+    from fastdpt.errors import ConfigError
+
+    for bad, match in (("[prune-1.5]", r"\(0, 1\)"), ("[qat-int4]", "qat-int4"), ("[none, none]", "repeat"),
+                       ("[prune-0.3+prune-0.2]", "twice"), ("[prune-depth0.3]", "PART")):
+        with pytest.raises(ConfigError, match=match):
+            load_grid(_grid(tmp_path, GRID + f"compress: {bad}\n"))
 
 
-def test_a_grid_runs_end_to_end_with_a_retried_trial(data, tmp_path):
+COMPRESSED = GRID.replace("attention: [softmax, performer32]", "attention: [softmax]").replace(
+    "hooks: [[0, 1], [0, 2]]", "hooks: [[0, 2]]") + "compress: [none, prune-0.5+qat-int8]\n"
+
+
+def test_a_grid_runs_end_to_end_with_a_retried_trial_and_a_compress_axis(data, tmp_path):
+    """A variant x two compression levels (none; pruned by half + recovered + quantisation-aware int8): a
+    row per combination, each scored and timed, the trial failing once and retried, the report."""
     study = tmp_path / "study"
     flaky = "effb0.h0-2.heads4.softmax.f32.m0.01_0.0125@64x192"
     marker = tmp_path / "failed-once"
-    rows = run_study(str(_grid(tmp_path)), study, data, max_failures=2, fail_once={flaky: str(marker)}, **QUICK)
+    rows = run_study(str(_grid(tmp_path, COMPRESSED)), study, data, max_failures=2, fail_once={flaky: str(marker)},
+                     **QUICK)
     table = json.loads((study / "results.json").read_text())
     assert table == json.loads(json.dumps(rows)) and (study / "results.csv").is_file()
     by = {r["name"]: r for r in table}
     base = next(r for r in table if r.get("baseline"))
     assert base["model"] == "r50.h8-11.heads12.softmax.f256.m0.01_0.0125@64x192" and base["speedup"] == 1.0
     trials = [r for r in table if not r.get("baseline")]
-    assert len(trials) == 4 and all(r["status"] == "ok" for r in trials)
+    assert sorted(r["name"] for r in trials) == sorted(
+        f"{flaky}{c}" for c in ("", "~compress=prune-0.5+qat-int8"))
+    assert all(r["status"] == "ok" for r in trials), [(r["name"], r.get("error")) for r in trials]
     for r in trials:
-        for key in ("d1", "abs_rel", "rmse", "silog", "fps", "latency_ms_median", "params", "macs", "speedup", "train_s"):
+        for key in ("d1", "abs_rel", "rmse", "silog", "fps", "latency_ms_median", "params", "macs", "speedup", "file_mb"):
             assert isinstance(r[key], (int, float)) and r[key] == r[key], (r["name"], key)
         assert r["speedup"] == pytest.approx(base["latency_ms_median"] / r["latency_ms_median"], rel=1e-2)
+    for r in (t for t in trials if t.get("compress")):  # the trained model, pruned, recovered, int8
+        plain = by[r["compressed_from"]]
+        assert r["compress"] == "prune-0.5+qat-int8" and r["runtime"] == "openvino int8" and r["recover"] == "train"
+        assert r["params"] < plain["params"] and r["macs"] < plain["macs"] and r["checkpoint"].endswith("model-int8.xml")
+        assert Path(r["checkpoint"]).is_file() and Path(r["weights"]).is_file() and r.get("train_s") is None
+    assert all(isinstance(r["train_s"], float) for r in trials if not r.get("compress"))
     # the injected failure: retried from the last checkpoint, and then finished
     assert marker.is_file() and by[flaky]["attempts"] == 2 and by[flaky]["steps"] == 4
     assert _trainings(study)[flaky.replace("/", "_")] == 2
     st = status(study)
-    assert len(st["done"]) == 5 and not st["failed"] and not st["waiting"]
+    assert len(st["done"]) == 3 and not st["failed"] and not st["waiting"]  # the baseline, the trial, compressed
     # MLflow: one parent run for the study, a child per trial
     from mlflow.tracking import MlflowClient
 
@@ -101,14 +126,16 @@ def test_a_grid_runs_end_to_end_with_a_retried_trial(data, tmp_path):
     runs = client.search_runs([client.get_experiment_by_name("fastdpt-study").experiment_id])
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
-    assert len(parents) == 1 and len(children) == 5
+    assert len(parents) == 1 and len(children) == 3
     child = next(c for c in children if c.data.tags["fastdpt.model"] == flaky)
     assert child.data.params["canonical_name"] == flaky and "study/abs_rel" in child.data.metrics
     # the report, from the results table alone (+ the checkpoints for the qualitative grid)
     r = CliRunner().invoke(app, ["study", "report", str(study), "-o", str(tmp_path / "report")])
     assert r.exit_code == 0, r.output
     md = (tmp_path / "report" / "report.md").read_text()
-    assert "## Accuracy by hooks" in md and "## Accuracy by backbone" not in md and "Pareto front" in md
+    assert "## Accuracy by compress" in md and "## Accuracy by hooks" not in md
+    assert "Pareto front" in md and all(f"| {r['name']} |" in md for r in table)
+    assert "file MB" in md and "openvino int8" in md
     assert "not from KITTI" in md
     front = pareto_front([t for t in trials])
     assert all(f"`{t['name']}`" in md for t in front)
@@ -146,7 +173,9 @@ def _check_in_chromium(page: Path, images: int) -> None:
 
 def test_an_interrupted_study_resumes_without_training_finished_trials_again(data, tmp_path):
     study = tmp_path / "study"
-    grid = _grid(tmp_path, GRID.replace("max_steps: 4", "max_steps: 6"))
+    grid = _grid(tmp_path, GRID.replace("max_steps: 4", "max_steps: 6").replace(
+        "attention: [softmax, performer32]", "attention: [softmax]").replace("hooks: [[0, 1], [0, 2]]",
+                                                                             "hooks: [[0, 1], [0, 2], [1, 2]]"))
     cmd = [sys.executable, "-m", "fastdpt.cli", "study", "run", str(grid), "--out", str(study), "--data-root", str(data),
            "--resources", "cpu=2", "--bench-runs", "1", "--baseline", "none"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
@@ -161,9 +190,9 @@ def test_an_interrupted_study_resumes_without_training_finished_trials_again(dat
     proc.wait(timeout=120)
     before = {r["name"]: r for r in (json.loads(p.read_text()) for p in (study / "rows").glob("*.json"))}
     finished = {n for n, r in before.items() if r["status"] == "ok"}
-    assert 2 <= len(finished) < 4
+    assert 2 <= len(finished) < 3
     rows = run_study(str(grid), study, data, resume=True, **QUICK)
-    assert sorted(r["status"] for r in rows) == ["ok"] * 4
+    assert sorted(r["status"] for r in rows) == ["ok"] * 3
     counts = _trainings(study)
     for name in finished:
         assert counts[name] == 1  # not trained again

@@ -83,7 +83,11 @@ def count_macs(config: ModelConfig, net_size: tuple[int, int], batch: int = 1, s
 
 
 def _file_mb(path: str | None) -> float | None:
-    return round(os.path.getsize(path) / 2**20, 2) if path and os.path.isfile(path) else None
+    """A model file's size in MB (an OpenVINO IR's .xml with its .bin)."""
+    if not path or not os.path.isfile(path):
+        return None
+    files = [path] + ([str(Path(path).with_suffix(".bin"))] if str(path).endswith(".xml") else [])
+    return round(sum(os.path.getsize(p) for p in files if os.path.isfile(p)) / 2**20, 2)
 
 
 def count_params(model: torch.nn.Module) -> int:
@@ -179,26 +183,29 @@ def cudnn_benchmark(enabled: bool) -> Iterator[None]:
 def bench_variant(name: str, input_size: tuple[int, int] = (352, 1216), batch_size: int = 1,
                   options: RuntimeOptions | None = None, runs: int = 10, warmup: int = 2,
                   model: torch.nn.Module | None = None, calibration: Sequence[np.ndarray] | None = None,
-                  **runtime) -> BenchRow:
+                  source: str | os.PathLike | None = None, **runtime) -> BenchRow:
     """Benchmark one variant (random weights unless ``model`` is given) on frames of ``input_size``
     through ``options`` (:class:`~fastdpt.runtime.RuntimeOptions`: backend, precision, device, threads,
     compile mode, memory order; or its fields as keywords, e.g. ``backend="openvino"``); int8 is
-    calibrated on ``calibration`` frames. Thread count and cuDNN settings are restored afterwards."""
+    calibrated on ``calibration`` frames. ``source``: an exported file (ONNX, OpenVINO IR, e.g. a
+    quantisation-aware int8 model) to run instead, ``model`` (the torch model it was made from) then
+    only giving the counts. Thread count and cuDNN settings are restored afterwards."""
     options = options or RuntimeOptions(**runtime)
     dev = torch.device(options.device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError("--device cuda asked for, but no CUDA device is available")
     with torch_threads(options.threads), cudnn_benchmark(dev.type == "cuda"):
-        return _bench(name, input_size, batch_size, options, runs, warmup, model, calibration)
+        return _bench(name, input_size, batch_size, options, runs, warmup, model, calibration, source)
 
 
-def _bench(name: str, input_size, batch_size: int, options: RuntimeOptions, runs: int, warmup: int, model, calibration):
+def _bench(name: str, input_size, batch_size: int, options: RuntimeOptions, runs: int, warmup: int, model, calibration,
+           source=None):
     cfg = model.config if model is not None else get_config(name)
     net = network_size(*input_size, cfg)
     dev = torch.device(options.device)
     rss_before = _reset_cpu_peak() if dev.type == "cpu" else None
     model = (model or DPT(cfg)).eval().to(dev)
-    predictor = Predictor(model, calibration=calibration, options=options)
+    predictor = Predictor(str(source) if source else model, calibration=calibration, options=options)
     backend, precision = predictor.options.backend, predictor.options.precision  # auto resolved
     try:
         frame = np.random.default_rng(0).integers(0, 256, (*input_size, 3), dtype=np.uint8)
@@ -226,7 +233,7 @@ def _bench(name: str, input_size, batch_size: int, options: RuntimeOptions, runs
     return BenchRow(
         name=name, canonical=cfg.name, input_size=f"{input_size[0]}x{input_size[1]}", net_size=f"{net[0]}x{net[1]}",
         params=count_params(model), macs=count_macs(cfg, net, structure=getattr(model, "structure", None)),
-        file_mb=_file_mb(getattr(model, "weights_path", None)), latency_ms_median=round(med, 2),
+        file_mb=_file_mb(str(source) if source else getattr(model, "weights_path", None)), latency_ms_median=round(med, 2),
         latency_ms_p90=round(p90, 2), fps=round(1000.0 / med, 3), throughput=round(throughput, 3),
         batch_size=batch_size if backend not in ("onnxruntime", "openvino") else 1, threads=torch.get_num_threads(),
         device=str(dev), precision=precision, backend=backend, peak_mem_mb=round(peak, 1), runs=runs,

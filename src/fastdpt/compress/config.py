@@ -85,3 +85,46 @@ class CompressConfig:
         d = asdict(self)
         d["frames"] = list(self.frames)
         return d
+
+
+LEVEL_PARTS = "prune-R (heads, MLP and decoder at R), prune-heads0.5-mlp0.3 (per part), qat-int8, cluster-K"
+
+
+def level_options(level: str) -> dict:
+    """A study's ``compress:`` level as :class:`CompressConfig` options: ``none`` -> {}; parts joined by
+    ``+``: ``prune-0.3`` (heads, MLP and decoder channels at 0.3), ``prune-heads0.5-mlp0.3`` (per part),
+    ``qat-int8``, ``cluster-16``; e.g. ``prune-0.3+qat-int8``."""
+    from .prune import PARTS
+
+    text = str(level).strip()
+    if text == "none":
+        return {}
+    opts: dict = {}
+    for part in text.split("+"):
+        kind, _, arg = part.strip().partition("-")
+        if kind in opts:
+            raise ConfigError(f"compress level {text!r} names {kind} twice")
+        if kind == "prune" and arg:
+            try:
+                ratio = float(arg)
+                opts["prune"] = ",".join(f"{p}={ratio:g}" for p in PARTS)
+            except ValueError:
+                items = []
+                for item in arg.split("-"):
+                    name = item.rstrip("0123456789.")
+                    if name not in PARTS or name == item:
+                        raise ConfigError(f"compress level {text!r}: {item!r} is not PARTratio "
+                                          f"(PART one of {', '.join(PARTS)}); levels are {LEVEL_PARTS}") from None
+                    items.append(f"{name}={item[len(name):]}")
+                opts["prune"] = ",".join(items)
+            from .prune import PruneSpec
+
+            PruneSpec.parse(opts["prune"])  # ratios outside (0, 1) are refused here, when the grid is read
+        elif kind == "qat" and arg == "int8":
+            opts["qat"] = "int8"
+        elif kind == "cluster" and arg.isdigit() and int(arg) >= 2:
+            opts["cluster"] = int(arg)
+        else:
+            raise ConfigError(f"unknown compress level part {part!r} in {text!r}; levels are none or parts joined "
+                              f"by +: {LEVEL_PARTS}")
+    return opts

@@ -11,9 +11,16 @@ whose product is the grid::
     train:                         # any TrainConfig option; a list is an axis (tuple options: a list of lists)
       max_steps: 200
       lr: [1e-4, 3e-4]
+    compress: [none, prune-0.3, qat-int8, prune-0.3+qat-int8]   # optional: see below
 
 Each trial is one variant with one set of training options; its id is the canonical name, plus the
 training options that vary in the grid (``<name>~lr=0.0003``).
+
+``compress:`` levels (:func:`fastdpt.compress.config.level_options`) multiply the rows, not the
+trainings: a trial trains its variant once, writes its row, then compresses the trained model at each
+level (pruning recovered by training on the study's data with the trial's step budget) and writes one
+more row per level, ``<trial id>~compress=<level>``. The uncompressed row is always there: it is what
+each compression is measured against.
 """
 
 from __future__ import annotations
@@ -50,9 +57,30 @@ class TrialSpec:
     train: dict = field(default_factory=dict)
     baseline: bool = False
     fail_once: str | None = None
+    compress: list = field(default_factory=list)  # levels applied to the trained model, a row each
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+    def row_ids(self) -> list[str]:
+        """The rows this trial writes: its own, then one per compression level."""
+        return [self.id] + [compressed_id(self.id, level) for level in self.compress]
+
+
+def compressed_id(trial_id: str, level: str) -> str:
+    return f"{trial_id}~compress={level}"
+
+
+def compress_levels(value) -> list[str]:
+    """The grid's ``compress:`` entry -> the levels other than ``none``, each checked when the grid is read."""
+    from ..compress.config import level_options
+
+    levels = [str(v) for v in (value if isinstance(value, list) else [value])] if value is not None else []
+    for level in levels:
+        level_options(level)
+    if len(set(levels)) != len(levels):
+        raise ConfigError(f"the grid's compress: levels repeat: {levels}")
+    return [level for level in levels if level != "none"]
 
 
 def _output(value) -> tuple[float, float] | None:
@@ -113,9 +141,10 @@ def _check_train(train: dict, model: str) -> None:
 def grid_from_axes(axes: dict, max_trials: int = MAX_TRIALS) -> list[TrialSpec]:
     axes = dict(axes)
     train_axes = axes.pop("train", {}) or {}
+    compress = compress_levels(axes.pop("compress", None))
     unknown = sorted(set(axes) - set(MODEL_AXES))
     if unknown:
-        raise ConfigError(f"unknown grid axes {unknown}; model axes are {', '.join(MODEL_AXES)} (and train:)")
+        raise ConfigError(f"unknown grid axes {unknown}; model axes are {', '.join(MODEL_AXES)} (and train:, compress:)")
     model_keys = list(axes)
     model_levels = [_levels(k, axes[k]) for k in model_keys]
     train_keys = list(train_axes)
@@ -142,7 +171,7 @@ def grid_from_axes(axes: dict, max_trials: int = MAX_TRIALS) -> list[TrialSpec]:
             sid = cfg.name + (f"~{suffix}" if suffix else "")
             if sid not in seen:
                 seen.add(sid)
-                specs.append(TrialSpec(sid, cfg.name, train))
+                specs.append(TrialSpec(sid, cfg.name, train, compress=list(compress)))
     return specs
 
 

@@ -25,7 +25,7 @@ from ..errors import DataError, FastDPTError
 from ..io import atomic_write
 from .results import by_factor, factors, finite, load_results, pareto_front, round_ratios
 
-FACTORS = ("backbone", "hooks", "heads", "attention", "size", "features")
+FACTORS = ("backbone", "hooks", "heads", "attention", "size", "features", "compress")
 ACCURACY = ("d1", "abs_rel", "rmse_log", "silog")
 
 
@@ -58,6 +58,9 @@ def full_table(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
     sizes = _sizes(rows)
     head = ["variant", "status", "d1", "AbsRel", "RMSE", "RMSE log", "SILog", "params M", "GMACs",
             *[f"FPS {s}" for s in sizes], "speed-up", "train s", "wall s"]
+    compressed = any(r.get("compress") for r in rows)
+    if compressed:
+        head += ["file MB", "runtime"]
     if any(finite(r.get("flicker")) for r in rows):
         head += ["flicker", "TAE"]
     body = []
@@ -67,6 +70,8 @@ def full_table(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
                  _fmt((r.get("macs") or 0) / 1e9, 1), *[_fmt(r.get(f"fps_{s}"), 2) for s in sizes],
                  _speedup_cell(r), _fmt(r.get("train_s"), 0),
                  _fmt(wall_s(r), 0)]
+        if compressed:
+            cells += [_fmt(r.get("file_mb"), 1), r.get("runtime") or (f"torch on {r['device']}" if r.get("device") else "")]
         if "flicker" in head:
             cells += [_fmt(r.get("flicker"), 4), _fmt(r.get("tae"), 4)]
         body.append(cells)
@@ -170,9 +175,13 @@ def fig_accuracy_vs_fps(rows: list[dict], path: Path) -> Path:
     for r in ok:
         f = factors(r)
         c = colours.setdefault(f["backbone"], f"C{len(colours)}")
-        ax.scatter(r["fps"], r["abs_rel"], color=c, marker="o" if f["attention"] == "softmax" else "^",
-                   s=60 if r.get("baseline") else 36, edgecolors="k" if r.get("baseline") else "none",
-                   label=None)
+        hollow = f["compress"] != "none"  # a compressed model: the outline in its backbone's colour
+        ax.scatter(r["fps"], r["abs_rel"], marker="o" if f["attention"] == "softmax" else "^",
+                   s=60 if r.get("baseline") else 36, facecolors="none" if hollow else c,
+                   edgecolors=c if hollow else ("k" if r.get("baseline") else "none"), label=None)
+        if finite(r.get("file_mb")):  # the model's size beside each point
+            ax.annotate(f"{r['file_mb']:.1f} MB", (r["fps"], r["abs_rel"]), fontsize=5, xytext=(3, -7),
+                        textcoords="offset points", color="0.35")
     front = pareto_front([r for r in ok if r.get("status") == "ok"])
     if front:
         ax.plot([r["fps"] for r in front], [r["abs_rel"] for r in front], "k--", lw=1, label="Pareto front")
@@ -183,6 +192,8 @@ def fig_accuracy_vs_fps(rows: list[dict], path: Path) -> Path:
         ax.scatter([], [], color=c, label=b)
     ax.scatter([], [], color="grey", marker="o", label="softmax")
     ax.scatter([], [], color="grey", marker="^", label="performer")
+    if any(factors(r)["compress"] != "none" for r in ok):
+        ax.scatter([], [], facecolors="none", edgecolors="grey", marker="o", label="compressed")
     ax.set_xscale("log")
     from matplotlib.ticker import FuncFormatter, LogLocator
 
@@ -272,7 +283,9 @@ def fig_qualitative(rows: list[dict], settings, path: Path, frames: int = 3, var
     paths = settings.paths()
     entries = [e for e in read_split(paths.splits["test_split"]) if find_gt(paths.gt_root, e.gt)]
     picks = [entries[i] for i in np.linspace(0, len(entries) - 1, min(frames, len(entries))).astype(int)]
-    preds = {r["name"]: Predictor(load(r["checkpoint"])) for r in chosen}
+    preds = {r["name"]: Predictor(r["checkpoint"], backend="openvino") if str(r["checkpoint"]).endswith(".xml")
+             else Predictor(load(r["checkpoint"]))
+             for r in chosen}
     plt = _plt()
     cols = 2 + len(chosen)
     fig, axes = plt.subplots(len(picks), cols, figsize=(2.6 * cols, 1.2 * len(picks) + 0.6), squeeze=False)

@@ -105,11 +105,11 @@ def load_results(study: str | os.PathLike) -> list[dict]:
 
 # -- what the report derives ----------------------------------------------------------------------------
 def factors(row: dict) -> dict:
-    """The study's factors of a row, from its canonical name."""
+    """The study's factors of a row, from its canonical name (and its compression level)."""
     cfg = get_config(row.get("model") or row["name"].split("~")[0])
     return {"backbone": cfg.backbone, "hooks": f"({cfg.hooks[0]},{cfg.hooks[1]})", "heads": str(cfg.heads),
             "attention": cfg.attention, "size": f"{cfg.input_size[0]}x{cfg.input_size[1]}",
-            "features": str(cfg.features)}
+            "features": str(cfg.features), "compress": row.get("compress") or "none"}
 
 
 def finite(x) -> bool:

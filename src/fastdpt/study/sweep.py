@@ -158,7 +158,7 @@ def retime(out: Path, settings, rounds: int = 3, say=print) -> None:
     (timed whenever the trial ended) once showed performer 1.79x faster than softmax at equal GMACs."""
     from statistics import median
 
-    from ..bench import bench_variant
+    from .trial import bench_row
 
     rows = [r for r in read_rows(out) if r.get("status") in ("ok", "baseline") and r.get("model")]
     if rounds < 2 or len(rows) < 2:
@@ -168,14 +168,13 @@ def retime(out: Path, settings, rounds: int = 3, say=print) -> None:
     for k in range(rounds):
         say(f"timing round {k + 1}/{rounds}: {len(rows)} variants, interleaved")
         for r in rows:
-            b = bench_variant(r["model"], tuple(settings.bench_frame), device=device, runs=settings.bench_runs,
-                              warmup=settings.bench_warmup)
+            b = bench_row(r, settings, r.get("device") or device)
             times[r["name"]].append(round(b.latency_ms_median, 3))
     for r in rows:
         lat = median(times[r["name"]])
         size = "x".join(str(v) for v in get_config(r["model"]).input_size)
         r.update(rounds_latency_ms=times[r["name"]], latency_ms_median=lat, fps=1000.0 / lat,
-                 timing=f"{rounds} interleaved rounds of {settings.bench_runs} steps on {device}")
+                 timing=f"{rounds} interleaved rounds of {settings.bench_runs} steps on {r.get('device') or device}")
         if f"latency_ms_{size}" in r:  # the variant's own size: the same figure
             r[f"latency_ms_{size}"], r[f"fps_{size}"] = lat, 1000.0 / lat
         write_row(out, r)
@@ -252,10 +251,10 @@ def status(study: str | os.PathLike) -> dict:
     planned = json.loads((study / "trials.json").read_text()) if (study / "trials.json").is_file() else []
     rows = {r["name"]: r for r in read_rows(study)}
     out = {"done": [], "running": [], "failed": [], "waiting": []}
-    for spec in planned:
-        r = rows.get(spec["id"])
+    for name in (n for spec in planned for n in TrialSpec(**spec).row_ids()):
+        r = rows.get(name)
         if r is None:
-            out["waiting"].append({"name": spec["id"]})
+            out["waiting"].append({"name": name})
         elif r["status"] in ("ok", "baseline"):
             out["done"].append({"name": r["name"], "abs_rel": r.get("abs_rel"), "fps": r.get("fps")})
         elif r["status"] == "failed":

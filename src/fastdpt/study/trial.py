@@ -118,12 +118,32 @@ class _Report:
 def run_trial(spec: TrialSpec, settings: StudySettings, reporter: Callable[[dict, Path | None], None] | None = None,
               resumed: bool = False) -> dict:
     """Run (or resume, or return the finished row of) one trial; returns its row. ``resumed``: Ray
-    restarted this trial from its last checkpoint (recorded in the row)."""
+    restarted this trial from its last checkpoint (recorded in the row). A trial with ``compress``
+    levels then compresses its trained model at each level, a row each (finished ones are kept)."""
+    row = _trained_row(spec, settings, reporter, resumed)
+    if row.get("status") == "ok" and row.get("checkpoint"):
+        for level in spec.compress:
+            compressed_row(spec, level, row, settings)
+    return row
+
+
+def _protocol(settings: StudySettings):
+    """The evaluation protocol of a study's data (the KB crop where its frames fit it) and its test split."""
+    from ..data.kitti import fits_kb_crop, read_split
+    from ..evaluation import Protocol
+    from ..io import read_image
+
+    paths = settings.paths()
+    test = read_split(paths.splits["test_split"])
+    first = next((e for e in test if (paths.raw_root / e.rgb).is_file()), None)
+    frame = read_image(paths.raw_root / first.rgb).shape[:2] if first else settings.bench_frame
+    return Protocol("garg", kb_crop=fits_kb_crop(*frame)), test
+
+
+def _trained_row(spec: TrialSpec, settings: StudySettings, reporter, resumed: bool) -> dict:
     from ..api import create_model, load
     from ..bench import bench_variant
-    from ..data.kitti import fits_kb_crop, read_split
-    from ..evaluation import METRIC_KEYS, Protocol, evaluate
-    from ..io import read_image
+    from ..evaluation import METRIC_KEYS, evaluate
     from ..predict import Predictor
     from ..presets import get_config
     from ..training import TrainConfig, train
@@ -140,10 +160,7 @@ def run_trial(spec: TrialSpec, settings: StudySettings, reporter: Callable[[dict
     row["mlflow_run_id"] = _child_run(settings, spec, previous)
     write_row(settings.out, row)
     paths = settings.paths()
-    test = read_split(paths.splits["test_split"])
-    first = next((e for e in test if (paths.raw_root / e.rgb).is_file()), None)
-    frame = read_image(paths.raw_root / first.rgb).shape[:2] if first else settings.bench_frame
-    protocol = Protocol("garg", kb_crop=fits_kb_crop(*frame))
+    protocol, test = _protocol(settings)
     run = trial_dir(settings, spec)
     model, train_s, result = None, None, None
     if not spec.baseline or settings.train_baseline:
@@ -208,12 +225,106 @@ def run_trial(spec: TrialSpec, settings: StudySettings, reporter: Callable[[dict
                images=metrics.get("images"), **bench, **stability, train_s=round(train_s, 1) if train_s else None,
                steps=result["global_step"] if result else None, best_epoch=result["best_epoch"] if result else None,
                checkpoint=str(best) if result else settings.init,
-               finished=time.time(), error=None)
+               file_mb=round(best.stat().st_size / 2**20, 2) if result else None, finished=time.time(), error=None)
     write_row(settings.out, row)
     _log_mlflow(settings, row)
     if reporter is not None:
         reporter(_numbers(row, phase="done"), None)
     return row
+
+
+RECOVERY_STEPS = 100  # recovery training steps of a pruned model when the study's trials have no max_steps
+
+
+def compressed_row(spec: TrialSpec, level: str, trained: dict, settings: StudySettings) -> dict:
+    """The trial's trained model compressed at ``level`` (``fastdpt compress`` in the trial's folder:
+    pruning recovered by training on the study's data with the trial's step budget; quantisation-aware
+    int8 fine-tuned on the training drives' frames), scored on the test split and timed like every row;
+    a finished row is returned as it is."""
+    import shutil
+
+    from ..api import load
+    from ..compress.config import CompressConfig, level_options
+    from ..compress.run import compress
+    from ..evaluation import METRIC_KEYS, evaluate
+    from ..predict import Predictor
+    from ..presets import get_config
+    from .grid import compressed_id
+
+    cid = compressed_id(spec.id, level)
+    previous = read_row(settings.out, cid)
+    if previous and previous.get("status") == "ok":
+        return previous
+    folder = trial_dir(settings, spec) / f"compress-{level.replace('+', '_')}"
+    if folder.exists():  # an attempt that did not finish: this row's own folder, started again
+        shutil.rmtree(folder)
+    row = {"name": cid, "model": spec.model, "status": "running", "compress": level, "compressed_from": spec.id,
+           "baseline": False, "host": socket.gethostname(), "started": time.time(), "train": spec.train,
+           "attempts": (previous or {}).get("attempts", 0) + 1}
+    row["mlflow_run_id"] = _child_run(settings, TrialSpec(cid, spec.model), previous)
+    write_row(settings.out, row)
+    opts = level_options(level)
+    paths = settings.paths()
+    options = {**settings.train, **spec.train}
+    if opts.get("qat"):  # the training drives' frames (never the test drives')
+        from ..data.kitti import read_split
+
+        drives = sorted({str((paths.raw_root / e.rgb).parent) for e in read_split(paths.splits["train_split"])})
+        opts["frames"] = tuple(d for d in drives if Path(d).is_dir())
+    recover = "train" if opts.get("prune") and settings.data_root else "none"
+    t0 = time.perf_counter()
+    try:
+        cfg = CompressConfig(checkpoint=trained["checkpoint"], out=str(folder), recover=recover,
+                             data_root=settings.data_root, steps=int(options.get("max_steps") or 0) or RECOVERY_STEPS,
+                             qat_steps=int(options.get("max_steps") or 0) or RECOVERY_STEPS,
+                             batch_size=int(options.get("batch_size", 4)), backend="torch",
+                             frame_size=f"{settings.bench_frame[0]}x{settings.bench_frame[1]}",
+                             bench_runs=max(1, settings.bench_runs), progress=False, **opts)
+        report = compress(cfg, log=lambda m: None)
+        weights = folder / "model.safetensors"
+        int8 = folder / "model-int8.xml" if opts.get("qat") else None
+        device = "cpu" if int8 else ("cuda" if torch.cuda.is_available() else "cpu")
+        predictor = Predictor(str(int8), backend="openvino") if int8 else Predictor(load(weights), device=device)
+        protocol, test = _protocol(settings)
+        metrics = evaluate(predictor, test, paths.raw_root, paths.gt_root, protocol)
+        stability = temporal_columns(settings, predictor, test)
+        b = bench_row({"model": spec.model, "compress": level, "weights": str(weights),
+                       "checkpoint": str(int8 or weights)}, settings, device)
+    except Exception as e:  # noqa: BLE001 - recorded in the row (a library's own errors too), not retried
+        error = str(e) if isinstance(e, FastDPTError) else f"{type(e).__name__}: {str(e).strip().splitlines()[0][:300] if str(e).strip() else ''}"
+        row.update(status="failed", error=error, finished=time.time())
+        write_row(settings.out, row)
+        _log_mlflow(settings, row)
+        return row
+    tag = "x".join(str(v) for v in get_config(spec.model).input_size)
+    row.update(status="ok", **{k: metrics[k] for k in METRIC_KEYS}, images=metrics.get("images"), device=device,
+               latency_ms_median=b.latency_ms_median, fps=b.fps, params=b.params, macs=b.macs,
+               net_ms_median=b.net_ms_median, bench_threads=b.threads,
+               runtime="openvino int8" if int8 else f"{b.backend} {b.precision}",
+               file_mb=b.file_mb, compress_s=round(time.perf_counter() - t0, 1), weights=str(weights),
+               checkpoint=str(int8 or weights), report=str(folder / "report.json"),
+               recover=recover, agreement=report.get("agreement"), finished=time.time(), error=None,
+               **{f"latency_ms_{tag}": b.latency_ms_median, f"fps_{tag}": b.fps, f"macs_{tag}": b.macs},
+               **stability)
+    write_row(settings.out, row)
+    _log_mlflow(settings, row)
+    return row
+
+
+def bench_row(row: dict, settings: StudySettings, device: str):
+    """Time a row's model: a variant by its name (random weights, the same speed), a compressed one from
+    its own files (a pruned model has its own shapes; an int8 one runs in OpenVINO)."""
+    from ..bench import bench_variant
+
+    if not row.get("compress"):
+        return bench_variant(row["model"], tuple(settings.bench_frame), device=device, runs=settings.bench_runs,
+                             warmup=settings.bench_warmup)
+    from ..api import load
+
+    source = row["checkpoint"] if str(row["checkpoint"]).endswith(".xml") else None
+    runtime = {"device": "cpu", "backend": "openvino"} if source else {"device": device}
+    return bench_variant(row["model"], tuple(settings.bench_frame), runs=settings.bench_runs,
+                         warmup=settings.bench_warmup, model=load(row["weights"]), source=source, **runtime)
 
 
 def _numbers(row: dict, **extra) -> dict:
