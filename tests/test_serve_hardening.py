@@ -286,6 +286,32 @@ def test_slow_and_idle_clients_are_cut_off(predictor):
         assert closed_after is not None and closed_after < 3, closed_after  # the header deadline (1 s) applies again
 
 
+def test_a_crowd_of_idle_connections_does_not_lock_anyone_out(predictor):
+    """1000 connections that never send a byte (within the header deadline) against a cap of 64: each
+    new client takes an idle connection's place, so every /healthz answers 200 (uvicorn's own
+    limit_concurrency answered half of them with an uncounted plain-text 503); a client that is busy
+    with a request keeps its connection."""
+    app = create_app(predictor)
+    with running(app, first_request_s=30.0, keep_alive_s=30.0, max_connections=64) as port:
+        kept = socket.create_connection(("127.0.0.1", port))  # one request answered, then kept alive
+        kept.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        kept.settimeout(5)
+        assert kept.recv(4096).startswith(b"HTTP/1.1 200")
+        crowd = [socket.create_connection(("127.0.0.1", port)) for _ in range(1000)]
+        try:
+            time.sleep(0.5)
+            statuses = []
+            for _ in range(30):
+                with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=5) as c:
+                    statuses.append(c.get("/healthz").status_code)
+            assert statuses == [200] * 30
+            with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=5) as c:
+                assert 'status="503"' not in c.get("/metrics").text
+        finally:
+            for s in crowd + [kept]:
+                s.close()
+
+
 def test_token_sources_and_bad_serve_options(tmp_path, monkeypatch):
     runner = CliRunner()
     f = tmp_path / "token"

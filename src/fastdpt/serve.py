@@ -428,19 +428,38 @@ def _protocol(max_connections: int, first_request_s: float):
     """uvicorn's h11 protocol with a connection cap and a header deadline for **every** request on a
     connection: a new connection must send its first request's headers within ``first_request_s``, and
     so must each later request on a kept-alive connection once its first byte arrives (uvicorn waits
-    forever for headers that trickle in a line at a time, so 64 such connections held every slot)."""
+    forever for headers that trickle in a line at a time, so 64 such connections held every slot).
+
+    At the cap, a new connection closes the connection idle longest (no request in progress: silent,
+    or kept alive between requests) and takes its place; only when every connection is busy with a
+    request is the new one closed. So a crowd of idle connections cannot lock everyone else out
+    (1000 of them made half of all /healthz probes fail behind uvicorn's ``limit_concurrency``, whose
+    503 was plain text and uncounted: it is not used; the service's own JSON 503 limits load)."""
+    import time
+
     import h11
     from uvicorn.protocols.http.h11_impl import H11Protocol
 
     class Guarded(H11Protocol):
         _headers_due = None
+        _idle_since = 0.0
 
         def connection_made(self, transport):
             super().connection_made(transport)
+            self._idle_since = time.monotonic()
             if len(self.connections) > max_connections:
-                transport.close()
-                return
+                idle = [c for c in self.connections if c is not self and isinstance(c, Guarded) and c._idle()]
+                if not idle:
+                    transport.close()
+                    return
+                min(idle, key=lambda c: c._idle_since).transport.close()
             self._arm()
+
+        def _idle(self) -> bool:
+            """No request in progress: none started, or the last one answered."""
+            cycle = getattr(self, "cycle", None)
+            return (self.conn.their_state is h11.IDLE and (cycle is None or cycle.response_complete)
+                    and not self.transport.is_closing())
 
         def _arm(self):
             if self._headers_due is None:
@@ -461,6 +480,7 @@ def _protocol(max_connections: int, first_request_s: float):
 
         def on_response_complete(self):
             super().on_response_complete()
+            self._idle_since = time.monotonic()
             if self.conn.their_state is h11.IDLE and self.conn.trailing_data[0]:
                 self._arm()  # a pipelined next request is already partly here
 
@@ -479,7 +499,7 @@ def server_config(app, host: str = "127.0.0.1", port: int = 8000, max_connection
     import uvicorn
 
     return uvicorn.Config(app, host=host, port=port, log_level=log_level, http=_protocol(max_connections, first_request_s),
-                          timeout_keep_alive=keep_alive_s, limit_concurrency=max_connections,
+                          timeout_keep_alive=keep_alive_s,
                           h11_max_incomplete_event_size=16 * 1024, server_header=False)
 
 
