@@ -10,6 +10,12 @@
    375x1242 frames) in interleaved rounds in the same process.
 2. A DPT-Hybrid-sized variant (``dpt-hybrid-kitti``'s layout, random weights: no trained one exists
    here, so speed and size only): the combined pruning and clustering, timed the same way.
+3. Quantisation-aware int8 (``--qat-steps``; ``--only-qat`` runs this part alone and adds it to the
+   existing results): ``fastdpt compress --qat int8`` of the student, and of the student pruned by
+   ``--qat-prune`` and recovered by training, each beside post-training int8 (OpenVINO + NNCF) of the
+   same model calibrated on the same frames (the training drives' frames; the held-out drive is never
+   seen), all scored on the held-out drive and timed interleaved against the uncompressed student on
+   ``auto``.
 """
 
 from __future__ import annotations
@@ -47,6 +53,9 @@ def main() -> None:
     ap.add_argument("--work", default=".bench/compress")
     ap.add_argument("--out", default="benchmarks/results/compress.json")
     ap.add_argument("--no-big", action="store_true", help="skip the DPT-Hybrid-sized variant")
+    ap.add_argument("--qat-steps", type=int, default=60, help="quantisation-aware fine-tuning steps")
+    ap.add_argument("--qat-prune", default="heads=0.25,mlp=0.25,decoder=0.25", help="pruning before the combined QAT")
+    ap.add_argument("--only-qat", action="store_true", help="run part 3 alone, adding it to --out")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     demo = Path(args.demo)
@@ -55,6 +64,13 @@ def main() -> None:
     summary = json.loads((demo / "summary.json").read_text())
     ckpt, data = summary["checkpoint"], demo / "data"
     work = Path(args.work)
+    if args.only_qat:
+        result = json.loads(Path(args.out).read_text())
+        result["qat"] = _qat(ckpt, data, work / "qat", args)
+        result["qat_command"] = " ".join(sys.argv)
+        Path(args.out).write_text(json.dumps(result, indent=1))
+        print(markdown(result))
+        return
     shutil.rmtree(work, ignore_errors=True)
     plans = {"prune heads 0.5": dict(prune="heads=0.5"), "prune mlp 0.5": dict(prune="mlp=0.5"),
              "prune decoder 0.5": dict(prune="decoder=0.5"), "cluster 16": dict(cluster=16),
@@ -98,7 +114,8 @@ def main() -> None:
         r["speedup"] = round(base["step_ms"] / r["step_ms"], 3)
         r["abs_rel_change"] = round(r["abs_rel"] / base["abs_rel"] - 1, 4)
     big = [] if args.no_big else _big(work, args.threads, args.rounds)
-    result = {"environment": environment(), "cpu_features": matrix_features(), "threads": args.threads,
+    qat = _qat(ckpt, data, work / "qat", args)
+    result = {"qat": qat, "environment": environment(), "cpu_features": matrix_features(), "threads": args.threads,
               "runtime": runtime, "student": summary["model"], "student_steps": summary["steps"],
               "test_frames": len(test), "rows": rows, "big": big, "command": " ".join(sys.argv)}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
@@ -140,10 +157,74 @@ def _big(work: Path, threads: int, rounds: int) -> list[dict]:
     return rows
 
 
-def _compress_cli(checkpoint: str, out: Path, threads: int, plan: dict) -> dict:
+def _qat(ckpt: str, data: Path, work: Path, args) -> dict:
+    """Part 3: quantisation-aware against post-training int8 on the same calibration frames."""
+    from fastdpt.bench import interleaved_ms
+    from fastdpt.compress.config import CompressConfig
+    from fastdpt.compress.qat import CALIBRATION_FRAMES
+    from fastdpt.compress.run import AGREEMENT_FRAMES, QAT_FRAMES, _agreement, _frames
+    from fastdpt.data.kitti import fits_kb_crop, read_split
+    from fastdpt.evaluation import Protocol, evaluate
+    from fastdpt.io import read_image
+    from fastdpt.predict import Predictor
+    from fastdpt.runtime import RuntimeOptions
+
+    shutil.rmtree(work, ignore_errors=True)
+    train = read_split(data / "splits" / "train_files_with_gt.txt")
+    drives = sorted({str((data / "raw" / e.rgb).parent) for e in train})
+    plans = {"qat int8": dict(qat="int8"),
+             f"prune {args.qat_prune} + train {args.steps} + qat int8": dict(
+                 prune=args.qat_prune, recover="train", data_root=str(data), steps=args.steps, lr=3e-4, qat="int8")}
+    auto = RuntimeOptions("auto", "auto", "cpu", args.threads)
+    preds = {"uncompressed": Predictor(ckpt, options=auto)}
+    reports = {}
+    for i, (label, plan) in enumerate(plans.items()):
+        r = _compress_cli(ckpt, work / f"q{i}", args.threads, {**plan, "qat_steps": args.qat_steps},
+                          frames=drives)
+        reports[label] = r
+        # the same frames compress took, split the same way: calibration from the first
+        seen = _frames(CompressConfig(checkpoint=ckpt, out="x", qat="int8", frames=tuple(drives)),
+                       AGREEMENT_FRAMES + QAT_FRAMES)[:-AGREEMENT_FRAMES]
+        if "prune" in plan:
+            preds[label.replace(" + qat int8", "")] = Predictor(r["path"], options=auto)
+        preds[label] = Predictor(str(work / f"q{i}" / "model-int8.xml"), backend="openvino")
+        preds[label.replace("qat", "ptq")] = Predictor(r["path"], options=RuntimeOptions("openvino", "int8", "cpu",
+                                                                                          args.threads),
+                                                       calibration=seen[:CALIBRATION_FRAMES])
+    test = read_split(data / "splits" / "test_files_with_gt.txt")
+    protocol = Protocol("garg", kb_crop=fits_kb_crop(*read_image(data / "raw" / test[0].rgb).shape[:2]))
+    frame = np.random.default_rng(0).integers(0, 256, (375, 1242, 3), dtype=np.uint8)
+    speed = interleaved_ms(preds, frame, args.rounds)
+    held = _frames(CompressConfig(checkpoint=ckpt, out="x", qat="int8", frames=tuple(drives)),
+                   AGREEMENT_FRAMES + QAT_FRAMES)[-AGREEMENT_FRAMES:]
+    fp32 = Predictor(ckpt, options=RuntimeOptions("torch", "fp32", "cpu", args.threads))
+    rows = []
+    for label, pred in preds.items():
+        m = evaluate(pred, test, data / "raw", data / "data_depth_annotated", protocol)
+        runtime = "openvino int8 (quantisation-aware file)" if "qat" in label else \
+            f"{pred.options.backend} {pred.options.precision}"
+        rows.append({"model": label, "runtime": runtime,
+                     "step_ms": speed[label]["median_ms"], "step_min_ms": speed[label]["min_ms"],
+                     "step_max_ms": speed[label]["max_ms"], "abs_rel": round(m["abs_rel"], 4), "d1": round(m["d1"], 4),
+                     "vs_student_fp32": _agreement(fp32, pred, held)["abs_rel_vs_original"]})
+        print(json.dumps(rows[-1]), flush=True)
+    for p in [*preds.values(), fp32]:
+        p.close()
+    for r in rows:
+        r["speedup"] = round(rows[0]["step_ms"] / r["step_ms"], 3)
+        r["abs_rel_change"] = round(r["abs_rel"] / rows[0]["abs_rel"] - 1, 4)
+    return {"rows": rows, "qat_steps": args.qat_steps, "calibration_frames": CALIBRATION_FRAMES,
+            "kept_steps": {k: r["qat"]["kept_step"] for k, r in reports.items()},
+            "validation_abs_rel": {k: r["qat"]["validation_abs_rel"] for k, r in reports.items()},
+            "qat_s": {k: r["times"].get("qat_s") for k, r in reports.items()}}
+
+
+def _compress_cli(checkpoint: str, out: Path, threads: int, plan: dict, frames: list | None = None) -> dict:
     """One `fastdpt compress` run, as a user runs it (its own process), read back from its report."""
     cmd = [sys.executable, "-m", "fastdpt.cli", "compress", str(checkpoint), "--out", str(out), "--threads", str(threads),
            "--bench-runs", "1", "--no-progress"]
+    for f in frames or ():
+        cmd += ["--frames", str(f)]
     for key, value in plan.items():
         cmd += [f"--{key.replace('_', '-')}", str(value)]
     print(" ".join(cmd[3:]), flush=True)
@@ -171,6 +252,16 @@ def markdown(r: dict) -> str:
             pal = f" ({x['palettised_mb']})" if x["palettised_mb"] else ""
             lines.append(f"| {x['model']} | {x['params'] / 1e6:.2f} | {x['macs'] / 1e9:.2f} | {x['file_mb']}{pal} | "
                          f"{x['step_ms']} ({x['step_min_ms']}-{x['step_max_ms']}) | {x['speedup']}x |")
+    if r.get("qat"):
+        q = r["qat"]
+        lines += ["", f"Quantisation-aware ({q['qat_steps']} steps; kept step {q['kept_steps']}) against post-training "
+                  f"int8 on the same {q['calibration_frames']} calibration frames:", "",
+                  "| model | runtime | step ms (min-max) | speed-up | AbsRel (change) | d1 | AbsRel vs student fp32 |",
+                  "|---|---|---|---|---|---|---|"]
+        for x in q["rows"]:
+            lines.append(f"| {x['model']} | {x['runtime']} | {x['step_ms']} ({x['step_min_ms']}-{x['step_max_ms']}) | "
+                         f"{x['speedup']}x | {x['abs_rel']} ({x['abs_rel_change'] * 100:+.1f} %) | {x['d1']} | "
+                         f"{x['vs_student_fp32']} |")
     return "\n".join(lines) + "\n"
 
 
