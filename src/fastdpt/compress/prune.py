@@ -77,15 +77,11 @@ class PruneSpec:
                 ratios[part] = float(value)
             except ValueError:
                 raise ConfigError(f"--prune {part}: {value!r} is not a number") from None
-            if not 0 < ratios[part] < 1:
-                raise ConfigError(f"pruning ratio {part}={value} must be in (0, 1) (a fraction removed)")
         if not ratios:
             raise ConfigError("--prune needs at least one PART=RATIO (heads, mlp, decoder)")
+        if any(r == 0 for r in ratios.values()):  # the dataclass takes 0 as "not pruned"; a user's 0 is a mistake
+            raise ConfigError(f"pruning ratios must be in (0, 1) (a fraction removed), got {text!r}")
         return cls(**ratios, importance=importance)
-
-    @property
-    def empty(self) -> bool:
-        return not any(getattr(self, p) for p in PARTS)
 
     def label(self) -> str:
         """Short text for names and tables: ``heads0.5+mlp0.3``."""

@@ -79,43 +79,35 @@ def _agreement(original, compressed, frames: list[np.ndarray]) -> dict | None:
             "median_rel_diff": round(float(np.median(r)), 5), "scale_shift_aligned": relative}
 
 
-def _recover(cfg: CompressConfig, pruned: Path, out: Path, log) -> dict:
-    """Fine-tune the pruned model; returns what the recovery wrote and measured."""
+def _recover(cfg: CompressConfig, pruned: Path, name: str, out: Path, log) -> dict:
+    """Fine-tune the pruned model (saved at ``pruned``, variant ``name``); returns what the recovery
+    wrote and measured."""
     if cfg.recover == "distill":
         from ..distill import DistillConfig, distill
 
         dcfg = DistillConfig(teacher=cfg.checkpoint, out=str(out / "recover"), frames=cfg.frames,
-                             student=_name(pruned), student_init=str(pruned), steps=cfg.steps,
+                             student=name, student_init=str(pruned), steps=cfg.steps,
                              batch_size=cfg.batch_size, lr=cfg.lr, threads=cfg.threads, seed=cfg.seed,
                              max_frames=cfg.max_frames, progress=cfg.progress, bench_runs=cfg.bench_runs,
                              flicker_frames=0)
         report = distill(dcfg, log=log)
         return {"kind": "distill", "path": report["student"]["path"], "run": str(out / "recover"),
                 "agreement_with_teacher": report["agreement"]["student"]}
+    from ..data.kitti import DataPaths, fits_kb_crop, read_split
+    from ..io import read_image
     from ..training import TrainConfig, train
 
-    tcfg = TrainConfig(model=_name(pruned), out=str(out / "recover"), data_root=cfg.data_root, init=str(pruned),
-                       max_steps=cfg.steps, epochs=10**6, batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed,
-                       progress=cfg.progress)
-    from ..data.kitti import fits_kb_crop, read_split
-    from ..io import read_image
-
-    paths = tcfg.paths()
+    paths = DataPaths.resolve(cfg.data_root, train_split=None, val_split=None)
     first = read_split(paths.splits["train_split"])[0]
     h, w = read_image(paths.raw_root / first.rgb).shape[:2]
     # dense depth where the data root has it (synthetic drives, labels); the KB crop where frames are KITTI-sized
-    tcfg = TrainConfig.from_dict({**tcfg.as_dict(), "dense_gt": paths.dense_root is not None,
-                                  "kb_crop": fits_kb_crop(h, w)})
+    tcfg = TrainConfig(model=name, out=str(out / "recover"), data_root=cfg.data_root, init=str(pruned),
+                       max_steps=cfg.steps, epochs=10**6, batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed,
+                       progress=cfg.progress, dense_gt=paths.dense_root is not None, kb_crop=fits_kb_crop(h, w))
     result = train(tcfg, overwrite=(out / "recover").exists())
     # the best validated weights; the last ones when the run was too short to validate
     path = result["best"] if Path(result["best"]).is_file() else result["last"]
     return {"kind": "train", "path": path, "run": str(out / "recover"), "best_metrics": result["best_metrics"]}
-
-
-def _name(path: Path) -> str:
-    from ..weights import read_checkpoint_config
-
-    return read_checkpoint_config(path).name
 
 
 def compress(cfg: CompressConfig, log: Callable[[str], None] = print) -> dict:
@@ -172,7 +164,7 @@ def compress(cfg: CompressConfig, log: Callable[[str], None] = print) -> dict:
             f"{report['prune']['params_after'] / 1e6:.2f} M parameters ({pruned})")
         if cfg.recover != "none":
             t1 = time.perf_counter()
-            report["recover"] = _recover(cfg, pruned, out, log)
+            report["recover"] = _recover(cfg, pruned, model.config.name, out, log)
             report["times"]["recover_s"] = round(time.perf_counter() - t1, 2)
             model = load(report["recover"]["path"])
     if cfg.cluster is not None:
