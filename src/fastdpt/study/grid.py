@@ -64,7 +64,7 @@ class TrialSpec:
 
     def row_ids(self) -> list[str]:
         """The rows this trial writes: its own, then one per compression level."""
-        return [self.id] + [compressed_id(self.id, level) for level in self.compress]
+        return [self.id] + [compressed_id(self.id, level) for level in self.compress]  # (status() reads the same from JSON)
 
 
 def compressed_id(trial_id: str, level: str) -> str:
