@@ -175,6 +175,10 @@ def _qat(ckpt: str, data: Path, work: Path, args) -> dict:
     plans = {"qat int8": dict(qat="int8"),
              f"prune {args.qat_prune} + train {args.steps} + qat int8": dict(
                  prune=args.qat_prune, recover="train", data_root=str(data), steps=args.steps, lr=3e-4, qat="int8")}
+    # the frames compress takes, split the same way: calibration from the first, held out the last
+    every = _frames(CompressConfig(checkpoint=ckpt, out="x", qat="int8", frames=tuple(drives)),
+                    AGREEMENT_FRAMES + QAT_FRAMES)
+    seen, held = every[:-AGREEMENT_FRAMES], every[-AGREEMENT_FRAMES:]
     auto = RuntimeOptions("auto", "auto", "cpu", args.threads)
     preds = {"uncompressed": Predictor(ckpt, options=auto)}
     reports = {}
@@ -182,9 +186,6 @@ def _qat(ckpt: str, data: Path, work: Path, args) -> dict:
         r = _compress_cli(ckpt, work / f"q{i}", args.threads, {**plan, "qat_steps": args.qat_steps},
                           frames=drives)
         reports[label] = r
-        # the same frames compress took, split the same way: calibration from the first
-        seen = _frames(CompressConfig(checkpoint=ckpt, out="x", qat="int8", frames=tuple(drives)),
-                       AGREEMENT_FRAMES + QAT_FRAMES)[:-AGREEMENT_FRAMES]
         if "prune" in plan:
             preds[label.replace(" + qat int8", "")] = Predictor(r["path"], options=auto)
         preds[label] = Predictor(str(work / f"q{i}" / "model-int8.xml"), backend="openvino")
@@ -195,8 +196,6 @@ def _qat(ckpt: str, data: Path, work: Path, args) -> dict:
     protocol = Protocol("garg", kb_crop=fits_kb_crop(*read_image(data / "raw" / test[0].rgb).shape[:2]))
     frame = np.random.default_rng(0).integers(0, 256, (375, 1242, 3), dtype=np.uint8)
     speed = interleaved_ms(preds, frame, args.rounds)
-    held = _frames(CompressConfig(checkpoint=ckpt, out="x", qat="int8", frames=tuple(drives)),
-                   AGREEMENT_FRAMES + QAT_FRAMES)[-AGREEMENT_FRAMES:]
     fp32 = Predictor(ckpt, options=RuntimeOptions("torch", "fp32", "cpu", args.threads))
     rows = []
     for label, pred in preds.items():

@@ -64,11 +64,16 @@ class TrialSpec:
 
     def row_ids(self) -> list[str]:
         """The rows this trial writes: its own, then one per compression level."""
-        return [self.id] + [compressed_id(self.id, level) for level in self.compress]  # (status() reads the same from JSON)
+        return row_ids(self.id, self.compress)
 
 
 def compressed_id(trial_id: str, level: str) -> str:
     return f"{trial_id}~compress={level}"
+
+
+def row_ids(trial_id: str, levels=()) -> list[str]:
+    """The rows of a trial with these compression levels (also read from trials.json as written)."""
+    return [trial_id] + [compressed_id(trial_id, level) for level in levels]
 
 
 def compress_levels(value) -> list[str]:

@@ -24,7 +24,7 @@ import torch
 from ..errors import ConfigError, FastDPTError
 from ..io import write_text
 from ..presets import get_config
-from .grid import MAX_TRIALS, TrialSpec, compressed_id, default_baseline, load_grid
+from .grid import MAX_TRIALS, TrialSpec, default_baseline, load_grid, row_ids
 from .results import assemble, read_row, read_rows, row_path, write_row
 from .trial import StudySettings, run_trial
 
@@ -251,7 +251,7 @@ def status(study: str | os.PathLike) -> dict:
     planned = json.loads((study / "trials.json").read_text()) if (study / "trials.json").is_file() else []
     rows = {r["name"]: r for r in read_rows(study)}
     out = {"done": [], "running": [], "failed": [], "waiting": []}
-    for name in (n for spec in planned for n in [spec["id"], *(compressed_id(spec["id"], c) for c in spec.get("compress", ()))]):
+    for name in (n for spec in planned for n in row_ids(spec["id"], spec.get("compress", ()))):
         r = rows.get(name)
         if r is None:
             out["waiting"].append({"name": name})
