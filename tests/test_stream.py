@@ -93,3 +93,48 @@ def test_cli_stream_folder_with_stats(tmp_path):
     assert len(ImageSequence(frames).files) == 5
     r = runner.invoke(app, ["video", str(tmp_path / "nope.mp4"), "--model", str(ckpt)])
     assert r.exit_code == 2 and "video not found" in r.output
+
+
+def test_a_stage_and_a_sink_of_your_own_plug_into_the_pipeline(tmp_path):
+    # a filter is one Stage subclass, a second output one Sink subclass: the filter runs after the
+    # stabiliser and before the colour map, and every sink gets every frame in source order
+    import torch
+
+    from fastdpt.stream import Sink, Stage
+    from fastdpt.viz import colorize
+
+    frames = tmp_path / "f"
+    frames.mkdir()
+    rng = np.random.default_rng(1)
+    for i in range(6):
+        cv2.imwrite(str(frames / f"{i:03d}.png"), rng.integers(0, 256, (48, 80, 3), dtype=np.uint8))
+
+    class Ramp(Stage):  # a filter: adds 0..10 m across the width
+        def __call__(self, batch):
+            for f in batch:
+                d = torch.as_tensor(f.depth)
+                f.depth = d + torch.linspace(0, 10, d.shape[-1], device=d.device)
+
+    class Collect(Sink):
+        def __init__(self):
+            self.seen, self.closed = [], None
+
+        def write(self, frame):
+            self.seen.append((frame.index, frame.depth.copy(), frame.vis.copy()))
+
+        def close(self, failed):
+            self.closed = failed
+
+    pred = Predictor(fastdpt.create_model(TINY.replace(metric=(0.01, 0.0125))))  # depth that varies
+    plain, ramped = Collect(), Collect()
+    run_stream(ImageSequence(frames), pred, VideoSink(tmp_path / "a.mp4", 10.0), stabilize="scale", sinks=[plain])
+    stats = run_stream(ImageSequence(frames), pred, VideoSink(tmp_path / "b.mp4", 10.0), stabilize="scale",
+                       stages=[Ramp()], sinks=[ramped])
+    assert [i for i, _, _ in ramped.seen] == list(range(6)) == [i for i, _, _ in plain.seen]
+    assert stats.frames_out == 6 and plain.closed is False and ramped.closed is False
+    ramp = np.linspace(0, 10, 80, dtype=np.float32)
+    for (_, d0, v0), (_, d1, v1) in zip(plain.seen, ramped.seen):
+        assert d1.dtype == np.float32 and np.allclose(d1, d0 + ramp, atol=1e-4)
+        assert np.array_equal(v1, colorize(d1, "metric"))  # one colour path: of what the stages made
+        assert not np.array_equal(v1, v0)
+    assert count_frames(tmp_path / "b.mp4")[0] == 6
