@@ -157,3 +157,40 @@ def test_web_page_in_headless_chromium(tmp_path):
             assert "60, metric" in driver.find_element(By.ID, "status").text or "100x60" in driver.find_element(By.ID, "status").text
         finally:
             driver.quit()
+
+
+def test_the_service_is_a_class_a_reader_can_use_without_http():
+    # the service's work (decode -> infer -> stabilise -> encode, sessions, metric labels) is one class;
+    # create_app only wires HTTP around it, and the session modes come from the stabiliser's own list
+    import time
+
+    from fastdpt.serve import ApiError, DepthService, Limits
+    from fastdpt.stabilize import MODES, Stabilizer
+
+    predictor = Predictor(fastdpt.create_model(METRIC).eval())
+    service = DepthService(predictor, "tok", Limits(max_pixels=400_000))
+    data = _png(seed=3)
+    image = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+    body, media, kind = service.work(data, "npy", False, False, time.perf_counter())
+    assert media == "application/octet-stream" and kind == "metric"
+    np.testing.assert_array_equal(np.load(io.BytesIO(body)), predictor.predict(image).depth)
+    for mode in MODES:
+        if mode == "none":
+            with pytest.raises(ApiError) as e:
+                service.start_session(mode)
+            assert e.value.status == 400 and all(m in e.value.message for m in MODES if m != "none")
+            continue
+        sid = service.start_session(mode)["session"]
+        stream = service.session_for(mode, sid)
+        ref = Stabilizer(mode, "metric")
+        for seed in (3, 4):
+            frame = _png(seed=seed)
+            img = np.asarray(Image.open(io.BytesIO(frame)).convert("RGB"))
+            body, _, _ = service.work(frame, "npy", False, False, time.perf_counter(), stream)
+            np.testing.assert_allclose(np.load(io.BytesIO(body)), ref(img, predictor.predict(img).depth), rtol=1e-5)
+        assert service.end_session(sid) == {"ended": sid}
+    with pytest.raises(ApiError) as e:
+        service.work(b"not an image", "json", False, False, time.perf_counter())
+    assert e.value.status == 400
+    assert [service.route(p) for p in ("/v1/sessions/abc", "/v1/depth", "/../etc/passwd")] == \
+        ["/v1/sessions", "/v1/depth", "other"]

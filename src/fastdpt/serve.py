@@ -45,7 +45,7 @@ from dataclasses import dataclass
 from importlib import resources
 
 import numpy as np
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -110,78 +110,51 @@ def check_token(token: str | None) -> str | None:
     return token.strip()
 
 
-def create_app(predictor: Predictor, token: str | None = None, max_bytes: int = MAX_BYTES,
-               max_pixels: int = MAX_PIXELS, limits: Limits | None = None) -> FastAPI:
-    limits = limits or Limits(max_bytes=max_bytes, max_pixels=max_pixels)
-    token = check_token(token)
-    pool = ThreadPoolExecutor(limits.workers, thread_name_prefix="fastdpt-serve")
+class DepthService:
+    """The service's work, apart from HTTP wiring: the token check, bounded body reads, the worker
+    pool, decode -> infer -> stabilise -> encode, video sessions and the Prometheus metrics.
+    :func:`router` maps routes onto it; :func:`create_app` adds the guard and the error handlers."""
 
-    sessions = Sessions(limits.sessions, limits.session_idle_s, limits.session_pixels)
+    ROUTES = ("/v1/depth", "/v1/models", "/healthz", "/metrics", "/", "/docs", "/redoc", "/openapi.json",
+              "/v1/sessions")
 
-    @asynccontextmanager
-    async def lifespan(app):
-        async def expire():  # idle sessions go on a timer, not only when another session request comes
-            while True:
-                await asyncio.sleep(max(0.05, min(30.0, sessions.idle_s / 4)))
-                sessions.expire()
+    def __init__(self, predictor: Predictor, token: str | None, limits: Limits) -> None:
+        self.predictor, self.limits, self.token = predictor, limits, check_token(token)
+        self.pool = ThreadPoolExecutor(limits.workers, thread_name_prefix="fastdpt-serve")
+        self.sessions = Sessions(limits.sessions, limits.session_idle_s, limits.session_pixels)
+        self.registry = CollectorRegistry()
+        self.requests = Counter("fastdpt_requests", "HTTP requests", ["route", "status"], registry=self.registry)
+        self.latency = Histogram("fastdpt_inference_seconds", "Depth request latency (decode to encoded answer)",
+                                 buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30), registry=self.registry)
+        self.waiting = Gauge("fastdpt_requests_in_flight", "Depth requests running or queued", registry=self.registry)
+        self.in_flight = 0
+        self.page = resources.files("fastdpt").joinpath("static/index.html").read_text()
 
-        expiry = asyncio.create_task(expire())
-        yield
-        expiry.cancel()
-        pool.shutdown(wait=False, cancel_futures=True)
+    # -- the guard --
+    def route(self, path: str) -> str:
+        """The metrics label of a path (unknown paths are ``other``, so clients cannot grow the labels)."""
+        path = "/v1/sessions" if path.startswith("/v1/sessions/") else path
+        return path if path in self.ROUTES else "other"
 
-    app = FastAPI(title="fastdpt", version="1", lifespan=lifespan)
-    registry = CollectorRegistry()
-    requests = Counter("fastdpt_requests", "HTTP requests", ["route", "status"], registry=registry)
-    latency = Histogram("fastdpt_inference_seconds", "Depth request latency (decode to encoded answer)",
-                        buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30), registry=registry)
-    waiting = Gauge("fastdpt_requests_in_flight", "Depth requests running or queued", registry=registry)
-    state = {"in_flight": 0}
-    routes = {"/v1/depth", "/v1/models", "/healthz", "/metrics", "/", "/docs", "/redoc", "/openapi.json", "/v1/sessions"}
-
-    def error(status: int, message: str, headers: dict | None = None) -> JSONResponse:
-        return JSONResponse({"error": message, "status": status}, status_code=status, headers=headers)
-
-    def authorised(request: Request) -> bool:
-        if token is None or request.url.path in PUBLIC:
+    def authorised(self, request: Request) -> bool:
+        if self.token is None or request.url.path in PUBLIC:
             return True
         got = request.headers.get("authorization", "")
-        return got.startswith("Bearer ") and hmac.compare_digest(got[7:].encode(), token.encode())
+        return got.startswith("Bearer ") and hmac.compare_digest(got[7:].encode(), self.token.encode())
 
-    @app.middleware("http")
-    async def guard(request: Request, call_next):
-        """Auth first, then the route; every outcome (500s too) is JSON and counted."""
-        path = "/v1/sessions" if request.url.path.startswith("/v1/sessions/") else request.url.path
-        route = path if path in routes else "other"
-        if not authorised(request):
-            response = error(401, "missing or wrong bearer token")
-        else:
-            try:
-                response = await call_next(request)
-            except Exception:  # noqa: BLE001 - the one place that turns any failure into a clean 500
-                log.exception("unhandled error on %s", route)
-                response = error(500, "internal error")
-        requests.labels(route, str(response.status_code)).inc()
-        return response
+    async def expire_sessions(self) -> None:
+        """Idle sessions go on a timer, not only when another session request comes."""
+        while True:
+            await asyncio.sleep(max(0.05, min(30.0, self.sessions.idle_s / 4)))
+            self.sessions.expire()
 
-    @app.exception_handler(ApiError)
-    async def _api_error(request: Request, exc: ApiError):
-        return error(exc.status, exc.message, exc.headers)
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http_error(request: Request, exc: StarletteHTTPException):
-        message = {404: "not found", 405: "method not allowed"}.get(exc.status_code, "request refused")
-        return error(exc.status_code, message)
-
-    @app.exception_handler(RequestValidationError)
-    async def _validation_error(request: Request, exc: RequestValidationError):
-        names = sorted({str(e.get("loc", ["", "?"])[-1]) for e in exc.errors()})
-        return error(422, f"invalid value for {', '.join(names)}")
-
-    async def read_body(request: Request, limit: int) -> bytes:
+    # -- the body --
+    async def read_body(self, request: Request, limit: int) -> bytes:
+        """The whole body, refused (413) as soon as it passes ``limit`` and (408) when it does not
+        arrive within the read deadline."""
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
-            raise ApiError(413, f"upload larger than {limits.max_bytes} bytes")
+            raise ApiError(413, f"upload larger than {self.limits.max_bytes} bytes")
         chunks: list[bytes] = []
 
         async def receive() -> None:
@@ -189,43 +162,44 @@ def create_app(predictor: Predictor, token: str | None = None, max_bytes: int = 
             async for chunk in request.stream():
                 size += len(chunk)
                 if size > limit:
-                    raise ApiError(413, f"upload larger than {limits.max_bytes} bytes")
+                    raise ApiError(413, f"upload larger than {self.limits.max_bytes} bytes")
                 chunks.append(chunk)
 
         try:
-            await asyncio.wait_for(receive(), limits.read_timeout_s)
+            await asyncio.wait_for(receive(), self.limits.read_timeout_s)
         except asyncio.TimeoutError:
-            raise ApiError(408, f"the upload did not arrive within {limits.read_timeout_s:g} s") from None
+            raise ApiError(408, f"the upload did not arrive within {self.limits.read_timeout_s:g} s") from None
         return b"".join(chunks)
 
-    async def read_image_bytes(request: Request) -> bytes:
+    async def read_image_bytes(self, request: Request) -> bytes:
         ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if ctype == "multipart/form-data":
-            body = await read_body(request, limits.max_bytes + MULTIPART_OVERHEAD)
+            body = await self.read_body(request, self.limits.max_bytes + MULTIPART_OVERHEAD)
             data = multipart_field(body, request.headers["content-type"], "image")
         elif ctype in BODY_TYPES:
-            data = await read_body(request, limits.max_bytes)
+            data = await self.read_body(request, self.limits.max_bytes)
         elif not ctype:
             raise ApiError(415, "no Content-Type: send the image with its type (e.g. image/png) or as multipart")
         else:
             raise ApiError(415, f"unsupported content type {ctype[:80]}; send PNG, JPEG, WebP, BMP or TIFF")
-        if len(data) > limits.max_bytes:
-            raise ApiError(413, f"upload larger than {limits.max_bytes} bytes")
+        if len(data) > self.limits.max_bytes:
+            raise ApiError(413, f"upload larger than {self.limits.max_bytes} bytes")
         if not data:
             raise ApiError(400, "empty upload")
         return data
 
-    def work(data: bytes, fmt: str, values: bool, color: bool, t0: float, session=None):
-        """Decode, infer, encode: runs in the worker pool, never on the event loop."""
+    # -- the work (in the pool, never on the event loop) --
+    def work(self, data: bytes, fmt: str, values: bool, color: bool, t0: float, session=None):
+        """Decode, infer, stabilise (in a session), encode."""
         try:
-            image = decode_image(data, limits.max_pixels, "image")
+            image = decode_image(data, self.limits.max_pixels, "image")
         except ImageTooLargeError as e:
             raise ApiError(413, str(e)) from None
         except ImageError as e:
             raise ApiError(400, str(e)) from None
         del data
         try:
-            result = predictor.predict(image)
+            result = self.predictor.predict(image)
         except FastDPTError as e:
             raise ApiError(400, str(e)) from None
         d = result.depth
@@ -236,98 +210,176 @@ def create_app(predictor: Predictor, token: str | None = None, max_bytes: int = 
                     d = stabilizer(image, d)
                 except FastDPTError as e:  # a frame too small for the flow
                     raise ApiError(400, str(e)) from None
+        return self.encode(d, result.kind, fmt, values, color, t0)
+
+    def encode(self, d: np.ndarray, kind: str, fmt: str, values: bool, color: bool, t0: float):
+        """(body, media type or None for JSON, kind)."""
         if fmt == "png16":
-            return encode_png(depth_to_png16(d, result.kind)), "image/png", result.kind
+            return encode_png(depth_to_png16(d, kind)), "image/png", kind
         if fmt == "npy":
             buf = io.BytesIO()
             np.save(buf, d.astype(np.float32, copy=False))
-            return buf.getvalue(), "application/octet-stream", result.kind
+            return buf.getvalue(), "application/octet-stream", kind
         if fmt == "color":
-            return encode_png(colorize(d, result.kind)), "image/png", result.kind
-        payload = {"shape": list(d.shape), "kind": result.kind, "model": predictor.config.name,
-                   "unit": "m" if result.kind == "metric" else "relative inverse depth",
+            return encode_png(colorize(d, kind)), "image/png", kind
+        payload = {"shape": list(d.shape), "kind": kind, "model": self.predictor.config.name,
+                   "unit": "m" if kind == "metric" else "relative inverse depth",
                    "min": float(np.nanmin(d)), "max": float(np.nanmax(d)), "mean": float(np.nanmean(d)),
                    "latency_ms": round((time.perf_counter() - t0) * 1000, 2)}
         if values:
             payload["values_f32_base64"] = base64.b64encode(d.astype("<f4", copy=False).tobytes()).decode()
         if color:
-            payload["color_png_base64"] = base64.b64encode(encode_png(colorize(d, result.kind))).decode()
-        return payload, None, result.kind
+            payload["color_png_base64"] = base64.b64encode(encode_png(colorize(d, kind))).decode()
+        return payload, None, kind
 
-    @app.post("/v1/depth")
-    async def depth(request: Request, format: str = "json", values: int = 0, color: int = 0, stabilize: str = "none",
-                    session: str | None = None):
-        if format not in FORMATS:
-            raise ApiError(400, f"format must be one of {', '.join(FORMATS)}")
-        stream = None
+    # -- the routes' logic --
+    def session_for(self, stabilize: str, session: str | None):
+        """The stabiliser a depth request uses (None without a session)."""
         if stabilize not in MODES:
             raise ApiError(400, f"stabilize must be one of {', '.join(MODES)}")
-        if stabilize != "none" or session is not None:
-            if not session or not SESSION_RE.fullmatch(session):
-                raise ApiError(400, "stabilize needs session=<id>, an id the service issued (POST /v1/sessions)")
-            stream = sessions.get(session, None if stabilize == "none" else stabilize)
+        if stabilize == "none" and session is None:
+            return None
+        if not session or not SESSION_RE.fullmatch(session):
+            raise ApiError(400, "stabilize needs session=<id>, an id the service issued (POST /v1/sessions)")
+        return self.sessions.get(session, None if stabilize == "none" else stabilize)
+
+    async def depth(self, request: Request, fmt: str, values: bool, color: bool, stabilize: str,
+                    session: str | None) -> Response:
+        if fmt not in FORMATS:
+            raise ApiError(400, f"format must be one of {', '.join(FORMATS)}")
+        stream = self.session_for(stabilize, session)
         try:  # the body first (within its deadline): a slow upload holds a connection, never an inference slot
-            data = await read_image_bytes(request)
+            data = await self.read_image_bytes(request)
         except ClientDisconnect:
             raise ApiError(400, "the client went away during the upload") from None
-        if state["in_flight"] >= limits.workers + limits.queue:
+        if self.in_flight >= self.limits.workers + self.limits.queue:
             raise ApiError(503, "busy: too many requests in progress, retry shortly", {"Retry-After": "1"})
-        state["in_flight"] += 1
-        waiting.set(state["in_flight"])
+        self.in_flight += 1
+        self.waiting.set(self.in_flight)
         try:
             t0 = time.perf_counter()
             body, media, kind = await asyncio.get_running_loop().run_in_executor(
-                pool, work, data, format, bool(values), bool(color), t0, stream)
+                self.pool, self.work, data, fmt, values, color, t0, stream)
         finally:
-            state["in_flight"] -= 1
-            waiting.set(state["in_flight"])
-        latency.observe(time.perf_counter() - t0)
-        headers = {"X-Depth-Kind": kind, "X-Model": predictor.config.name}
+            self.in_flight -= 1
+            self.waiting.set(self.in_flight)
+        self.latency.observe(time.perf_counter() - t0)
+        headers = {"X-Depth-Kind": kind, "X-Model": self.predictor.config.name}
         if media is None:
             return JSONResponse(body, headers=headers)
         return Response(body, media_type=media, headers=headers)
 
-    @app.post("/v1/sessions", status_code=201)
-    def start_session(stabilize: str = "flow"):
-        """A video session: the service issues its id (unguessable), so no other client can feed or
-        end it; it ends after ``session_idle_s`` without a frame, or with DELETE."""
-        if stabilize not in MODES or stabilize == "none":
-            raise ApiError(400, "stabilize must be scale or flow")
-        sid = sessions.start(stabilize, predictor.config.output_kind)
-        return {"session": sid, "stabilize": stabilize, "idle_timeout_s": sessions.idle_s,
-                "max_pixels_kept": sessions.keep_pixels}
+    def start_session(self, stabilize: str) -> dict:
+        if stabilize not in SESSION_MODES:
+            raise ApiError(400, f"stabilize must be one of {', '.join(SESSION_MODES)}")
+        sid = self.sessions.start(stabilize, self.predictor.config.output_kind)
+        return {"session": sid, "stabilize": stabilize, "idle_timeout_s": self.sessions.idle_s,
+                "max_pixels_kept": self.sessions.keep_pixels}
 
-    @app.delete("/v1/sessions/{session}")
-    def end_session(session: str):
-        if not sessions.drop(session):
+    def end_session(self, session: str) -> dict:
+        if not self.sessions.drop(session):
             raise ApiError(404, "no such session")
         return {"ended": session}
 
-    @app.get("/v1/models")
-    def models():
-        return {"loaded": predictor.config.name, "kind": predictor.config.output_kind, "presets": list_models()}
+    def models(self) -> dict:
+        return {"loaded": self.predictor.config.name, "kind": self.predictor.config.output_kind,
+                "presets": list_models()}
 
-    @app.get("/healthz")
+    def health(self) -> dict:
+        return {"status": "ok", "model": self.predictor.config.name, "in_flight": self.in_flight}
+
+    def metrics(self) -> Response:
+        return Response(generate_latest(self.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+def router(service: DepthService) -> APIRouter:
+    """The HTTP routes over a :class:`DepthService`."""
+    r = APIRouter()
+
+    @r.post("/v1/depth")
+    async def depth(request: Request, format: str = "json", values: int = 0, color: int = 0, stabilize: str = "none",
+                    session: str | None = None):
+        return await service.depth(request, format, bool(values), bool(color), stabilize, session)
+
+    @r.post("/v1/sessions", status_code=201)
+    def start_session(stabilize: str = "flow"):
+        """A video session: the service issues its id (unguessable), so no other client can feed or
+        end it; it ends after ``session_idle_s`` without a frame, or with DELETE."""
+        return service.start_session(stabilize)
+
+    @r.delete("/v1/sessions/{session}")
+    def end_session(session: str):
+        return service.end_session(session)
+
+    r.add_api_route("/v1/models", service.models, methods=["GET"])
+    r.add_api_route("/metrics", service.metrics, methods=["GET"])
+
+    @r.get("/healthz")
     async def healthz():
-        return {"status": "ok", "model": predictor.config.name, "in_flight": state["in_flight"]}
+        return service.health()
 
-    @app.get("/metrics")
-    def metrics():
-        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
-
-    page = resources.files("fastdpt").joinpath("static/index.html").read_text()
-
-    @app.get("/", response_class=HTMLResponse)
+    @r.get("/", response_class=HTMLResponse)
     def index():
-        return page
+        return service.page
 
-    app.state.predictor = predictor
-    app.state.limits = limits
-    app.state.sessions = sessions
+    return r
+
+
+def _error(status: int, message: str, headers: dict | None = None) -> JSONResponse:
+    return JSONResponse({"error": message, "status": status}, status_code=status, headers=headers)
+
+
+def create_app(predictor: Predictor, token: str | None = None, max_bytes: int = MAX_BYTES,
+               max_pixels: int = MAX_PIXELS, limits: Limits | None = None) -> FastAPI:
+    """The FastAPI app: a :class:`DepthService`, its :func:`router`, the guard (auth first; every
+    outcome, 500s included, JSON and counted) and the JSON error handlers."""
+    service = DepthService(predictor, token, limits or Limits(max_bytes=max_bytes, max_pixels=max_pixels))
+
+    @asynccontextmanager
+    async def lifespan(app):
+        expiry = asyncio.create_task(service.expire_sessions())
+        yield
+        expiry.cancel()
+        service.pool.shutdown(wait=False, cancel_futures=True)
+
+    app = FastAPI(title="fastdpt", version="1", lifespan=lifespan)
+
+    @app.middleware("http")
+    async def guard(request: Request, call_next):
+        route = service.route(request.url.path)
+        if not service.authorised(request):
+            response = _error(401, "missing or wrong bearer token")
+        else:
+            try:
+                response = await call_next(request)
+            except Exception:  # noqa: BLE001 - the one place that turns any failure into a clean 500
+                log.exception("unhandled error on %s", route)
+                response = _error(500, "internal error")
+        service.requests.labels(route, str(response.status_code)).inc()
+        return response
+
+    @app.exception_handler(ApiError)
+    async def _api_error(request: Request, exc: ApiError):
+        return _error(exc.status, exc.message, exc.headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException):
+        message = {404: "not found", 405: "method not allowed"}.get(exc.status_code, "request refused")
+        return _error(exc.status_code, message)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, exc: RequestValidationError):
+        names = sorted({str(e.get("loc", ["", "?"])[-1]) for e in exc.errors()})
+        return _error(422, f"invalid value for {', '.join(names)}")
+
+    app.include_router(router(service))
+    app.state.predictor, app.state.limits, app.state.sessions, app.state.service = \
+        predictor, service.limits, service.sessions, service
     return app
 
 
 SESSION_RE = re.compile(r"[A-Za-z0-9_-]{16,64}")
+SESSION_MODES = tuple(m for m in MODES if m != "none")  # the stabiliser's own modes
 
 
 class Sessions:

@@ -26,6 +26,13 @@ from .evaluation.temporal import (FLOW_SIDE, Flow, _gray_small, expansion, flow_
 MODES = ("none", "scale", "flow")
 
 
+def check_mode(mode: str) -> str:
+    """``mode`` when it is one of :data:`MODES`; one line otherwise (every command and the service ask here)."""
+    if mode not in MODES:
+        raise ConfigError(f"--stabilize must be one of {', '.join(MODES)}, got {mode!r}")
+    return mode
+
+
 class Stabilizer:
     """Stateful: call it with each frame and its predicted depth, in order; it returns the stabilised
     depth (same kind and size). ``kind``: ``metric`` or ``relative``."""
@@ -37,8 +44,7 @@ class Stabilizer:
         """``keep_pixels``: the most pixels of the previous output kept between frames (``flow`` mode;
         larger outputs are kept downscaled and scaled back up when blended), so the memory a stream
         holds is bounded whatever its frame size (the service sets it); None keeps it whole."""
-        if mode not in MODES:
-            raise ConfigError(f"--stabilize must be one of {', '.join(MODES)}, got {mode!r}")
+        check_mode(mode)
         self.mode, self.kind, self.side, self.keep_pixels = mode, kind, side, keep_pixels
         self.max_blend, self.agree, self.damping, self.cut = max_blend, agree, damping, cut
         self.flow = Flow()

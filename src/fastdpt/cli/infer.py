@@ -89,10 +89,9 @@ def _run_stream(source_factory, output, model, weights, backend, precision, devi
                          codec=codec) if output else None
         if batch < 1 or (realtime and batch > 1):
             raise ConfigError("--batch must be 1 with --realtime or a camera (online), and at least 1 otherwise")
-        from ..stabilize import MODES
+        from ..stabilize import check_mode
 
-        if stabilize not in MODES:
-            raise ConfigError(f"--stabilize must be one of {', '.join(MODES)}, got {stabilize!r}")
+        check_mode(stabilize)
         if stats_path is not None:
             check_output_dir(Path(stats_path).parent)
         check_model(model, weights)

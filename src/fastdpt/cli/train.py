@@ -90,10 +90,9 @@ def evaluate(
     protocol = Protocol(_crop(garg_crop, eigen_crop, no_crop), kb_crop, align=align)
     paths = DataPaths.resolve(data_root, raw_root, gt_root, test_split=split_file)
     if temporal:
-        from ..stabilize import MODES
+        from ..stabilize import check_mode
 
-        if stabilize not in MODES:
-            raise ConfigError(f"--stabilize must be one of {', '.join(MODES)}, got {stabilize!r}")
+        check_mode(stabilize)
     m = api.load(model, weights, device=device) if model else api.load(weights, device=device)
     if temporal:
         return _temporal(m, paths, stabilize, max_frames, device, json_out)
