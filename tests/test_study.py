@@ -227,6 +227,26 @@ def test_an_unreachable_cluster_is_one_line_and_writes_nothing(data, tmp_path):
     assert not (tmp_path / "s" / "study.json").exists()
 
 
+def test_the_study_settings_are_declared_once_and_an_unknown_one_is_refused(data, tmp_path, monkeypatch):
+    # every setting a study shares is a StudySettings field, passed by its own name from the command line
+    # through run_study (no second list of them); a misspelt one is refused before Ray starts or a file is written
+    from fastdpt.errors import ConfigError
+    from fastdpt.study.trial import StudySettings
+
+    with pytest.raises(ConfigError, match="unknown study option bench_frmae"):
+        run_study("r50.h0-1.heads12.softmax.f32.m0.01_0.0125@64x192", tmp_path / "s", data, bench_frmae=(64, 192))
+    assert not (tmp_path / "s").exists()
+    monkeypatch.chdir(data.parent)
+    s = StudySettings.new("s", "g", data_root=data.name, epochs=2, train={"lr": 1e-4, "epochs": 9},
+                          test_split=f"{data.name}/splits/test_files_with_gt.txt", init="kitti", bench_sizes=[[64, 192]])
+    assert s.out == str((data.parent / "s").resolve())
+    assert s.data_root == str(data.resolve()) and Path(s.test_split).is_absolute() and Path(s.test_split).is_file()
+    assert s.train == {"lr": 1e-4, "epochs": 2} and s.init == "kitti"  # a hub name stays a name
+    assert s.bench_sizes == [(64, 192)] and s.bench_frame == (352, 1216)
+    with pytest.raises(ConfigError, match="parent_run_id"):  # set by the study itself, not an option
+        StudySettings.new("s", "g", parent_run_id="x")
+
+
 def test_attention_benchmark_and_its_crossover(tmp_path):
     r = CliRunner().invoke(app, ["bench", "attention", "--runs", "1", "--warmup", "0", "--threads", "2",
                                  "--json", str(tmp_path / "a.json")])

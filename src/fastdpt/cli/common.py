@@ -127,13 +127,9 @@ def build_predictor(model, weights, device, backend, precision, threads):
 
     set_threads(threads)
     options = RuntimeOptions(backend, precision, device, threads)
-    exported = is_exported(model)
-    resolved, _ = options.resolve(calibration=not exported)
-    calibration = None
-    if resolved.precision == "int8" and not exported:
-        from ..runtime.quantize import default_calibration
+    from ..runtime.quantize import calibration_for
 
-        calibration = default_calibration()
+    calibration = calibration_for(options, exported=is_exported(model))
     predictor = Predictor(model, weights, calibration=calibration, options=options)
     if predictor.choice is not None:
         console.print(predictor.choice.line(), highlight=False)

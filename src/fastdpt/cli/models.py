@@ -77,11 +77,11 @@ def bench(
     if stages:
         return _bench_stages(names, size, device, backend, precision, threads, runs, warmup, json_path, features)
     runtimes = all_runtimes(device) if backend == "all" else [(backend, precision)]
-    calibration = None
-    if any(p in ("int8", "auto") for _, p in runtimes):
-        from ..runtime.quantize import default_calibration
+    from ..runtime import RuntimeOptions
+    from ..runtime.quantize import calibration_for
 
-        calibration = default_calibration()
+    calibration = next((c for c in (calibration_for(RuntimeOptions(b, p, device, threads)) for b, p in runtimes)
+                        if c is not None), None)
     rows = []
     with console.status("benchmarking") as status:
         def report(i, n, row):

@@ -48,14 +48,17 @@ def run(
 
     if max_failures < 0:
         raise ConfigError("--max-failures must be >= 0")
-    rows = run_study(grid if len(grid) > 1 else grid[0], out_dir, data_root, epochs=epochs, max_steps=max_steps,
-                     init=str(init) if init else None, backbone_weights=backbone_weights, baseline=baseline,
-                     train_baseline=train_baseline, address=address, resources=resources, max_failures=max_failures,
-                     resume=resume, tracking_uri=tracking_uri, max_trials=max_trials, timing_rounds=timing_rounds,
+    def path(p: Path | None) -> str | None:
+        return str(p) if p else None
+
+    # the study's settings by their own names (StudySettings' fields); run_study resolves them once
+    rows = run_study(grid if len(grid) > 1 else grid[0], out_dir, data_root, address=address, resources=resources,
+                     max_failures=max_failures, resume=resume, max_trials=max_trials, timing_rounds=timing_rounds,
+                     epochs=epochs, max_steps=max_steps, init=path(init), backbone_weights=backbone_weights,
+                     baseline=baseline, train_baseline=train_baseline, tracking_uri=tracking_uri,
                      bench_sizes=[parse_size(s) for s in bench_sizes or []], bench_runs=bench_runs,
-                     raw_root=str(raw_root) if raw_root else None, gt_root=str(gt_root) if gt_root else None,
-                     splits={"train": train_split and str(train_split), "val": val_split and str(val_split),
-                             "test": test_split and str(test_split)})
+                     raw_root=path(raw_root), gt_root=path(gt_root), train_split=path(train_split),
+                     val_split=path(val_split), test_split=path(test_split))
     _print_status(out_dir)
     out.print(f"results: {Path(out_dir) / 'results.json'} ({len(rows)} rows); report: fastdpt study report {out_dir} -o DIR",
               highlight=False)

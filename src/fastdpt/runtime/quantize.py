@@ -20,6 +20,16 @@ def default_calibration(count: int = CALIBRATION_FRAMES) -> list[np.ndarray]:
     return sample_frames(count)
 
 
+def calibration_for(options, exported: bool = False) -> list[np.ndarray] | None:
+    """The calibration frames a run with these :class:`~fastdpt.runtime.RuntimeOptions` needs: the
+    default ones when its precision is int8 (given, or chosen by ``auto``), None otherwise and for
+    exported files (they carry their own quantisation). Every command asks here."""
+    if exported:
+        return None
+    resolved, _ = options.resolve(calibration=True)
+    return default_calibration() if resolved.precision == "int8" else None
+
+
 def quantize_int8(src: str | os.PathLike, dst: str | os.PathLike, method: str = "static",
                   calibration: list[np.ndarray] | None = None) -> Path:
     """int8 ONNX model, keeping the metadata.

@@ -83,17 +83,18 @@ def _parent_run(settings: StudySettings) -> str:
     return run.info.run_id
 
 
-def run_study(grid, out: str | os.PathLike, data_root: str | os.PathLike | None = None, *, epochs: int | None = None,
-              max_steps: int | None = None, init: str | None = None, backbone_weights: str | None = None,
-              baseline: str | None = None, train_baseline: bool = False, address: str | None = None,
+def run_study(grid, out: str | os.PathLike, data_root: str | os.PathLike | None = None, *, address: str | None = None,
               resources: str | dict | None = None, max_failures: int = 2, resume: bool = False,
-              tracking_uri: str | None = None, bench_sizes: list | None = None, bench_runs: int = 5,
-              train: dict | None = None, raw_root=None, gt_root=None, splits: dict | None = None,
-              bench_frame: tuple[int, int] = (352, 1216), fail_once: dict | None = None, verbose: int = 1,
-              max_trials: int = MAX_TRIALS, timing_rounds: int = 3) -> list[dict]:
+              fail_once: dict | None = None, verbose: int = 1, max_trials: int = MAX_TRIALS, timing_rounds: int = 3,
+              **options) -> list[dict]:
     """Run the grid and return the results table (also in ``out/results.json`` and ``results.csv``).
 
     ``grid``: a preset group, a list of names, or a YAML/JSON file of axes (see :mod:`.grid`).
+    ``options``: what every trial shares, named as :class:`~.trial.StudySettings`' fields (``raw_root``,
+    ``gt_root``, ``train_split`` / ``val_split`` / ``test_split``, ``init``, ``backbone_weights``, ``train``
+    (TrainConfig options), ``bench_sizes``, ``bench_runs``, ``bench_frame``, ``baseline``,
+    ``train_baseline``, ``tracking_uri``), plus ``epochs`` and ``max_steps`` for ``train``; a resumed study
+    keeps its own.
     ``baseline``: the reference variant, timed in the same run (default: the unmodified DPT-Hybrid at
     the grid's input size; ``"none"`` for no baseline), trained only with ``train_baseline``.
     ``fail_once``: {trial id: marker path} fault injection for tests.
@@ -105,6 +106,7 @@ def run_study(grid, out: str | os.PathLike, data_root: str | os.PathLike | None 
     from ..cluster import ray_session
 
     out = Path(out).resolve()
+    wanted = StudySettings.new(out, grid, data_root=data_root, **options)  # an unknown option: before anything
     specs = load_grid(grid, max_trials)
     if not specs:
         raise ConfigError("the grid is empty")
@@ -118,9 +120,7 @@ def run_study(grid, out: str | os.PathLike, data_root: str | os.PathLike | None 
             settings = StudySettings.load(out)
             specs = [TrialSpec(**s) for s in json.loads((out / "trials.json").read_text())]
         else:
-            settings, specs = _new_study(specs, out, data_root, epochs, max_steps, init, backbone_weights, baseline,
-                                         train_baseline, tracking_uri, bench_sizes, bench_runs, train, raw_root,
-                                         gt_root, splits, bench_frame, fail_once, grid)
+            settings, specs = _new_study(specs, wanted, fail_once)
         try:
             storage = str(out / "ray")
             trainable = tune.with_resources(_trainable, res)
@@ -195,38 +195,18 @@ def forget_lost_trials(out: Path) -> list[str]:
     return lost
 
 
-def _new_study(specs, out: Path, data_root, epochs, max_steps, init, backbone_weights, baseline, train_baseline,
-               tracking_uri, bench_sizes, bench_runs, train, raw_root, gt_root, splits, bench_frame, fail_once, grid):
-    """Write a new study's settings, trials and MLflow parent run; every data path absolute (Ray's
-    workers run in other folders)."""
-    def absolute(p):
-        return str(Path(p).resolve()) if p else None
-
-    base = None if baseline == "none" else (baseline or default_baseline(specs))
+def _new_study(specs: list[TrialSpec], settings: StudySettings, fail_once: dict | None):
+    """Write a new study's settings (its baseline resolved), trials and MLflow parent run."""
+    base = None if settings.baseline == "none" else (settings.baseline or default_baseline(specs))
     if base is not None:
-        from ..presets import get_config
-
         base = get_config(base).name
         if base in {s.id for s in specs}:  # a grid member is always trained; its row is the speed reference too
             specs = [TrialSpec(**{**s.as_dict(), "baseline": True}) if s.id == base else s for s in specs]
-            train_baseline = True
+            settings.train_baseline = True
         else:  # an extra row, trained only when asked, with the grid's options, as the first trial
             specs = [TrialSpec(f"{base}~baseline", base, dict(specs[0].train), baseline=True)] + specs
-    options = dict(train or {})
-    if epochs is not None:
-        options["epochs"] = epochs
-    if max_steps is not None:
-        options["max_steps"] = max_steps
-    splits = splits or {}
-    settings = StudySettings(out=str(out), data_root=absolute(data_root), raw_root=absolute(raw_root),
-                             gt_root=absolute(gt_root), train_split=absolute(splits.get("train")),
-                             val_split=absolute(splits.get("val")), test_split=absolute(splits.get("test")),
-                             init=absolute(init) if init and Path(init).exists() else init,
-                             backbone_weights=absolute(backbone_weights) if backbone_weights and Path(backbone_weights).exists()
-                             else backbone_weights, train=options,
-                             bench_sizes=[tuple(s) for s in (bench_sizes or [])], bench_runs=bench_runs,
-                             bench_frame=tuple(bench_frame), train_baseline=train_baseline, tracking_uri=tracking_uri,
-                             grid=str(grid), baseline=base)
+    settings.baseline = base
+    out = Path(settings.out)
     settings.paths()  # the data is named before anything starts
     if fail_once:
         specs = [TrialSpec(**{**s.as_dict(), "fail_once": fail_once.get(s.id)}) for s in specs]

@@ -12,13 +12,13 @@ import math
 import os
 import socket
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Callable
 
 import torch
 
-from ..errors import FastDPTError, NonFiniteLossError
+from ..errors import ConfigError, FastDPTError, NonFiniteLossError
 from ..io import write_text
 from .grid import TrialSpec
 from .results import read_row, write_row
@@ -53,6 +53,29 @@ class StudySettings:
     def save(self) -> None:
         Path(self.out).mkdir(parents=True, exist_ok=True)
         write_text(Path(self.out) / "study.json", json.dumps(asdict(self), indent=1, default=str))
+
+    @classmethod
+    def new(cls, out: str | os.PathLike, grid: str = "", epochs: int | None = None, max_steps: int | None = None,
+            **options) -> "StudySettings":
+        """A new study's settings from options named as the fields are (``epochs`` / ``max_steps`` go
+        into ``train``); the data paths, and weights given as existing files, become absolute (Ray's
+        workers run in other folders). An unknown option is refused in one line."""
+        names = {f.name for f in fields(cls)} - {"out", "grid", "parent_run_id"}
+        unknown = sorted(set(options) - names)
+        if unknown:
+            raise ConfigError(f"unknown study option {', '.join(unknown)} (known: {', '.join(sorted(names))})")
+        train = dict(options.pop("train", None) or {})
+        train.update({k: v for k, v in (("epochs", epochs), ("max_steps", max_steps)) if v is not None})
+        s = cls(out=str(Path(out).resolve()), grid=str(grid), train=train, **options)
+        for name in ("data_root", "raw_root", "gt_root", "train_split", "val_split", "test_split"):
+            value = getattr(s, name)
+            setattr(s, name, str(Path(value).resolve()) if value else None)
+        for name in ("init", "backbone_weights"):  # a file, or a name resolved by the hub
+            value = getattr(s, name)
+            if value and Path(value).exists():
+                setattr(s, name, str(Path(value).resolve()))
+        s.bench_frame, s.bench_sizes = tuple(s.bench_frame), [tuple(v) for v in s.bench_sizes]
+        return s
 
     @classmethod
     def load(cls, study: str | os.PathLike) -> "StudySettings":
