@@ -75,7 +75,7 @@ def test_ctrl_c_stops_the_cli_within_a_second(tmp_path, ckpt):
     cmd = [sys.executable, "-m", "fastdpt.cli", "stream", str(frames), "--fps", "1000", "-m", str(ckpt), "-o", str(out),
            "--stats", str(tmp_path / "s.json"), "--threads", "1"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                            env={**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONFAULTHANDLER": "1"})
     deadline = time.time() + 120
     while time.time() < deadline and not any(p.name.startswith(".o.") for p in tmp_path.iterdir()):
         time.sleep(0.05)
@@ -83,7 +83,12 @@ def test_ctrl_c_stops_the_cli_within_a_second(tmp_path, ckpt):
     assert proc.poll() is None, "the stream ended before it could be interrupted"
     t0 = time.time()
     proc.send_signal(signal.SIGINT)
-    output, _ = proc.communicate(timeout=30)
+    try:
+        output, _ = proc.communicate(timeout=30)
+    except subprocess.TimeoutExpired:  # say where it hangs: faulthandler prints every thread's stack on SIGABRT
+        proc.send_signal(signal.SIGABRT)
+        output, _ = proc.communicate(timeout=30)
+        pytest.fail(f"the stream did not stop within 30 s of Ctrl-C; its threads then:\n{output[-6000:]}")
     took = time.time() - t0
     assert proc.returncode == 130, output
     assert took < 2.0, took  # stopped within a second (plus interpreter exit)
