@@ -23,7 +23,7 @@ The first and last 5 frames of each drive get no annotation, as in KITTI.
 from __future__ import annotations
 
 import os
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -549,7 +549,11 @@ def synth(out: str | os.PathLike, drives: int = 4, frames: int = 40, size: tuple
     workers = workers or min(2, os.cpu_count() or 1)
     done = {}
     if workers > 1:
-        with ProcessPoolExecutor(workers) as pool:
+        # threads, not processes: the rendering is numpy / OpenCV work that releases the GIL (1.6x on 2 cores),
+        # and a fork of a process that runs threads (torch, Ray, OpenVINO) can leave its children waiting
+        # on a lock held at fork time (a test run hung so after Ray's tests); spawned processes would
+        # re-run a user's script that calls synth() without a __main__ guard
+        with ThreadPoolExecutor(workers) as pool:
             for job, res in zip(jobs, pool.map(_render_frame, jobs, chunksize=4)):
                 done[(job[1], job[2])] = res[1]
                 if progress:
