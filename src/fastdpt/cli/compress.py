@@ -23,20 +23,24 @@ def _compress(values: dict) -> None:
     cfg = CompressConfig(**values)
     log = (lambda m: console.print(m, highlight=False)) if cfg.progress else (lambda m: None)
     r = compress(cfg, log=log)
-    b, a, s = r["before"], r["after"], r["speed"]
+    b, a, s = r["before"], r["after"], r.get("speed", {})
     line = (f"{r['path']}: {b['params'] / 1e6:.2f} -> {a['params'] / 1e6:.2f} M parameters, "
             f"{b['macs'] / 1e9:.2f} -> {a['macs'] / 1e9:.2f} GMACs, file {_mb(b['file_bytes'])} -> {_mb(a['file_bytes'])}")
     if "palettised_bytes" in a:
         line += f" ({_mb(a['palettised_bytes'])} palettised)"
-    line += (f"; whole step {s['before']['median_ms']:.1f} -> {s['after']['median_ms']:.1f} ms ({r['speedup']:.2f}x, "
-             f"{s['runtime']}, {s['threads']} threads)")
+    if s:
+        line += (f"; whole step {s['before']['median_ms']:.1f} -> {s['after']['median_ms']:.1f} ms "
+                 f"({r['speedup']:.2f}x, {s['runtime']}, {s['threads']} threads)")
     if r.get("agreement"):
         line += f"; AbsRel vs the uncompressed model {r['agreement']['abs_rel_vs_original']:.4f}"
     if r.get("qat"):
-        q, sq, sp = r["qat"], s.get("after int8 qat", {}), s.get("after int8 ptq", {})
-        line += (f"; int8 {q['path']}: {sq.get('median_ms', float('nan')):.1f} ms, AbsRel vs the uncompressed model "
-                 f"{q['agreement qat']['abs_rel_vs_original']:.4f} quantisation-aware, "
-                 f"{q['agreement ptq']['abs_rel_vs_original']:.4f} post-training ({sp.get('median_ms', float('nan')):.1f} ms)")
+        q, sq = r["qat"], s.get("after int8 qat", {})
+        line += (f"; int8 {q['path']}: AbsRel vs the uncompressed model {q['agreement qat']['abs_rel_vs_original']:.4f} "
+                 "quantisation-aware")
+        if "agreement ptq" in q:
+            sp = s.get("after int8 ptq", {})
+            line += (f" ({sq.get('median_ms', float('nan')):.1f} ms), {q['agreement ptq']['abs_rel_vs_original']:.4f} "
+                     f"post-training ({sp.get('median_ms', float('nan')):.1f} ms)")
     out.print(line + f"; report {Path(cfg.out) / 'report.json'}", highlight=False)
 
 

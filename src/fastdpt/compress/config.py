@@ -40,6 +40,8 @@ class CompressConfig:
     threads: int | None = option("torch threads (pruning, recovery, the speed comparison)")
     frame_size: str = option("frame size HxW of the speed comparison", "375x1242")
     bench_runs: int = option("timed steps of each model in the speed comparison (interleaved)", 5)
+    compare: bool = option("time the models before and after, and quantise post-training beside --qat (off: only the "
+                           "agreement; a study times its rows itself)", True, flags=("--compare/--no-compare",))
     overwrite: bool = option("replace what an earlier compression wrote in --out", False,
                              flags=("--overwrite/--no-overwrite",))
     seed: int = option("random seed", 0)

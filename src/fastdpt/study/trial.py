@@ -302,7 +302,7 @@ def compressed_row(spec: TrialSpec, level: str, trained: dict, settings: StudySe
                              qat_steps=int(options.get("max_steps") or 0) or RECOVERY_STEPS,
                              batch_size=int(options.get("batch_size", 4)), backend="torch",
                              frame_size=f"{settings.bench_frame[0]}x{settings.bench_frame[1]}",
-                             bench_runs=max(1, settings.bench_runs), progress=False, **opts)
+                             bench_runs=max(1, settings.bench_runs), progress=False, compare=False, **opts)
         report = compress(cfg, log=lambda m: None)
         weights = folder / "model.safetensors"
         int8 = folder / "model-int8.xml" if opts.get("qat") else None
