@@ -81,6 +81,7 @@ def _run_stream(source_factory, output, model, weights, backend, precision, devi
                 stabilize="none"):
     from ..stream import StreamInterrupted, VideoSink, check_paths, run_stream, write_stats
 
+    predictor = None
     try:
         source = source_factory()
         if output is not None:  # the output is checked before any model is loaded
@@ -110,6 +111,9 @@ def _run_stream(source_factory, output, model, weights, backend, precision, devi
         raise typer.Exit(130)
     except FastDPTError as e:
         fail(e)
+    finally:  # its temporary export folder goes now, not at interpreter exit (which Ctrl-C skips)
+        if predictor is not None:
+            predictor.close()
     summary = stats.summary()
     out.print(f"{summary['frames_out']} frames out of {summary['frames_in']} in {summary['wall_s']:.1f} s: "
               f"{summary['effective_fps']:.2f} FPS end to end, {summary['inference_fps']:.2f} inferences/s, "
