@@ -72,8 +72,12 @@ def test_interrupt_keeps_a_partial_video(tmp_path):
 def test_ctrl_c_stops_the_cli_within_a_second(tmp_path, ckpt):
     frames = folder_of_frames(tmp_path / "f", n=400, size=(120, 200))
     out = tmp_path / "o.mp4"
-    cmd = [sys.executable, "-m", "fastdpt.cli", "stream", str(frames), "--fps", "1000", "-m", str(ckpt), "-o", str(out),
-           "--stats", str(tmp_path / "s.json"), "--threads", "1"]
+    # as from a terminal: SIGINT at its default in the command, whatever this test process inherited (a
+    # background job of a script starts with SIGINT ignored, and the command rightly keeps ignoring it)
+    terminal = ("import os, signal, sys; signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT}); "
+                "signal.signal(signal.SIGINT, signal.SIG_DFL); os.execv(sys.executable, [sys.executable, *sys.argv[1:]])")
+    cmd = [sys.executable, "-c", terminal, "-m", "fastdpt.cli", "stream", str(frames), "--fps", "1000", "-m", str(ckpt),
+           "-o", str(out), "--stats", str(tmp_path / "s.json"), "--threads", "1"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env={**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONFAULTHANDLER": "1"})
     deadline = time.time() + 120
@@ -91,11 +95,12 @@ def test_ctrl_c_stops_the_cli_within_a_second(tmp_path, ckpt):
         pytest.fail(f"the stream did not stop within 30 s of Ctrl-C; its threads then:\n{output[-6000:]}")
     took = time.time() - t0
     assert proc.returncode == 130, output
-    assert took < 2.0, took  # stopped within a second (plus interpreter exit)
+    assert took < 2.0, (took, output)  # stopped within a second (plus the process's exit)
     partial = tmp_path / "o.partial.mp4"
-    assert "stopped: interrupted after" in output and str(partial) in output
+    assert "stopped: interrupted after" in output and str(partial) in output, output
     s = json.loads((tmp_path / "s.json").read_text())
-    assert 0 < s["frames_out"] < 400 and frames_in(partial) == s["frames_out"] and not out.exists()
+    assert 0 < s["frames_out"] < 400 and frames_in(partial) == s["frames_out"] and not out.exists(), \
+        (s["frames_out"], frames_in(partial), output)
 
 
 def test_truncated_video_is_reported_and_strict_fails(tmp_path, ckpt):
@@ -150,7 +155,16 @@ def test_output_is_checked_before_any_work(tmp_path, ckpt):
         run_stream(VideoSource(str(video)), Predictor(fastdpt.create_model(TINY)), VideoSink(video.with_suffix(".avi"), 10, overwrite=True))
 
 
-def test_ctrl_c_while_a_packet_is_muxed_keeps_a_partial_that_decodes(tmp_path):
+@pytest.fixture
+def ctrl_c_raises():
+    """SIGINT raises KeyboardInterrupt in this process, as in a terminal, even when the test run was started
+    with SIGINT ignored (a background job of a script); the previous disposition is restored."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def test_ctrl_c_while_a_packet_is_muxed_keeps_a_partial_that_decodes(tmp_path, ctrl_c_raises):
     # a Ctrl-C between encoding a frame and muxing its packets lost the first (key) packet: the
     # .partial.mp4 then decoded to 0 frames; a frame is now written whole or not at all
     pytest.importorskip("av")
@@ -180,3 +194,26 @@ def test_ctrl_c_while_a_packet_is_muxed_keeps_a_partial_that_decodes(tmp_path):
     kept = sink.close(partial=True)
     assert kept == tmp_path / "v.partial.mp4"
     assert sink.frames > 1 and frames_in(kept) == sink.frames  # every frame it claims decodes
+
+
+def test_an_ignored_ctrl_c_stays_ignored_while_a_frame_is_written(tmp_path):
+    # a process started with SIGINT ignored (a script's background job) must not stop when SIGINT comes
+    # while a frame is written: the deferral around each write once turned an ignored SIGINT into a stop
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        sink = VideoSink(tmp_path / "v.mp4", 10.0, side_by_side=False, codec="mp4v")
+        frame = np.zeros((32, 48, 3), np.uint8)
+        sink.write(frame, frame)
+        real = sink.writer.write
+
+        def write_with_ctrl_c(rgb):
+            os.kill(os.getpid(), signal.SIGINT)
+            real(rgb)
+
+        sink.writer.write = write_with_ctrl_c
+        for _ in range(5):
+            sink.write(frame, frame)
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert sink.close() == tmp_path / "v.mp4" and frames_in(tmp_path / "v.mp4") == 6

@@ -202,8 +202,11 @@ class _H264Writer:
 def _sigint_deferred():
     """Ctrl-C waits until the block is done (main thread only): a frame is muxed whole or not at all,
     so a partial video never loses the packet it starts with (a first packet that is not a key frame
-    left a .partial.mp4 that decoded to 0 frames)."""
-    if threading.current_thread() is not threading.main_thread():
+    left a .partial.mp4 that decoded to 0 frames). Only Python's own Ctrl-C handler is deferred: a
+    process started with SIGINT ignored (a background job of a script) keeps ignoring it, and a
+    handler of the caller's is left alone."""
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
         yield
         return
     got: list[int] = []
