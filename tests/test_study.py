@@ -207,15 +207,28 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def test_the_same_grid_on_a_local_ray_cluster_beside_another(data, tmp_path):
-    """A head started on 127.0.0.1 is reached by --address 127.0.0.1:PORT while a second, unrelated head
-    runs on the machine; only the heads the test started are stopped (no `ray stop --force`)."""
+def test_the_same_grid_on_a_local_ray_cluster_beside_another(data, tmp_path, monkeypatch):
+    """`fastdpt study run --address 127.0.0.1:PORT` (a fresh process, as a user runs it) reaches a head started
+    on 127.0.0.1 while a second, unrelated head runs on the machine; only the heads the test started are
+    stopped (no `ray stop --force`). The user has a Ray token (a local Ray >= 2.59 writes ~/.ray/auth_token,
+    so `ray start --head` then demands it): the command sends it, as Ray's own heads decide."""
+    import secrets
+
+    home = tmp_path / "home"
+    (home / ".ray").mkdir(parents=True)
+    (home / ".ray" / "auth_token").write_text(secrets.token_hex(16))
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.delenv("RAY_AUTH_MODE", raising=False)  # an earlier local Ray in this process sets it
     with ray_head(cpus=1) as other, ray_head(cpus=2) as address:
         grid = _grid(tmp_path, GRID.replace("hooks: [[0, 1], [0, 2]]", "hooks: [[0, 1]]").replace(
             "attention: [softmax, performer32]", "attention: [softmax]"))
-        rows = run_study(str(grid), tmp_path / "study", data, address=address, baseline="none", **QUICK)
-        assert [r["status"] for r in rows] == ["ok"]
-        assert load_results(tmp_path / "study")[0]["host"] == socket.gethostname()
+        r = subprocess.run([sys.executable, "-m", "fastdpt.cli", "study", "run", str(grid), "--out", str(tmp_path / "study"),
+                            "--data-root", str(data), "--address", address, "--baseline", "none", "--bench-runs", "1",
+                            "--resources", "cpu=2", "--timing-rounds", "0"], capture_output=True, text=True, timeout=600)
+        assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+        rows = load_results(tmp_path / "study")
+        assert [row["status"] for row in rows] == ["ok"]
+        assert rows[0]["host"] == socket.gethostname()
         assert other != address
 
 

@@ -4,6 +4,13 @@ Without an address Ray always starts in this process, on 127.0.0.1 (``address="l
 joins another job's cluster that happens to run on the machine. With an address (``auto``,
 ``host:port`` after ``ray start --head``, or ``ray://host:10001``) it joins that cluster; a cluster that
 cannot be reached is one line naming the address, Ray's reason, and what to check.
+
+Ray >= 2.59 turns on its token authentication for local clusters: a local ``ray.init()`` (the study
+without ``--address`` included) writes ``~/.ray/auth_token``, and from then on ``ray start --head``
+finds it and demands the token, while a driver given ``--address`` does not send it unless
+``RAY_AUTH_MODE=token``: it fails with "Failed to connect to Ray cluster". So a driver joining an address
+follows Ray's rule for heads: when the user chose no mode and a Ray token exists, it sends it (a head
+without authentication ignores it).
 """
 
 from __future__ import annotations
@@ -22,6 +29,19 @@ def ray_module():
     except ImportError:
         raise ClusterError("parallel runs need Ray: pip install -e '.[study]'") from None
     return ray
+
+
+def _send_ray_token_if_any() -> None:
+    """Ray's own rule for a head (token mode when the user chose no mode and a token exists), applied to a
+    driver that joins an address. Like Ray's local ``ray.init()``, it sets ``RAY_AUTH_MODE=token`` for the
+    process. Ray releases without token authentication (< 2.52) have nothing to do."""
+    try:
+        from ray._private.authentication.authentication_token_setup import (
+            maybe_enable_token_auth_if_token_available,
+        )
+    except ImportError:
+        return
+    maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
 
 
 def _check_reachable(address: str, timeout: float = 5.0) -> None:
@@ -51,6 +71,7 @@ def ray_session(address: str | None = None, num_cpus: int | None = None, num_gpu
         return
     if address:
         _check_reachable(address)
+        _send_ray_token_if_any()
     try:
         if address:
             for attempt in range(3):  # a head that just started (or a loaded machine) may answer late
@@ -72,7 +93,8 @@ def ray_session(address: str | None = None, num_cpus: int | None = None, num_gpu
         reason = " ".join(str(e).split())[:200]
         if address:
             raise ClusterError(f"cannot reach the Ray cluster at {address!r} ({reason}); check that `ray start --head` "
-                               "runs there, and the node IP and port it printed") from None
+                               "runs there, the node IP and port it printed, and, if it uses Ray's token "
+                               "authentication, that its token is in ~/.ray/auth_token or $RAY_AUTH_TOKEN") from None
         raise ClusterError(f"cannot start a local Ray instance ({reason})") from None
     try:
         yield ray
