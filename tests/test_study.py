@@ -81,6 +81,14 @@ def test_grid_files_expand_to_trials(tmp_path):
                        ("[prune-0.3+prune-0.2]", "twice"), ("[prune-depth0.3]", "PART")):
         with pytest.raises(ConfigError, match=match):
             load_grid(_grid(tmp_path, GRID + f"compress: {bad}\n"))
+    from fastdpt.study.sweep import fit_resources
+
+    nodes = [{"Alive": True, "Resources": {"CPU": 4.0}}, {"Alive": True, "Resources": {"CPU": 16.0, "GPU": 2.0}},
+             {"Alive": False, "Resources": {"CPU": 64.0}}]
+    assert fit_resources(nodes, None) == {"cpu": 16.0, "gpu": 1.0}  # a trial per node, the largest live one
+    assert fit_resources(nodes, "cpu=8,gpu=1") == {"cpu": 8.0, "gpu": 1.0}
+    with pytest.raises(ConfigError, match="largest has 16 CPUs, 2 GPUs"):
+        fit_resources(nodes, "cpu=32")  # the dead 64-CPU node does not count
 
 
 COMPRESSED = GRID.replace("attention: [softmax, performer32]", "attention: [softmax]").replace(
@@ -222,9 +230,18 @@ def test_the_same_grid_on_a_local_ray_cluster_beside_another(data, tmp_path, mon
     with ray_head(cpus=1) as other, ray_head(cpus=2) as address:
         grid = _grid(tmp_path, GRID.replace("hooks: [[0, 1], [0, 2]]", "hooks: [[0, 1]]").replace(
             "attention: [softmax, performer32]", "attention: [softmax]"))
-        r = subprocess.run([sys.executable, "-m", "fastdpt.cli", "study", "run", str(grid), "--out", str(tmp_path / "study"),
-                            "--data-root", str(data), "--address", address, "--baseline", "none", "--bench-runs", "1",
-                            "--resources", "cpu=2", "--timing-rounds", "0"], capture_output=True, text=True, timeout=600)
+
+        def study(at, out):
+            return subprocess.run([sys.executable, "-m", "fastdpt.cli", "study", "run", str(grid), "--out", str(out),
+                                   "--data-root", str(data), "--address", at, "--baseline", "none", "--bench-runs", "1",
+                                   "--resources", "cpu=2", "--timing-rounds", "0"], capture_output=True, text=True,
+                                  timeout=600)
+
+        # a trial no node can hold is refused at once (it stayed pending forever), before anything is written
+        r = study(other, tmp_path / "too-big")
+        assert r.returncode == 2 and "no node of the Ray cluster" in r.stderr + r.stdout, r.stderr[-2000:]
+        assert "Traceback" not in r.stderr and not (tmp_path / "too-big" / "study.json").exists()
+        r = study(address, tmp_path / "study")
         assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
         rows = load_results(tmp_path / "study")
         assert [row["status"] for row in rows] == ["ok"]

@@ -51,11 +51,8 @@ def _trainable(config: dict) -> None:
     run_trial(spec, settings, report, resumed=tune.get_checkpoint() is not None)
 
 
-def parse_resources(text: str | None) -> dict:
-    """``cpu=4,gpu=1`` -> {"cpu": 4.0, "gpu": 1.0}; default: every CPU (trials one at a time), a GPU
-    each when there are GPUs."""
-    if not text:
-        return {"cpu": float(os.cpu_count() or 1), "gpu": 1.0 if torch.cuda.is_available() else 0.0}
+def parse_resources(text: str) -> dict:
+    """``cpu=4,gpu=1`` -> {"cpu": 4.0, "gpu": 1.0} (the default, none given, is :func:`fit_resources`')."""
     out = {}
     for part in text.split(","):
         key, _, value = part.partition("=")
@@ -66,6 +63,23 @@ def parse_resources(text: str | None) -> dict:
         except ValueError:
             raise ConfigError(f"--resources takes numbers, got {part!r}") from None
     return out
+
+
+def fit_resources(nodes: list[dict], resources: str | dict | None) -> dict:
+    """What one trial takes, checked against the live nodes of the cluster (``ray.nodes()``): by default a
+    whole node (the largest one's CPUs, and a GPU where nodes have one), so trials run one per node; a
+    request no node can hold is refused in one line (Ray Tune would leave the trial pending forever)."""
+    alive = [n.get("Resources", {}) for n in nodes if n.get("Alive", True)]
+    cpus = max((float(r.get("CPU", 0)) for r in alive), default=0.0)
+    gpus = max((float(r.get("GPU", 0)) for r in alive), default=0.0)
+    if not resources:
+        return {"cpu": cpus, "gpu": 1.0 if gpus >= 1 else 0.0}
+    res = parse_resources(resources) if not isinstance(resources, dict) else dict(resources)
+    if not any(float(r.get("CPU", 0)) >= res.get("cpu", 0) and float(r.get("GPU", 0)) >= res.get("gpu", 0)
+               for r in alive):
+        raise ConfigError(f"a trial asks for cpu={res.get('cpu', 0):g},gpu={res.get('gpu', 0):g} but no node of the Ray "
+                          f"cluster has that much (the largest has {cpus:g} CPUs, {gpus:g} GPUs): lower --resources")
+    return res
 
 
 def _parent_run(settings: StudySettings) -> str:
@@ -114,8 +128,10 @@ def run_study(grid, out: str | os.PathLike, data_root: str | os.PathLike | None 
         raise FastDPTError(f"nothing to resume: {out} holds no study")
     if not resume and (out / "study.json").exists():
         raise FastDPTError(f"{out} already holds a study: pass --resume to continue it or choose another --out")
-    res = parse_resources(resources) if not isinstance(resources, dict) else resources
-    with ray_session(address, verbose=verbose):  # Ray is up (or refused) before anything is written
+    if isinstance(resources, str) and resources:
+        parse_resources(resources)  # a malformed --resources: before Ray starts
+    with ray_session(address, verbose=verbose) as ray:  # Ray is up (or refused) before anything is written
+        res = fit_resources(ray.nodes(), resources)
         if resume:
             settings = StudySettings.load(out)
             specs = [TrialSpec(**s) for s in json.loads((out / "trials.json").read_text())]
