@@ -196,6 +196,28 @@ def test_ctrl_c_while_a_packet_is_muxed_keeps_a_partial_that_decodes(tmp_path, c
     assert sink.frames > 1 and frames_in(kept) == sink.frames  # every frame it claims decodes
 
 
+def test_ctrl_c_during_a_frames_delivery_counts_exactly_the_frames_the_partial_holds(tmp_path, ckpt, ctrl_c_raises):
+    # SIGINT landing while a frame was written (after the video had it, before it was counted) made the
+    # command claim one frame fewer than its partial video held (4 claimed, 5 decoded, in CI): a frame
+    # now reaches every sink and is counted, or none of that
+    from fastdpt.stream import Sink
+
+    class CtrlCAtThirdFrame(Sink):  # a sink after the video: the signal comes once the video has frame 3
+        def __init__(self):
+            self.seen = 0
+
+        def write(self, frame):
+            self.seen += 1
+            if self.seen == 3:
+                os.kill(os.getpid(), signal.SIGINT)
+
+    frames = folder_of_frames(tmp_path / "f", n=12)
+    sink = VideoSink(tmp_path / "out.mp4", 10.0)
+    with pytest.raises(StreamInterrupted) as e:
+        run_stream(ImageSequence(frames), Predictor(ckpt), sink, sinks=[CtrlCAtThirdFrame()])
+    assert e.value.stats.frames_out == 3 and frames_in(e.value.partial) == 3 and "after 3 frames" in str(e.value)
+
+
 def test_an_ignored_ctrl_c_stays_ignored_while_a_frame_is_written(tmp_path):
     # a process started with SIGINT ignored (a script's background job) must not stop when SIGINT comes
     # while a frame is written: the deferral around each write once turned an ignored SIGINT into a stop

@@ -605,9 +605,10 @@ def _deliver(run: _Run, q_out: queue.Queue, threads: list[threading.Thread], sin
             elif latest is not None:
                 frame = replace(latest, index=frame.index, image=frame.image, fresh=False)
             if latest is not None:
-                for sink in sinks:
-                    sink.write(frame)
-                run.stats.frames_out += 1
+                with _sigint_deferred():  # a frame reaches every sink and is counted, or none of that:
+                    for sink in sinks:    # the partial video holds exactly the frames it claims
+                        sink.write(frame)
+                    run.stats.frames_out += 1
             next_i += 1
             run.stats.wall_s = time.perf_counter() - t0
             if on_frame:
