@@ -147,9 +147,11 @@ def test_killed_run_resumes(data, tmp_path):
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     state = run / "resume.ckpt"
-    deadline = time.time() + 240
+    deadline, seen = time.time() + 240, None
     while time.time() < deadline and proc.poll() is None:
-        if state.is_file():
+        stamp = state.stat().st_mtime_ns if state.is_file() else None
+        if stamp is not None and stamp != seen:  # read a new resume state once, not every poll (it competes
+            seen = stamp                         # with the training for the two cores)
             step = torch.load(state, map_location="cpu", weights_only=False)["global_step"]
             if 6 <= step < 18:  # mid-way through the first epoch
                 break
