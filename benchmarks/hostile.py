@@ -35,6 +35,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from serve_load import free_port, rss_mb  # this folder's server load test: the same port and memory probes
 
 TOKEN = "hostile-probe-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -74,25 +75,12 @@ class Probes:
         print(f"{'ok  ' if ok else 'FAIL'} {item:>5} {what}: {figures}{last}", flush=True)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def png(array: np.ndarray | None = None, mode: str = "RGB", size: tuple[int, int] = (0, 0)) -> bytes:
     from PIL import Image
 
     buf = io.BytesIO()
     (Image.fromarray(array) if array is not None else Image.new(mode, size)).save(buf, "PNG")
     return buf.getvalue()
-
-
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return round(int(line.split()[1]) / 1024, 1)
-    return float("nan")
 
 
 # ----------------------------------------------------------------------------------------------- cli
@@ -206,18 +194,6 @@ def healthz_prober(port: int, stop: threading.Event, statuses: list) -> threadin
     return t
 
 
-def closed_by_server(s: socket.socket) -> bool:
-    s.setblocking(False)
-    try:
-        return s.recv(65536) == b""
-    except BlockingIOError:
-        return False
-    except OSError:
-        return True
-    finally:
-        s.setblocking(True)
-
-
 def answered(s: socket.socket) -> bytes | None:
     """What the server sent on ``s`` so far (b"" once it closed it), None if nothing yet."""
     s.setblocking(False)
@@ -240,7 +216,7 @@ def serve_probes(w: Path, ckpt: Path, frames: Path, probe: Probes, seconds: floa
 
     srv = Server(ckpt, w)
     try:
-        port, started = srv.port, rss_mb(srv.proc.pid)
+        port, started = srv.port, round(rss_mb(srv.proc.pid), 1)
         # 13a: keep-alive slowloris: 64 connections get one /healthz answer, then trickle the next request's
         # headers a line a second (0 of 63 were closed in 60 s, /healthz 503 to 93 % of probes, before)
         conns = []
@@ -265,7 +241,7 @@ def serve_probes(w: Path, ckpt: Path, frames: Path, probe: Probes, seconds: floa
                     continue
                 try:
                     s.sendall(f"X-Slow-{int(time.monotonic() - t0)}: 1\r\n".encode())
-                    gone = closed_by_server(s)
+                    gone = answered(s) == b""
                 except OSError:
                     gone = True
                 if gone:
@@ -335,13 +311,13 @@ def serve_probes(w: Path, ckpt: Path, frames: Path, probe: Probes, seconds: floa
 
         # 15: 50 stabilised sessions fed a 5000x5000 PNG of a few KB each (3.99 GB held before)
         bomb = png(mode="L", size=(5000, 5000))
-        idle = rss_mb(srv.proc.pid)
+        idle = round(rss_mb(srv.proc.pid), 1)
         statuses, t0 = [], time.perf_counter()
         with httpx.Client(base_url=srv.url(""), headers={**AUTH, "Content-Type": "image/png"}, timeout=120) as c:
             for _ in range(50):
                 sid = c.post("/v1/sessions?stabilize=flow").json()["session"]
                 statuses.append(c.post(f"/v1/depth?format=npy&session={sid}", content=bomb).status_code)
-            held = rss_mb(srv.proc.pid)
+            held = round(rss_mb(srv.proc.pid), 1)
             probe("15", f"50 flow sessions fed a {len(bomb)}-byte 5000x5000 PNG each",
                   {"status_200": share(statuses), "rss_idle_mb": idle, "rss_after_mb": held,
                    "mb_per_session": round((held - idle) / 50, 1), "s": round(time.perf_counter() - t0, 1)},

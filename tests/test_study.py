@@ -81,14 +81,14 @@ def test_grid_files_expand_to_trials(tmp_path):
                        ("[prune-0.3+prune-0.2]", "twice"), ("[prune-depth0.3]", "PART")):
         with pytest.raises(ConfigError, match=match):
             load_grid(_grid(tmp_path, GRID + f"compress: {bad}\n"))
-    from fastdpt.study.sweep import fit_resources
+    from fastdpt.study.sweep import fit_resources, parse_resources
 
     nodes = [{"Alive": True, "Resources": {"CPU": 4.0}}, {"Alive": True, "Resources": {"CPU": 16.0, "GPU": 2.0}},
              {"Alive": False, "Resources": {"CPU": 64.0}}]
     assert fit_resources(nodes, None) == {"cpu": 16.0, "gpu": 1.0}  # a trial per node, the largest live one
-    assert fit_resources(nodes, "cpu=8,gpu=1") == {"cpu": 8.0, "gpu": 1.0}
+    assert fit_resources(nodes, parse_resources("cpu=8,gpu=1")) == {"cpu": 8.0, "gpu": 1.0}
     with pytest.raises(ConfigError, match="largest has 16 CPUs, 2 GPUs"):
-        fit_resources(nodes, "cpu=32")  # the dead 64-CPU node does not count
+        fit_resources(nodes, parse_resources("cpu=32"))  # the dead 64-CPU node does not count
 
 
 COMPRESSED = GRID.replace("attention: [softmax, performer32]", "attention: [softmax]").replace(

@@ -65,7 +65,7 @@ def parse_resources(text: str) -> dict:
     return out
 
 
-def fit_resources(nodes: list[dict], resources: str | dict | None) -> dict:
+def fit_resources(nodes: list[dict], resources: dict | None) -> dict:
     """What one trial takes, checked against the live nodes of the cluster (``ray.nodes()``): by default a
     whole node (the largest one's CPUs, and a GPU where nodes have one), so trials run one per node; a
     request no node can hold is refused in one line (Ray Tune would leave the trial pending forever)."""
@@ -74,7 +74,7 @@ def fit_resources(nodes: list[dict], resources: str | dict | None) -> dict:
     gpus = max((float(r.get("GPU", 0)) for r in alive), default=0.0)
     if not resources:
         return {"cpu": cpus, "gpu": 1.0 if gpus >= 1 else 0.0}
-    res = parse_resources(resources) if not isinstance(resources, dict) else dict(resources)
+    res = dict(resources)
     if not any(float(r.get("CPU", 0)) >= res.get("cpu", 0) and float(r.get("GPU", 0)) >= res.get("gpu", 0)
                for r in alive):
         raise ConfigError(f"a trial asks for cpu={res.get('cpu', 0):g},gpu={res.get('gpu', 0):g} but no node of the Ray "
@@ -129,7 +129,7 @@ def run_study(grid, out: str | os.PathLike, data_root: str | os.PathLike | None 
     if not resume and (out / "study.json").exists():
         raise FastDPTError(f"{out} already holds a study: pass --resume to continue it or choose another --out")
     if isinstance(resources, str) and resources:
-        parse_resources(resources)  # a malformed --resources: before Ray starts
+        resources = parse_resources(resources)  # a malformed --resources: before Ray starts
     with ray_session(address, verbose=verbose) as ray:  # Ray is up (or refused) before anything is written
         res = fit_resources(ray.nodes(), resources)
         if resume:
