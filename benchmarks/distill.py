@@ -85,6 +85,8 @@ def main() -> None:
     ap.add_argument("--teacher-steps", type=int, default=240)
     ap.add_argument("--student-steps", type=int, default=300)
     ap.add_argument("--teacher1-steps", type=int, default=None, help="steps of the one-drive teacher (default: --teacher-steps)")
+    ap.add_argument("--student1-steps", type=int, default=None,
+                    help="steps of both one-drive students, distilled and trained (default: --student-steps)")
     ap.add_argument("--lr", type=float, default=3e-4)
     ap.add_argument("--quick", action="store_true", help="tiny everything: checks the script runs")
     args = ap.parse_args()
@@ -95,6 +97,7 @@ def main() -> None:
     if args.quick:
         args.teacher = args.student = "effb0.h0-1.heads4.softmax.f16.m0.01_0.0125@64x192"
         args.frames, args.teacher_steps, args.student_steps, size = 12, 6, 6, (96, 320)
+        args.teacher1_steps = args.student1_steps = None
     t0 = time.perf_counter()
     data = out / "data"
     if not (data / "splits").is_dir():
@@ -104,7 +107,8 @@ def main() -> None:
     results: dict = {"machine": environment(), "threads": args.threads, "teacher": args.teacher, "student": args.student,
                      "frame_size": f"{size[0]}x{size[1]}", "teacher_steps": args.teacher_steps,
                      "teacher1_steps": args.teacher1_steps or args.teacher_steps,
-                     "student_steps": args.student_steps, "command": " ".join(sys.argv)}
+                     "student_steps": args.student_steps, "student1_steps": args.student1_steps or args.student_steps,
+                     "command": " ".join(sys.argv)}
 
     def stage(name: str) -> None:
         print(f"[{time.perf_counter() - t0:7.0f} s] {name}", flush=True)
@@ -131,10 +135,12 @@ def main() -> None:
     stage("distilling it on drives 5-9 (5x the frames)")
     run_b = out / "distill-1drive"
     rep_b = json.loads((run_b / "report.json").read_text()) if (run_b / "report.json").is_file() else \
-        distill(DistillConfig(teacher=str(teacher1), out=str(run_b), **{**common, "flicker_frames": 0}),
+        distill(DistillConfig(teacher=str(teacher1), out=str(run_b),
+                              **{**common, "flicker_frames": 0, "steps": args.student1_steps or args.student_steps}),
                 log=lambda m: print("   ", m, flush=True))
     stage("the student trained on drive 1 for the same steps")
-    direct = train_on(data, out / "student-1drive", args.student, [1], [1], args.student_steps, 4, args.lr)
+    direct = train_on(data, out / "student-1drive", args.student, [1], [1], args.student1_steps or args.student_steps, 4,
+                      args.lr)
     results["B"] = {"teacher": rep_b["ground_truth"]["teacher"], "distilled": rep_b["ground_truth"]["student"],
                     "direct": score(direct, data, test), "best_constant": rep_b["ground_truth"]["best_constant"]}
     # labelling throughput on a 2-worker local Ray instance (in-process labelling: A's report)
@@ -143,14 +149,18 @@ def main() -> None:
     ray_labels = LabelSet(out / "labels-ray")
     if ray_labels.root.exists():
         shutil.rmtree(ray_labels.root)
-    prepare(ray_labels, t, [clips], max_frames=40 if not args.quick else 12)
+    prepare(ray_labels, t, [clips], max_frames=80 if not args.quick else 12)
     here_labels = LabelSet(out / "labels-here")
     if here_labels.root.exists():
         shutil.rmtree(here_labels.root)
-    prepare(here_labels, t, [clips], max_frames=40 if not args.quick else 12)
-    here = label(here_labels, t, threads=args.threads)
-    ray = label(ray_labels, t, workers=2, threads=1, shard_size=4)
+    prepare(here_labels, t, [clips], max_frames=80 if not args.quick else 12)
+    here_ticks: list[tuple[int, float]] = []
+    ray_ticks: list[tuple[int, float]] = []
+    here = label(here_labels, t, threads=args.threads, progress=lambda n, *_: here_ticks.append((n, time.perf_counter())))
+    ray = label(ray_labels, t, workers=2, threads=1, shard_size=4,
+                progress=lambda n, *_: ray_ticks.append((n, time.perf_counter())))
     results["labelling"] = {"frames": ray.labelled, "here_fps": round(here.fps, 3), "ray2_fps": round(ray.fps, 3),
+                            "here_steady_fps": steady_fps(here_ticks), "ray2_steady_fps": steady_fps(ray_ticks),
                             "ray_seconds_incl_start": round(ray.seconds, 1), "here_seconds": round(here.seconds, 1)}
     results["wall_s"] = round(time.perf_counter() - t0, 1)
     (out / "results.json").write_text(json.dumps(results, indent=1, default=str))
@@ -158,11 +168,21 @@ def main() -> None:
     print(markdown(results))
 
 
+def steady_fps(ticks: list[tuple[int, float]]) -> float | None:
+    """Frames/s after the first result came back (the workers' start and the teacher's first-call
+    compilation left out)."""
+    if len(ticks) < 2:
+        return None
+    (n0, t0), (n1, t1) = ticks[0], ticks[-1]
+    return round((n1 - n0) / (t1 - t0), 3)
+
+
 def markdown(r: dict) -> str:
     a, b = r["A"], r["B"]
     rows = [f"Machine: {r['machine']['processor']}, {r['threads']} torch threads, torch {r['machine']['torch']}, "
             f"Python {r['machine']['python']}. Frames {r['frame_size']}; teacher `{r['teacher']}` "
-            f"({r['teacher_steps']} steps; the one-drive teacher {r.get('teacher1_steps', r['teacher_steps'])}), student `{r['student']}` ({r['student_steps']} steps). Command: "
+            f"({r['teacher_steps']} steps; the one-drive teacher {r.get('teacher1_steps', r['teacher_steps'])}), student `{r['student']}` "
+            f"({r['student_steps']} steps; both one-drive students {r.get('student1_steps', r['student_steps'])}). Command: "
             f"`{r['command']}` ({r['wall_s']:.0f} s in all).", "",
             "| drive 10 (held out, LiDAR-like GT, Garg crop) | AbsRel | RMSE | d1 |", "|---|---|---|---|"]
     for name, m in (("teacher (drives 1-3 labelled)", a["teacher"]), ("student distilled on drives 5-9", a["student"]),
@@ -179,7 +199,8 @@ def markdown(r: dict) -> str:
              f"One labelled drive: distilled {b['distilled']['abs_rel']:.4f} vs trained directly {b['direct']['abs_rel']:.4f}.",
              "", f"Labelling {r['labelling']['frames']} frames: {r['labelling']['here_fps']} frames/s in this process "
              f"({r['threads']} threads), {r['labelling']['ray2_fps']} frames/s on 2 local Ray workers of 1 thread "
-             f"(including the workers' start). Time: labelling {a['times']['label_s']:.0f} s, student training "
+             f"(including the workers' start); after the first result: {r['labelling'].get('here_steady_fps')} here, "
+             f"{r['labelling'].get('ray2_steady_fps')} on Ray. Time: labelling {a['times']['label_s']:.0f} s, student training "
              f"{a['times']['train_s']:.0f} s."]
     return "\n".join(rows) + "\n"
 

@@ -28,7 +28,7 @@ from fastdpt.distill.labels import teacher_predictor, to_label  # noqa: E402
 from fastdpt.evaluation.metrics import score_image  # noqa: E402
 from fastdpt.io import read_depth_png, read_image  # noqa: E402
 from fastdpt.training import train  # noqa: E402
-from conftest import TRAIN_MODEL, train_config  # noqa: E402
+from conftest import TRAIN_MODEL, ray_head, train_config  # noqa: E402
 
 STUDENT = "effb0.h0-1.heads4.softmax.f16.m0.01_0.0125@64x192"  # another decoder width: a partial warm start
 
@@ -162,7 +162,7 @@ def test_a_video_and_its_image_folder_give_the_same_labels(tmp_path, data, teach
         np.testing.assert_array_equal(out["video"][k], out["images"][k])
 
 
-def test_labelling_on_ray_matches_labelling_here(tmp_path, teacher, frames):
+def test_labelling_on_a_ray_cluster_matches_labelling_here(tmp_path, teacher, frames):
     pytest.importorskip("ray")
     t = resolve_teacher(teacher)
     here = LabelSet(tmp_path / "here")
@@ -170,10 +170,10 @@ def test_labelling_on_ray_matches_labelling_here(tmp_path, teacher, frames):
     label(here, t, backend="torch")
     there = LabelSet(tmp_path / "there")
     prepare(there, t, [frames], max_frames=20)
-    # a local Ray instance on 127.0.0.1 with 2 actors (a `ray start --head` cluster reached as 127.0.0.1:PORT
-    # failed here: Ray rewrites the loopback address to the eth0 address the head does not listen on;
-    # issue 17 item 2, open)
-    stats = label(there, t, workers=2, shard_size=4, fail_once=str(tmp_path / "failed-once"), backend="torch")
+    # a real `ray start --head` on 127.0.0.1 with 2 CPUs, reached by its address: 2 actors of 1 CPU each
+    with ray_head(cpus=2) as address:
+        stats = label(there, t, address=address, workers=2, shard_size=4, fail_once=str(tmp_path / "failed-once"),
+                      backend="torch")
     assert stats.workers == 2 and stats.retries == 1  # the injected failure was retried on the cluster
     assert stats.teacher_frames == len(there.frames()) == 19  # 20 sampled, one left out as the gap
     # the teacher runs in torch's auto precision: float32, or bf16 on CPUs with native bf16 (AMX, AVX-512
