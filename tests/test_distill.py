@@ -216,6 +216,13 @@ def test_distilled_student_agrees_with_the_teacher(tmp_path, data, teacher, fram
     assert report["ground_truth"]["student"]["images"] > 0 and report["ground_truth"]["teacher"]["images"] > 0
     assert report["models"]["student"]["params"] == sum(p.numel() for p in student.parameters())
     assert report["speedup"] > 0 and report["flicker"]["student"] is not None
+    # and on the default runtime, each model resolved as `--backend auto --precision auto` resolves it here
+    from fastdpt.runtime import RuntimeOptions
+
+    d, (auto, _) = report["default_runtime"], RuntimeOptions("auto", "auto", "cpu", 2).resolve()
+    assert d["runtime"]["student"] == d["runtime"]["teacher"] == f"{auto.backend} {auto.precision}"
+    assert d["speedup"] == pytest.approx(d["teacher"]["median_ms"] / d["student"]["median_ms"], rel=1e-2)
+    assert f"**{d['speedup']}x**" in (out / "report.md").read_text()
     assert report["times"]["label_s"] > 0 and report["times"]["train_s"] > 0
     assert json.loads((out / "report.json").read_text())["speedup"] == report["speedup"]
     assert "Agreement with the teacher" in (out / "report.md").read_text()
