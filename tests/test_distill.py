@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import cv2
@@ -170,12 +172,19 @@ def test_labelling_on_a_ray_cluster_matches_labelling_here(tmp_path, teacher, fr
     label(here, t, backend="torch")
     there = LabelSet(tmp_path / "there")
     prepare(there, t, [frames], max_frames=20)
-    # a real `ray start --head` on 127.0.0.1 with 2 CPUs, reached by its address: 2 actors of 1 CPU each
+    # a real `ray start --head` on 127.0.0.1 with 2 CPUs, reached by its address: 2 actors of 1 CPU each;
+    # the driver is a process of its own (as a user's command is), so this test process never joins a cluster
+    script = (f"import json; from fastdpt.distill import LabelSet, label, resolve_teacher; "
+              f"s = label(LabelSet({str(there.root)!r}), resolve_teacher({str(teacher)!r}), address={{address!r}}, "
+              f"workers=2, shard_size=4, fail_once={str(tmp_path / 'failed-once')!r}, backend='torch'); "
+              f"print(json.dumps(s.as_dict()))")
     with ray_head(cpus=2) as address:
-        stats = label(there, t, address=address, workers=2, shard_size=4, fail_once=str(tmp_path / "failed-once"),
-                      backend="torch")
-    assert stats.workers == 2 and stats.retries == 1  # the injected failure was retried on the cluster
-    assert stats.teacher_frames == len(there.frames()) == 19  # 20 sampled, one left out as the gap
+        r = subprocess.run([sys.executable, "-c", script.replace("{address!r}", repr(address))], capture_output=True,
+                           text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    stats = json.loads(r.stdout.strip().splitlines()[-1])
+    assert stats["workers"] == 2 and stats["retries"] == 1  # the injected failure was retried on the cluster
+    assert stats["teacher_frames"] == len(there.frames()) == 19  # 20 sampled, one left out as the gap
     # the teacher runs in torch's auto precision: float32, or bf16 on CPUs with native bf16 (AMX, AVX-512
     # BF16), where the actors' other thread count changes the bf16 accumulation order: up to ~1 % apart
     p = teacher_predictor(t, backend="torch")

@@ -96,11 +96,17 @@ def test_openvino_leaves_its_threads_unpinned_when_it_shares_the_machine():
 
     model = fastdpt.create_model(TINY_EFF).eval()
     size = model.config.input_size
-    shared = fastdpt.Predictor(model, backend="openvino", threads=1).backend._compile(convert(model, size))
-    assert int(shared.get_property("INFERENCE_NUM_THREADS")) == 1
-    assert shared.get_property("ENABLE_CPU_PINNING") is False
-    whole = fastdpt.Predictor(model, backend="openvino", threads=len(os.sched_getaffinity(0))).backend
-    assert "ENABLE_CPU_PINNING" not in _compile_config(whole, convert(model, size))
+    one = fastdpt.Predictor(model, backend="openvino", threads=1)
+    whole = fastdpt.Predictor(model, backend="openvino", threads=len(os.sched_getaffinity(0)))
+    try:
+        shared = one.backend._compile(convert(model, size))
+        assert int(shared.get_property("INFERENCE_NUM_THREADS")) == 1
+        assert shared.get_property("ENABLE_CPU_PINNING") is False
+        del shared
+        assert "ENABLE_CPU_PINNING" not in _compile_config(whole.backend, convert(model, size))
+    finally:
+        one.close()
+        whole.close()
 
 
 def _compile_config(backend, om) -> dict:
