@@ -82,49 +82,6 @@ def test_openvino_runs_the_resnet_variants():
     assert float(np.max(np.abs(got - ref)) / np.abs(ref).max()) < 1e-4
 
 
-def test_openvino_leaves_its_threads_unpinned_when_it_shares_the_machine():
-    """Fewer threads than the process may use (Ray labelling actors, parallel study trials): OpenVINO's
-    default pinning put two 1-thread processes on the same core, each at half speed (BENCHMARKS.md,
-    distillation); unpinned, the OS spreads them. Read back from the compiled model."""
-    import os
-
-    if REGISTRY["openvino"].missing("cpu"):
-        pytest.skip("OpenVINO not installed")
-    if len(os.sched_getaffinity(0)) < 2:
-        pytest.skip("a single CPU: nothing to share")
-    from fastdpt.runtime.openvino import convert
-
-    model = fastdpt.create_model(TINY_EFF).eval()
-    size = model.config.input_size
-    one = fastdpt.Predictor(model, backend="openvino", threads=1)
-    whole = fastdpt.Predictor(model, backend="openvino", threads=len(os.sched_getaffinity(0)))
-    try:
-        shared = one.backend._compile(convert(model, size))
-        assert int(shared.get_property("INFERENCE_NUM_THREADS")) == 1
-        assert shared.get_property("ENABLE_CPU_PINNING") is False
-        del shared
-        assert "ENABLE_CPU_PINNING" not in _compile_config(whole.backend, convert(model, size))
-    finally:
-        one.close()
-        whole.close()
-
-
-def _compile_config(backend, om) -> dict:
-    """The config the backend hands OpenVINO's compile_model (captured)."""
-    seen = {}
-
-    class Core:
-        def compile_model(self, om, device, config):
-            seen.update(config)
-
-    real, backend.core = backend.core, Core()
-    try:
-        backend._compile(om)
-    finally:
-        backend.core = real
-    return seen
-
-
 @pytest.mark.parametrize("flags,available,calibration,expected", [
     (AMX, {"torch", "onnxruntime", "openvino"}, False, ("openvino", "bf16")),
     (AMX, {"torch", "onnxruntime"}, False, ("onnxruntime", "fp32")),

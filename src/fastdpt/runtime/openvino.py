@@ -139,12 +139,6 @@ class OpenVinoBackend(Backend):
                   "PERFORMANCE_HINT": "LATENCY"}
         if self.threads:
             config["INFERENCE_NUM_THREADS"] = int(self.threads)
-            if self.threads < len(os.sched_getaffinity(0)):
-                # fewer threads than this process may use: other processes share the machine (Ray labelling
-                # actors, study trials, several services), and OpenVINO's default pinning puts every such
-                # process's threads on the same first cores (two 1-thread processes on 2 cores ran at half
-                # speed each); unpinned, the OS spreads them
-                config["ENABLE_CPU_PINNING"] = False
         return self.core.compile_model(om, "CPU", config)
 
     def build(self, shape: torch.Size):
