@@ -98,6 +98,8 @@ def main() -> None:
         args.teacher = args.student = "effb0.h0-1.heads4.softmax.f16.m0.01_0.0125@64x192"
         args.frames, args.teacher_steps, args.student_steps, size = 12, 6, 6, (96, 320)
         args.teacher1_steps = args.student1_steps = None
+    args.teacher1_steps = args.teacher1_steps or args.teacher_steps
+    args.student1_steps = args.student1_steps or args.student_steps
     t0 = time.perf_counter()
     data = out / "data"
     if not (data / "splits").is_dir():
@@ -106,8 +108,8 @@ def main() -> None:
     clips = footage(data, out / "footage", [5, 6, 7, 8, 9])
     results: dict = {"machine": environment(), "threads": args.threads, "teacher": args.teacher, "student": args.student,
                      "frame_size": f"{size[0]}x{size[1]}", "teacher_steps": args.teacher_steps,
-                     "teacher1_steps": args.teacher1_steps or args.teacher_steps,
-                     "student_steps": args.student_steps, "student1_steps": args.student1_steps or args.student_steps,
+                     "teacher1_steps": args.teacher1_steps,
+                     "student_steps": args.student_steps, "student1_steps": args.student1_steps,
                      "command": " ".join(sys.argv)}
 
     def stage(name: str) -> None:
@@ -127,32 +129,22 @@ def main() -> None:
     g = rep["ground_truth"]
     results["A"] = {"teacher": g["teacher"], "student": g["student"], "best_constant": g["best_constant"],
                     "agreement": rep["agreement"]["student"], "speedup": rep["speedup"], "models": rep["models"],
-                    "flicker": rep.get("flicker"), "times": rep["times"], "label_fps_here": rep["labels"]["fps"],
-                    "default_runtime": rep.get("default_runtime")}
+                    "flicker": rep.get("flicker"), "times": rep["times"], "label_fps_here": rep["labels"]["fps"]}
     # B: one labelled drive
     stage("teacher on drive 1 alone")
-    teacher1 = train_on(data, out / "teacher-1drive", args.teacher, [1], [1], args.teacher1_steps or args.teacher_steps,
+    teacher1 = train_on(data, out / "teacher-1drive", args.teacher, [1], [1], args.teacher1_steps,
                         2, args.lr)
     stage("distilling it on drives 5-9 (5x the frames)")
     run_b = out / "distill-1drive"
     rep_b = json.loads((run_b / "report.json").read_text()) if (run_b / "report.json").is_file() else \
         distill(DistillConfig(teacher=str(teacher1), out=str(run_b),
-                              **{**common, "flicker_frames": 0, "steps": args.student1_steps or args.student_steps}),
+                              **{**common, "flicker_frames": 0, "steps": args.student1_steps}),
                 log=lambda m: print("   ", m, flush=True))
     stage("the student trained on drive 1 for the same steps")
-    direct = train_on(data, out / "student-1drive", args.student, [1], [1], args.student1_steps or args.student_steps, 4,
-                      args.lr)
+    direct = train_on(data, out / "student-1drive", args.student, [1], [1], args.student1_steps, 4, args.lr)
     results["B"] = {"teacher": rep_b["ground_truth"]["teacher"], "distilled": rep_b["ground_truth"]["student"],
                     "direct": score(direct, data, test), "best_constant": rep_b["ground_truth"]["best_constant"]}
     # labelling throughput on a 2-worker local Ray instance (in-process labelling: A's report)
-    done = json.loads((out / "results.json").read_text()) if (out / "results.json").is_file() else {}
-    if "labelling" in done:  # measured by an earlier run of this script
-        results["labelling"], results["wall_s"] = done["labelling"], done["wall_s"]
-        results["command"] = done["command"]
-        (out / "results.json").write_text(json.dumps(results, indent=1, default=str))
-        (out / "results.md").write_text(markdown(results))
-        print(markdown(results))
-        return
     stage("labelling on 2 local Ray workers")
     t = resolve_teacher(teacher)
     ray_labels = LabelSet(out / "labels-ray")
@@ -201,12 +193,10 @@ def markdown(r: dict) -> str:
         rows.append(f"| {name} | {m['abs_rel']:.4f} | {m['rmse']:.3f} | {m['d1']:.3f} |")
     ratio = a["student"]["abs_rel"] / a["teacher"]["abs_rel"]
     gain = 1 - a["student"]["abs_rel"] / a["best_constant"]["abs_rel"]
-    ms, d = a["models"], a.get("default_runtime")
-    auto = (f"; on the default runtime (student {d['runtime']['student']}, teacher {d['runtime']['teacher']}) "
-            f"{d['speedup']}x ({d['student']['median_ms']} vs {d['teacher']['median_ms']} ms)") if d else ""
+    ms = a["models"]
     rows += ["", f"Student / teacher AbsRel: {ratio:.3f} (target <= 1.15); student vs best constant: {gain:+.1%} "
              f"(target >= 25 %); speed-up {a['speedup']}x through torch fp32 (student {ms['student']['median_ms']} ms, "
-             f"teacher {ms['teacher']['median_ms']} ms a frame, whole online step, interleaved; target >= 5x){auto}. "
+             f"teacher {ms['teacher']['median_ms']} ms a frame, whole online step, interleaved; target >= 5x). "
              f"One labelled drive: distilled {b['distilled']['abs_rel']:.4f} vs trained directly {b['direct']['abs_rel']:.4f}.",
              "", f"Labelling {r['labelling']['frames']} frames: {r['labelling']['here_fps']} frames/s in this process "
              f"({r['threads']} threads), {r['labelling']['ray2_fps']} frames/s on 2 local Ray workers of 1 thread "
