@@ -149,11 +149,12 @@ def _convert(ov, q: torch.nn.Module, example: torch.Tensor):
     import tempfile
 
     from ..runtime.export import export_onnx
+    from ..runtime.openvino import core
 
     with tempfile.TemporaryDirectory(prefix="fastdpt-qat-") as tmp:
         try:
             onnx_path = export_onnx(q, Path(tmp) / "qat.onnx", tuple(example.shape[-2:]))
-            om = ov.Core().read_model(str(onnx_path))
+            om = core().read_model(str(onnx_path))
         except Exception as e:  # noqa: BLE001 - the exporter and the reader raise many kinds
             raise CompressError("the quantisation-aware model could not be exported: "
                                 f"{str(e).splitlines()[0][:200]}") from None

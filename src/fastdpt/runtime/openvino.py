@@ -10,6 +10,7 @@ Runtime int8 path takes them). Compiled once per input shape, for latency, on ``
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 from typing import Hashable
@@ -32,9 +33,23 @@ def _ov():
     return ov
 
 
+@functools.cache
+def core():
+    """The process's one OpenVINO ``Core``, made on first use and kept until the process ends.
+
+    OpenVINO's CPU plugin, created once per ``Core``, installs an alternate signal stack on the thread
+    that first uses it and puts back the one it found when that ``Core`` is destroyed (its AMX signal
+    stack set-up). Two Cores destroyed in the order they were made leave the thread's signal stack
+    pointing at memory already freed, and the next signal handled on it (Python's Ctrl-C handler runs
+    there) kills the process with a segmentation fault (OpenVINO 2026.4; a distillation report that held
+    two predictors crashed a later Ctrl-C in the same process). One Core for every backend, model read
+    and capability query (OpenVINO's own advice) has one plugin, never destroyed while Python runs."""
+    return _ov().Core()
+
+
 def ov_bf16() -> bool:
     """Whether OpenVINO runs bf16 natively on this CPU."""
-    return "BF16" in _ov().Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    return "BF16" in core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
 
 
 def convert(model: torch.nn.Module, size: tuple[int, int]):
@@ -48,7 +63,7 @@ def convert(model: torch.nn.Module, size: tuple[int, int]):
     ov = _ov()
     with tempfile.TemporaryDirectory(prefix="fastdpt-ov-") as tmp:
         path = export_onnx(model.float().eval(), Path(tmp) / "model.onnx", tuple(size))
-        om = ov.Core().read_model(str(path))
+        om = core().read_model(str(path))
         om.set_rt_info(model.config.name, RT_INFO)
         return ov.clone_model(om) if hasattr(ov, "clone_model") else om
 
@@ -63,7 +78,7 @@ def ir_config(path: str | os.PathLike) -> ModelConfig:
     if not path.is_file():
         raise ExportError(f"OpenVINO model not found: {path}")
     try:
-        om = _ov().Core().read_model(str(path))
+        om = core().read_model(str(path))
         name = om.get_rt_info(RT_INFO).astype(str)
     except RuntimeError as e:
         raise ExportError(f"{path} is not an OpenVINO model exported by fastdpt ({str(e).splitlines()[0][:120]})") from None
@@ -121,7 +136,7 @@ class OpenVinoBackend(Backend):
             if precision == "int8":
                 raise ConfigError("OpenVINO int8 needs NNCF: pip install -e '.[openvino]'") from None
         self.model, self.precision, self.threads, self.calibration = model, precision, threads, calibration
-        self.core = self.ov.Core()
+        self.core = core()
         self.fixed_size: tuple[int, int] | None = None
         if path is not None:
             om = self.core.read_model(str(path))
@@ -139,6 +154,12 @@ class OpenVinoBackend(Backend):
                   "PERFORMANCE_HINT": "LATENCY"}
         if self.threads:
             config["INFERENCE_NUM_THREADS"] = int(self.threads)
+            if self.threads < len(os.sched_getaffinity(0)):
+                # fewer threads than this process may use: other processes share the machine (Ray labelling
+                # actors, study trials, several services), and OpenVINO's default pinning puts every such
+                # process's threads on the same first cores (two 1-thread processes on 2 cores ran at half
+                # speed each); unpinned, the OS spreads them
+                config["ENABLE_CPU_PINNING"] = False
         return self.core.compile_model(om, "CPU", config)
 
     def build(self, shape: torch.Size):
