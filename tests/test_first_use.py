@@ -83,7 +83,8 @@ def test_grids_are_bounded_and_their_training_options_checked(tmp_path):
     specs = load_grid(str(big), max_trials=108)
     assert len(specs) == 108 and {s.train["lr"] for s in specs} == {1e-4, 2e-4, 3e-4}  # YAML's "1e-4" is a string
     for bad, what in [("epochs: -5", "--epochs must be at least 1, got -5"), ("lr: -1", "--lr must be positive"),
-                      ("lr: fast", "wrong type")]:
+                      ("lr: fast", "wrong type"), ("lr_schedule: linear", "--lr-schedule must be one of constant, cosine"),
+                      ("warmup_steps: -3", "--warmup-steps must not be negative")]:
         g = tmp_path / "bad.yaml"
         g.write_text(f"heads: [1, 12]\ntrain:\n  {bad}\n")
         with pytest.raises(ConfigError, match=what):

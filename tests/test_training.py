@@ -118,6 +118,39 @@ def test_ssi_loss_trains_a_relative_variant_on_dense_depth(data, tmp_path):
     assert ev["abs_rel"] == pytest.approx(res["best_metrics"]["abs_rel"], rel=1e-6)
 
 
+def test_a_cosine_schedule_with_warm_up_sets_every_steps_learning_rate(data, tmp_path):
+    """``--lr-schedule cosine --warmup-steps 2``: the learning rate each optimiser step used (read from the
+    optimiser as the step starts, and as MLflow recorded it) follows the formula: (s + 1) / 2 of lr while
+    warming up, then lr (1 + cos(pi (s - 2) / (total - 2))) / 2, reaching ~0 at the last step."""
+    import math
+
+    import lightning as L
+
+    class Seen(L.Callback):
+        def __init__(self):
+            self.lrs: list[float] = []
+
+        def on_train_batch_start(self, trainer, module, batch, batch_idx):
+            self.lrs.append(trainer.optimizers[0].param_groups[0]["lr"])
+
+    lr, warmup, total = 1e-3, 2, 8
+    run = tmp_path / "run"
+    seen = Seen()
+    res = train(_cfg(data, run, epochs=2, limit_train_batches=4, limit_val_batches=2, lr=lr, lr_schedule="cosine",
+                    warmup_steps=warmup),
+                callbacks=[seen])
+    assert res["global_step"] == total
+    expected = [lr * (s + 1) / warmup if s < warmup else lr * (1 + math.cos(math.pi * (s - warmup) / (total - warmup))) / 2
+                for s in range(total)]
+    assert seen.lrs == pytest.approx(expected, rel=1e-9)
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{run / 'mlflow.db'}")
+    (mrun,) = client.search_runs([client.get_experiment_by_name("fastdpt").experiment_id])
+    logged = sorted(client.get_metric_history(mrun.info.run_id, "train/lr"), key=lambda m: m.step)
+    assert [m.value for m in logged] == pytest.approx(expected, rel=1e-6)  # Lightning logs float32
+
+
 def test_non_finite_loss_stops_cleanly(data, tmp_path, monkeypatch):
     import fastdpt.losses as tr
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 
 from ..errors import ConfigError
-from ..training.config import option
+from ..training.config import check_schedule, option
 
 DEFAULT_STUDENT = "fast-effb0-f64-192x640"
 
@@ -36,6 +36,8 @@ class DistillConfig:
     epochs: int | None = option("epochs of the student (default 10 when --steps is not given)")
     batch_size: int = option("batch size", 4)
     lr: float = option("AdamW learning rate (a new decoder learns fastest near 5e-4..1e-3)", 5e-4)
+    lr_schedule: str = option("constant | cosine (to 0 at the last step, after the warm-up)", "constant")
+    warmup_steps: int = option("linear learning-rate warm-up steps", 0)
     trim: float = option("leave out each label's largest-loss pixels (fraction)", 0.1)
     grad_weight: float = option("gradient-matching weight beside SILog (metric teachers)", 0.5)
     student_init: str | None = option("start the student from this checkpoint of its variant (a pruned model from "
@@ -75,6 +77,7 @@ class DistillConfig:
             raise ConfigError("--gt-root and --gt-split go together")
         if not self.lr > 0:
             raise ConfigError(f"--lr must be positive, got {self.lr}")
+        check_schedule(self.lr_schedule, self.warmup_steps)
 
     def as_dict(self) -> dict:
         d = asdict(self)
@@ -90,3 +93,5 @@ class DistillConfig:
 # what a resume may change (everything else is the run's)
 RESUME_MAY_CHANGE = {"steps", "epochs", "workers", "address", "threads", "teacher_backend", "data_workers", "bench_runs", "progress",
                      "tracking_uri", "flicker_frames", "gt_root", "gt_split", "gt_raw_root"}
+# options added after runs were already made: what a run's distill.json without them was made with
+LATER_OPTIONS = {"lr_schedule": "constant", "warmup_steps": 0}

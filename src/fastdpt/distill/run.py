@@ -21,7 +21,7 @@ from typing import Callable
 
 from ..errors import DistillError
 from ..io import atomic_write
-from .config import RESUME_MAY_CHANGE, DistillConfig
+from .config import LATER_OPTIONS, RESUME_MAY_CHANGE, DistillConfig
 from .labels import LabelSet, Teacher, label, prepare, resolve_teacher
 
 def check_pair(teacher: Teacher, student: str) -> str:
@@ -44,7 +44,7 @@ def _check_out(out: Path, cfg: DistillConfig, resume: bool) -> None:
     record = out / "distill.json"
     if record.is_file():
         try:
-            stored = json.loads(record.read_text())["config"]
+            stored = {**LATER_OPTIONS, **json.loads(record.read_text())["config"]}
         except (ValueError, KeyError) as e:
             raise DistillError(f"{record} cannot be read ({e}); choose another --out") from None
         if not resume:
@@ -133,7 +133,8 @@ def train_config(cfg: DistillConfig, loss: str, teacher: Teacher, labels: LabelS
         grad_weight=cfg.grad_weight if loss == "silog" else 0.0, trim=cfg.trim, kb_crop=False, eval_crop=None,
         init=str(init) if init else None,
         epochs=epochs, max_steps=steps,
-        batch_size=cfg.batch_size, lr=cfg.lr, workers=cfg.data_workers, seed=cfg.seed, hflip=0.5,
+        batch_size=cfg.batch_size, lr=cfg.lr, lr_schedule=cfg.lr_schedule, warmup_steps=cfg.warmup_steps,
+        workers=cfg.data_workers, seed=cfg.seed, hflip=0.5,
         tracking_uri=cfg.tracking_uri, progress=cfg.progress)
 
 

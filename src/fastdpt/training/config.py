@@ -25,6 +25,16 @@ def option(help: str, default=None, flags: tuple[str, ...] | None = None, requir
     return field(default=default, metadata=meta)
 
 
+LR_SCHEDULES = ("constant", "cosine")
+
+
+def check_schedule(schedule: str, warmup_steps: int) -> None:
+    if schedule not in LR_SCHEDULES:
+        raise ConfigError(f"--lr-schedule must be one of {', '.join(LR_SCHEDULES)}, got {schedule!r}")
+    if warmup_steps < 0:
+        raise ConfigError(f"--warmup-steps must not be negative, got {warmup_steps}")
+
+
 @dataclass
 class TrainConfig:
     """Everything a training run needs; stored as ``train_config.json`` in the run folder."""
@@ -47,6 +57,9 @@ class TrainConfig:
     betas: tuple[float, float] = option("AdamW betas", (0.9, 0.999))
     eps: float = option("AdamW eps", 1e-8)
     weight_decay: float = option("AdamW weight decay", 0.01)
+    lr_schedule: str = option("constant | cosine (decays to 0 over the run's optimiser steps, after the warm-up)",
+                              "constant")
+    warmup_steps: int = option("linear learning-rate warm-up over this many optimiser steps", 0)
     clip_value: float | None = option("clip gradients by value (0 or none: off)", 0.5)
     loss: str = option("silog (metric heads) | ssi (scale-and-shift-invariant + gradient, any head)", "silog")
     silog_lambda: float = option("lambda of the SILog loss", 0.5)
@@ -104,6 +117,7 @@ class TrainConfig:
             raise ConfigError(f"--grad-weight must not be negative, got {self.grad_weight}")
         if not self.lr > 0:
             raise ConfigError(f"--lr must be positive, got {self.lr}")
+        check_schedule(self.lr_schedule, self.warmup_steps)
         if self.clip_value is not None and self.clip_value <= 0:
             self.clip_value = None
         Protocol(self.eval_crop, self.kb_crop)  # validates the crop

@@ -3,7 +3,9 @@ protocol itself (the same per-frame step as ``fastdpt eval``)."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict
+from functools import partial
 from typing import Callable
 
 import lightning as L
@@ -28,6 +30,8 @@ class DepthModule(L.LightningModule):
             module stays picklable for DDP spawn and Ray workers).
         loss_options: keyword arguments of a named loss (e.g. ``{"lam": 0.5}``).
         lr, betas, eps, weight_decay: AdamW.
+        lr_schedule, warmup_steps: ``constant`` or ``cosine`` (to 0 at the run's last optimiser step, as
+            Lightning estimates it), after a linear warm-up; see :func:`lr_factor`.
         protocol: how validation frames are scored (:class:`~fastdpt.evaluation.Protocol`, or its fields).
         channels_last: channels-last memory order for the convolutions (faster on GPUs with bf16).
         structure: pruned shapes (:mod:`fastdpt.models.structure`) to train a pruned model of the variant.
@@ -39,7 +43,7 @@ class DepthModule(L.LightningModule):
 
     def __init__(self, model: str, loss: str | Callable = "silog", loss_options: dict | None = None,
                  lr: float = 1e-5, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
-                 weight_decay: float = 0.01, protocol: Protocol | dict | None = None,
+                 weight_decay: float = 0.01, lr_schedule: str = "constant", warmup_steps: int = 0, protocol: Protocol | dict | None = None,
                  channels_last: bool = False, structure: dict | None = None) -> None:
         super().__init__()
         # hyperparameters hold plain values only, so resume.ckpt loads with weights_only=True
@@ -76,6 +80,9 @@ class DepthModule(L.LightningModule):
                 f"the loss became {loss.item()} at epoch {self.current_epoch}, step {self.global_step}; "
                 "training stopped (the last good checkpoint is kept)")
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(pred))
+        if self._scheduled():
+            self.log("train/lr", self.optimizers().param_groups[0]["lr"], on_step=True, on_epoch=False,
+                     batch_size=len(pred))
         return loss
 
     # -- validation: the evaluation protocol, frame by frame --------------------------------------
@@ -104,7 +111,27 @@ class DepthModule(L.LightningModule):
         for k in METRIC_KEYS:
             self.log(f"val/{k}", self.val_metrics[k], prog_bar=k == "abs_rel", sync_dist=False)
 
+    def _scheduled(self) -> bool:
+        return self.hparams.get("lr_schedule", "constant") != "constant" or self.hparams.get("warmup_steps", 0) > 0
+
     def configure_optimizers(self):
         hp = self.hparams
-        return torch.optim.AdamW(self.parameters(), lr=hp.lr, betas=tuple(hp.betas), eps=hp.eps,
-                                 weight_decay=hp.weight_decay)
+        opt = torch.optim.AdamW(self.parameters(), lr=hp.lr, betas=tuple(hp.betas), eps=hp.eps,
+                                weight_decay=hp.weight_decay)
+        if not self._scheduled():
+            return opt
+        total = int(self.trainer.estimated_stepping_batches)  # max_steps, or epochs x steps an epoch
+        factor = partial(lr_factor, schedule=hp.lr_schedule, warmup=hp.warmup_steps, total=total)
+        return {"optimizer": opt,
+                "lr_scheduler": {"scheduler": torch.optim.lr_scheduler.LambdaLR(opt, factor), "interval": "step"}}
+
+
+def lr_factor(step: int, schedule: str, warmup: int, total: int) -> float:
+    """The learning rate at optimiser step ``step`` (0-based) as a fraction of ``lr``: a linear warm-up
+    over ``warmup`` steps, then constant or half a cosine from 1 at the warm-up's end to 0 at ``total``."""
+    if step < warmup:
+        return (step + 1) / warmup
+    if schedule == "cosine":
+        t = min(1.0, (step - warmup) / max(1, total - warmup))
+        return 0.5 * (1.0 + math.cos(math.pi * t))
+    return 1.0

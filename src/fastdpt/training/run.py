@@ -49,7 +49,8 @@ def build(cfg: TrainConfig):
     # a pruned init (fastdpt compress) is trained in its own shapes, not warm-started into the full variant
     structure = read_checkpoint_structure(cfg.init) if cfg.init else {}
     module = DepthModule(cfg.model, loss=cfg.loss, loss_options=options, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps,
-                         weight_decay=cfg.weight_decay, protocol=cfg.protocol, channels_last=cfg.channels_last,
+                         weight_decay=cfg.weight_decay, lr_schedule=cfg.lr_schedule, warmup_steps=cfg.warmup_steps,
+                         protocol=cfg.protocol, channels_last=cfg.channels_last,
                          structure=structure or None)
     paths = cfg.paths()
     dense = None
