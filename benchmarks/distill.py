@@ -49,14 +49,14 @@ def drive_entries(data: Path, drives: list[int]) -> list[SplitEntry]:
 
 
 def train_on(data: Path, out: Path, model: str, train_drives: list[int], val_drives: list[int], steps: int,
-             batch: int, lr: float) -> Path:
+             batch: int, lr: float, lr_schedule: str = "constant", warmup_steps: int = 0) -> Path:
     if not (out / "result.json").is_file():
         splits = out.parent / f"{out.name}-splits"
         write_split(drive_entries(data, train_drives), splits / "train.txt")
         write_split(drive_entries(data, val_drives), splits / "val.txt")
         train(TrainConfig(model=model, out=str(out), data_root=str(data), train_split=str(splits / "train.txt"),
                           val_split=str(splits / "val.txt"), dense_gt=True, max_steps=steps, epochs=10**6,
-                          batch_size=batch, lr=lr, workers=1, kb_crop=False, eval_crop=None, progress=False,
+                          batch_size=batch, lr=lr, lr_schedule=lr_schedule, warmup_steps=warmup_steps, workers=1, kb_crop=False, eval_crop=None, progress=False,
                           limit_val_batches=12, val_every=max(1, steps // (len(drive_entries(data, train_drives)) // batch) // 4)),
               logger=False, overwrite=out.exists())
     return out / "best.safetensors"
@@ -88,6 +88,10 @@ def main() -> None:
     ap.add_argument("--student1-steps", type=int, default=None,
                     help="steps of both one-drive students, distilled and trained (default: --student-steps)")
     ap.add_argument("--lr", type=float, default=3e-4)
+    ap.add_argument("--lr-schedule", default="constant", help="the students' schedule: constant | cosine "
+                    "(not constant: their run folders and results files get the schedule's name as a suffix)")
+    ap.add_argument("--warmup-steps", type=int, default=0, help="the students' learning-rate warm-up")
+    ap.add_argument("--stages", default="A,B,labelling", help="which of A (three labelled drives), B (one), labelling")
     ap.add_argument("--quick", action="store_true", help="tiny everything: checks the script runs")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -98,6 +102,8 @@ def main() -> None:
         args.teacher = args.student = "effb0.h0-1.heads4.softmax.f16.m0.01_0.0125@64x192"
         args.frames, args.teacher_steps, args.student_steps, size = 12, 6, 6, (96, 320)
         args.teacher1_steps = args.student1_steps = None
+    stages = set(args.stages.split(","))
+    tag = "" if args.lr_schedule == "constant" else f"-{args.lr_schedule}"
     args.teacher1_steps = args.teacher1_steps or args.teacher_steps
     args.student1_steps = args.student1_steps or args.student_steps
     t0 = time.perf_counter()
@@ -110,62 +116,69 @@ def main() -> None:
                      "frame_size": f"{size[0]}x{size[1]}", "teacher_steps": args.teacher_steps,
                      "teacher1_steps": args.teacher1_steps,
                      "student_steps": args.student_steps, "student1_steps": args.student1_steps,
+                     "lr_schedule": args.lr_schedule, "warmup_steps": args.warmup_steps,
                      "command": " ".join(sys.argv)}
 
     def stage(name: str) -> None:
         print(f"[{time.perf_counter() - t0:7.0f} s] {name}", flush=True)
 
     common = dict(student=args.student, frames=(str(clips),), steps=args.student_steps, batch_size=4, lr=args.lr,
+                  lr_schedule=args.lr_schedule, warmup_steps=args.warmup_steps,
                   data_workers=1, threads=args.threads, progress=False, bench_runs=3 if args.quick else 7,
                   gt_root=str(data / "data_depth_annotated"), gt_split=str(data / "splits" / "test_files_with_gt.txt"),
                   gt_raw_root=str(data / "raw"), flicker_frames=20)
-    # A: labelled drives 1-3 (+4 to validate) -> teacher -> distilled on drives 5-9
-    stage("teacher on drives 1-3")
-    teacher = train_on(data, out / "teacher-3drives", args.teacher, [1, 2, 3], [4], args.teacher_steps, 2, args.lr)
-    stage("distilling it on drives 5-9")
-    run_a = out / "distill-3drives"
-    rep = json.loads((run_a / "report.json").read_text()) if (run_a / "report.json").is_file() else \
-        distill(DistillConfig(teacher=str(teacher), out=str(run_a), **common), log=lambda m: print("   ", m, flush=True))
-    g = rep["ground_truth"]
-    results["A"] = {"teacher": g["teacher"], "student": g["student"], "best_constant": g["best_constant"],
-                    "agreement": rep["agreement"]["student"], "speedup": rep["speedup"], "models": rep["models"],
-                    "flicker": rep.get("flicker"), "times": rep["times"], "label_fps_here": rep["labels"]["fps"]}
-    # B: one labelled drive
-    stage("teacher on drive 1 alone")
-    teacher1 = train_on(data, out / "teacher-1drive", args.teacher, [1], [1], args.teacher1_steps,
-                        2, args.lr)
-    stage("distilling it on drives 5-9 (5x the frames)")
-    run_b = out / "distill-1drive"
-    rep_b = json.loads((run_b / "report.json").read_text()) if (run_b / "report.json").is_file() else \
-        distill(DistillConfig(teacher=str(teacher1), out=str(run_b),
-                              **{**common, "flicker_frames": 0, "steps": args.student1_steps}),
-                log=lambda m: print("   ", m, flush=True))
-    stage("the student trained on drive 1 for the same steps")
-    direct = train_on(data, out / "student-1drive", args.student, [1], [1], args.student1_steps, 4, args.lr)
-    results["B"] = {"teacher": rep_b["ground_truth"]["teacher"], "distilled": rep_b["ground_truth"]["student"],
-                    "direct": score(direct, data, test), "best_constant": rep_b["ground_truth"]["best_constant"]}
-    # labelling throughput on a 2-worker local Ray instance (in-process labelling: A's report)
-    stage("labelling on 2 local Ray workers")
-    t = resolve_teacher(teacher)
-    ray_labels = LabelSet(out / "labels-ray")
-    if ray_labels.root.exists():
-        shutil.rmtree(ray_labels.root)
-    prepare(ray_labels, t, [clips], max_frames=80 if not args.quick else 12)
-    here_labels = LabelSet(out / "labels-here")
-    if here_labels.root.exists():
-        shutil.rmtree(here_labels.root)
-    prepare(here_labels, t, [clips], max_frames=80 if not args.quick else 12)
-    here_ticks: list[tuple[int, float]] = []
-    ray_ticks: list[tuple[int, float]] = []
-    here = label(here_labels, t, threads=args.threads, progress=lambda n, *_: here_ticks.append((n, time.perf_counter())))
-    ray = label(ray_labels, t, workers=2, threads=1, shard_size=4,
-                progress=lambda n, *_: ray_ticks.append((n, time.perf_counter())))
-    results["labelling"] = {"frames": ray.labelled, "here_fps": round(here.fps, 3), "ray2_fps": round(ray.fps, 3),
-                            "here_steady_fps": steady_fps(here_ticks), "ray2_steady_fps": steady_fps(ray_ticks),
-                            "ray_seconds_incl_start": round(ray.seconds, 1), "here_seconds": round(here.seconds, 1)}
+    if stages & {"A", "labelling"}:
+        # A: labelled drives 1-3 (+4 to validate) -> teacher -> distilled on drives 5-9
+        stage("teacher on drives 1-3")
+        teacher = train_on(data, out / "teacher-3drives", args.teacher, [1, 2, 3], [4], args.teacher_steps, 2, args.lr)
+    if "A" in stages:
+        stage("distilling it on drives 5-9")
+        run_a = out / f"distill-3drives{tag}"
+        rep = json.loads((run_a / "report.json").read_text()) if (run_a / "report.json").is_file() else \
+            distill(DistillConfig(teacher=str(teacher), out=str(run_a), **common), log=lambda m: print("   ", m, flush=True))
+        g = rep["ground_truth"]
+        results["A"] = {"teacher": g["teacher"], "student": g["student"], "best_constant": g["best_constant"],
+                        "agreement": rep["agreement"]["student"], "speedup": rep["speedup"], "models": rep["models"],
+                        "flicker": rep.get("flicker"), "times": rep["times"], "label_fps_here": rep["labels"]["fps"]}
+    if "B" in stages:
+        # B: one labelled drive
+        stage("teacher on drive 1 alone")
+        teacher1 = train_on(data, out / "teacher-1drive", args.teacher, [1], [1], args.teacher1_steps,
+                            2, args.lr)
+        stage("distilling it on drives 5-9 (5x the frames)")
+        run_b = out / f"distill-1drive{tag}"
+        rep_b = json.loads((run_b / "report.json").read_text()) if (run_b / "report.json").is_file() else \
+            distill(DistillConfig(teacher=str(teacher1), out=str(run_b),
+                                  **{**common, "flicker_frames": 0, "steps": args.student1_steps}),
+                    log=lambda m: print("   ", m, flush=True))
+        stage("the student trained on drive 1 for the same steps")
+        direct = train_on(data, out / f"student-1drive{tag}", args.student, [1], [1], args.student1_steps, 4, args.lr,
+                          args.lr_schedule, args.warmup_steps)
+        results["B"] = {"teacher": rep_b["ground_truth"]["teacher"], "distilled": rep_b["ground_truth"]["student"],
+                        "direct": score(direct, data, test), "best_constant": rep_b["ground_truth"]["best_constant"]}
+    if "labelling" in stages:
+        # labelling throughput on a 2-worker local Ray instance (in-process labelling: A's report)
+        stage("labelling on 2 local Ray workers")
+        t = resolve_teacher(teacher)
+        ray_labels = LabelSet(out / "labels-ray")
+        if ray_labels.root.exists():
+            shutil.rmtree(ray_labels.root)
+        prepare(ray_labels, t, [clips], max_frames=80 if not args.quick else 12)
+        here_labels = LabelSet(out / "labels-here")
+        if here_labels.root.exists():
+            shutil.rmtree(here_labels.root)
+        prepare(here_labels, t, [clips], max_frames=80 if not args.quick else 12)
+        here_ticks: list[tuple[int, float]] = []
+        ray_ticks: list[tuple[int, float]] = []
+        here = label(here_labels, t, threads=args.threads, progress=lambda n, *_: here_ticks.append((n, time.perf_counter())))
+        ray = label(ray_labels, t, workers=2, threads=1, shard_size=4,
+                    progress=lambda n, *_: ray_ticks.append((n, time.perf_counter())))
+        results["labelling"] = {"frames": ray.labelled, "here_fps": round(here.fps, 3), "ray2_fps": round(ray.fps, 3),
+                                "here_steady_fps": steady_fps(here_ticks), "ray2_steady_fps": steady_fps(ray_ticks),
+                                "ray_seconds_incl_start": round(ray.seconds, 1), "here_seconds": round(here.seconds, 1)}
     results["wall_s"] = round(time.perf_counter() - t0, 1)
-    (out / "results.json").write_text(json.dumps(results, indent=1, default=str))
-    (out / "results.md").write_text(markdown(results))
+    (out / f"results{tag}.json").write_text(json.dumps(results, indent=1, default=str))
+    (out / f"results{tag}.md").write_text(markdown(results))
     print(markdown(results))
 
 
@@ -179,32 +192,42 @@ def steady_fps(ticks: list[tuple[int, float]]) -> float | None:
 
 
 def markdown(r: dict) -> str:
-    a, b = r["A"], r["B"]
+    """The stages that ran, as BENCHMARKS.md shows them."""
+    a, b, lab = r.get("A"), r.get("B"), r.get("labelling")
     rows = [f"Machine: {r['machine']['processor']}, {r['threads']} torch threads, torch {r['machine']['torch']}, "
             f"Python {r['machine']['python']}. Frames {r['frame_size']}; teacher `{r['teacher']}` "
             f"({r['teacher_steps']} steps; the one-drive teacher {r.get('teacher1_steps', r['teacher_steps'])}), student `{r['student']}` "
-            f"({r['student_steps']} steps; both one-drive students {r.get('student1_steps', r['student_steps'])}). Command: "
-            f"`{r['command']}` ({r['wall_s']:.0f} s in all).", "",
-            "| drive 10 (held out, LiDAR-like GT, Garg crop) | AbsRel | RMSE | d1 |", "|---|---|---|---|"]
-    for name, m in (("teacher (drives 1-3 labelled)", a["teacher"]), ("student distilled on drives 5-9", a["student"]),
-                    ("best constant", a["best_constant"]), ("teacher (drive 1 labelled)", b["teacher"]),
-                    ("student distilled from it on drives 5-9", b["distilled"]),
-                    ("student trained on drive 1, same steps", b["direct"])):
-        rows.append(f"| {name} | {m['abs_rel']:.4f} | {m['rmse']:.3f} | {m['d1']:.3f} |")
-    ratio = a["student"]["abs_rel"] / a["teacher"]["abs_rel"]
-    gain = 1 - a["student"]["abs_rel"] / a["best_constant"]["abs_rel"]
-    ms = a["models"]
-    rows += ["", f"Student / teacher AbsRel: {ratio:.3f} (target <= 1.15); student vs best constant: {gain:+.1%} "
-             f"(target >= 25 %); speed-up {a['speedup']}x through torch fp32 (student {ms['student']['median_ms']} ms, "
-             f"teacher {ms['teacher']['median_ms']} ms a frame, whole online step, interleaved; target >= 5x). "
-             f"One labelled drive: distilled {b['distilled']['abs_rel']:.4f} vs trained directly {b['direct']['abs_rel']:.4f}.",
-             "", f"Labelling {r['labelling']['frames']} frames: {r['labelling']['here_fps']} frames/s in this process "
-             f"({r['threads']} threads), {r['labelling']['ray2_fps']} frames/s on 2 local Ray workers of 1 thread "
-             f"(including the workers' start); after the first result: {r['labelling'].get('here_steady_fps')} here, "
-             f"{r['labelling'].get('ray2_steady_fps')} on Ray. Time: labelling {a['times']['label_s']:.0f} s, student training "
-             f"{a['times']['train_s']:.0f} s."]
+            f"({r['student_steps']} steps; both one-drive students {r.get('student1_steps', r['student_steps'])}; "
+            f"lr schedule {r.get('lr_schedule', 'constant')}, warm-up {r.get('warmup_steps', 0)}). Command: "
+            f"`{r['command']}` ({r['wall_s']:.0f} s in all).", ""]
+    named = []
+    if a:
+        named += [("teacher (drives 1-3 labelled)", a["teacher"]), ("student distilled on drives 5-9", a["student"]),
+                  ("best constant", a["best_constant"])]
+    if b:
+        named += [("teacher (drive 1 labelled)", b["teacher"]), ("student distilled from it on drives 5-9", b["distilled"]),
+                  ("student trained on drive 1, same steps", b["direct"])]
+    if named:
+        rows += ["| drive 10 (held out, LiDAR-like GT, Garg crop) | AbsRel | RMSE | d1 |", "|---|---|---|---|"]
+        rows += [f"| {name} | {m['abs_rel']:.4f} | {m['rmse']:.3f} | {m['d1']:.3f} |" for name, m in named]
+        rows.append("")
+    if a:
+        ratio = a["student"]["abs_rel"] / a["teacher"]["abs_rel"]
+        gain = 1 - a["student"]["abs_rel"] / a["best_constant"]["abs_rel"]
+        ms = a["models"]
+        rows.append(f"Student / teacher AbsRel: {ratio:.3f} (target <= 1.15); student vs best constant: {gain:+.1%} "
+                    f"(target >= 25 %); speed-up {a['speedup']}x through torch fp32 (student {ms['student']['median_ms']} ms, "
+                    f"teacher {ms['teacher']['median_ms']} ms a frame, whole online step, interleaved; target >= 5x). "
+                    f"Time: labelling {a['times']['label_s']:.0f} s, student training {a['times']['train_s']:.0f} s.")
+    if b:
+        rows.append(f"One labelled drive: distilled {b['distilled']['abs_rel']:.4f} vs trained directly "
+                    f"{b['direct']['abs_rel']:.4f}.")
+    if lab:
+        rows.append(f"Labelling {lab['frames']} frames: {lab['here_fps']} frames/s in this process "
+                    f"({r['threads']} threads), {lab['ray2_fps']} frames/s on 2 local Ray workers of 1 thread "
+                    f"(including the workers' start); after the first result: {lab.get('here_steady_fps')} here, "
+                    f"{lab.get('ray2_steady_fps')} on Ray.")
     return "\n".join(rows) + "\n"
-
 
 if __name__ == "__main__":
     main()
