@@ -56,7 +56,8 @@ def train_on(data: Path, out: Path, model: str, train_drives: list[int], val_dri
         write_split(drive_entries(data, val_drives), splits / "val.txt")
         train(TrainConfig(model=model, out=str(out), data_root=str(data), train_split=str(splits / "train.txt"),
                           val_split=str(splits / "val.txt"), dense_gt=True, max_steps=steps, epochs=10**6,
-                          batch_size=batch, lr=lr, lr_schedule=lr_schedule, warmup_steps=warmup_steps, workers=1, kb_crop=False, eval_crop=None, progress=False,
+                          batch_size=batch, lr=lr, lr_schedule=lr_schedule, warmup_steps=warmup_steps, workers=1,
+                          kb_crop=False, eval_crop=None, progress=False,
                           limit_val_batches=12, val_every=max(1, steps // (len(drive_entries(data, train_drives)) // batch) // 4)),
               logger=False, overwrite=out.exists())
     return out / "best.safetensors"

@@ -174,13 +174,12 @@ def test_labelling_on_a_ray_cluster_matches_labelling_here(tmp_path, teacher, fr
     prepare(there, t, [frames], max_frames=20)
     # a real `ray start --head` on 127.0.0.1 with 2 CPUs, reached by its address: 2 actors of 1 CPU each;
     # the driver is a process of its own (as a user's command is), so this test process never joins a cluster
-    script = (f"import json; from fastdpt.distill import LabelSet, label, resolve_teacher; "
-              f"s = label(LabelSet({str(there.root)!r}), resolve_teacher({str(teacher)!r}), address={{address!r}}, "
-              f"workers=2, shard_size=4, fail_once={str(tmp_path / 'failed-once')!r}, backend='torch'); "
-              f"print(json.dumps(s.as_dict()))")
+    script = ("import json, sys; from fastdpt.distill import LabelSet, label, resolve_teacher; "
+              "s = label(LabelSet(sys.argv[1]), resolve_teacher(sys.argv[2]), address=sys.argv[3], workers=2, "
+              "shard_size=4, fail_once=sys.argv[4], backend='torch'); print(json.dumps(s.as_dict()))")
     with ray_head(cpus=2) as address:
-        r = subprocess.run([sys.executable, "-c", script.replace("{address!r}", repr(address))], capture_output=True,
-                           text=True, timeout=600)
+        r = subprocess.run([sys.executable, "-c", script, str(there.root), str(teacher), address,
+                            str(tmp_path / "failed-once")], capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     stats = json.loads(r.stdout.strip().splitlines()[-1])
     assert stats["workers"] == 2 and stats["retries"] == 1  # the injected failure was retried on the cluster

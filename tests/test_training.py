@@ -121,7 +121,7 @@ def test_ssi_loss_trains_a_relative_variant_on_dense_depth(data, tmp_path):
 def test_a_cosine_schedule_with_warm_up_sets_every_steps_learning_rate(data, tmp_path):
     """``--lr-schedule cosine --warmup-steps 2``: the learning rate each optimiser step used (read from the
     optimiser as the step starts, and as MLflow recorded it) follows the formula: (s + 1) / 2 of lr while
-    warming up, then lr (1 + cos(pi (s - 2) / (total - 2))) / 2, reaching ~0 at the last step."""
+    warming up, then lr (1 + cos(pi (s - 2) / (total - 2))) / 2, falling towards 0 (reached at step total)."""
     import math
 
     import lightning as L

@@ -30,8 +30,8 @@ class DepthModule(L.LightningModule):
             module stays picklable for DDP spawn and Ray workers).
         loss_options: keyword arguments of a named loss (e.g. ``{"lam": 0.5}``).
         lr, betas, eps, weight_decay: AdamW.
-        lr_schedule, warmup_steps: ``constant`` or ``cosine`` (to 0 at the run's last optimiser step, as
-            Lightning estimates it), after a linear warm-up; see :func:`lr_factor`.
+        lr_schedule, warmup_steps: ``constant`` or ``cosine`` (towards 0 at the end of the run's optimiser
+            steps, as Lightning estimates them), after a linear warm-up; see :func:`lr_factor`.
         protocol: how validation frames are scored (:class:`~fastdpt.evaluation.Protocol`, or its fields).
         channels_last: channels-last memory order for the convolutions (faster on GPUs with bf16).
         structure: pruned shapes (:mod:`fastdpt.models.structure`) to train a pruned model of the variant.
