@@ -49,14 +49,14 @@ def drive_entries(data: Path, drives: list[int]) -> list[SplitEntry]:
 
 
 def train_on(data: Path, out: Path, model: str, train_drives: list[int], val_drives: list[int], steps: int,
-             batch: int, lr: float, lr_schedule: str = "constant", warmup_steps: int = 0) -> Path:
+             batch: int, lr: float, lr_schedule: str = "constant", warmup_steps: int = 0, color: bool = False) -> Path:
     if not (out / "result.json").is_file():
         splits = out.parent / f"{out.name}-splits"
         write_split(drive_entries(data, train_drives), splits / "train.txt")
         write_split(drive_entries(data, val_drives), splits / "val.txt")
         train(TrainConfig(model=model, out=str(out), data_root=str(data), train_split=str(splits / "train.txt"),
                           val_split=str(splits / "val.txt"), dense_gt=True, max_steps=steps, epochs=10**6,
-                          batch_size=batch, lr=lr, lr_schedule=lr_schedule, warmup_steps=warmup_steps, workers=1,
+                          batch_size=batch, lr=lr, lr_schedule=lr_schedule, warmup_steps=warmup_steps, color=color, workers=1,
                           kb_crop=False, eval_crop=None, progress=False,
                           limit_val_batches=12, val_every=max(1, steps // (len(drive_entries(data, train_drives)) // batch) // 4)),
               logger=False, overwrite=out.exists())
@@ -92,6 +92,9 @@ def main() -> None:
     ap.add_argument("--lr-schedule", default="constant", help="the students' schedule: constant | cosine "
                     "(not constant: their run folders and results files get the schedule's name as a suffix)")
     ap.add_argument("--warmup-steps", type=int, default=0, help="the students' learning-rate warm-up")
+    ap.add_argument("--extra-clips", type=int, default=0,
+                    help="render this many more drives (another seed) as more unlabelled footage for stage A")
+    ap.add_argument("--color-jitter", action="store_true", help="the students' colour jitter (distill --color-jitter)")
     ap.add_argument("--stages", default="A,B,labelling", help="which of A (three labelled drives), B (one), labelling")
     ap.add_argument("--quick", action="store_true", help="tiny everything: checks the script runs")
     args = ap.parse_args()
@@ -104,7 +107,8 @@ def main() -> None:
         args.frames, args.teacher_steps, args.student_steps, size = 12, 6, 6, (96, 320)
         args.teacher1_steps = args.student1_steps = None
     stages = set(args.stages.split(","))
-    tag = "" if args.lr_schedule == "constant" else f"-{args.lr_schedule}"
+    tag_b = ("" if args.lr_schedule == "constant" else f"-{args.lr_schedule}") + ("-jitter" if args.color_jitter else "")
+    tag = tag_b + (f"-extra{args.extra_clips}" if args.extra_clips else "")
     args.teacher1_steps = args.teacher1_steps or args.teacher_steps
     args.student1_steps = args.student1_steps or args.student_steps
     t0 = time.perf_counter()
@@ -113,18 +117,29 @@ def main() -> None:
         synth(data, drives=10, frames=args.frames, size=size, seed=7, workers=2)
     test = read_split(data / "splits" / "test_files_with_gt.txt")  # drive 10
     clips = footage(data, out / "footage", [5, 6, 7, 8, 9])
+    clips_a = clips
+    if args.extra_clips:
+        clips_a = out / f"footage-extra{args.extra_clips}"
+        if not clips_a.is_dir():
+            extra = out / f"data-extra{args.extra_clips}"
+            if not (extra / "splits").is_dir():
+                synth(extra, drives=max(2, args.extra_clips), frames=args.frames, size=size, seed=8, workers=2)
+            shutil.copytree(clips, clips_a)
+            for d in range(1, args.extra_clips + 1):
+                shutil.copytree(extra / "raw" / DATE / drive_name(d) / "image_02" / "data", clips_a / f"extra{d:02d}")
     results: dict = {"machine": environment(), "threads": args.threads, "teacher": args.teacher, "student": args.student,
                      "frame_size": f"{size[0]}x{size[1]}", "teacher_steps": args.teacher_steps,
                      "teacher1_steps": args.teacher1_steps,
                      "student_steps": args.student_steps, "student1_steps": args.student1_steps,
                      "lr_schedule": args.lr_schedule, "warmup_steps": args.warmup_steps,
+                     "extra_clips": args.extra_clips, "color_jitter": args.color_jitter,
                      "command": " ".join(sys.argv)}
 
     def stage(name: str) -> None:
         print(f"[{time.perf_counter() - t0:7.0f} s] {name}", flush=True)
 
-    common = dict(student=args.student, frames=(str(clips),), steps=args.student_steps, batch_size=4, lr=args.lr,
-                  lr_schedule=args.lr_schedule, warmup_steps=args.warmup_steps,
+    common = dict(student=args.student, frames=(str(clips_a),), steps=args.student_steps, batch_size=4, lr=args.lr,
+                  lr_schedule=args.lr_schedule, warmup_steps=args.warmup_steps, color_jitter=args.color_jitter,
                   data_workers=1, threads=args.threads, progress=False, bench_runs=3 if args.quick else 7,
                   gt_root=str(data / "data_depth_annotated"), gt_split=str(data / "splits" / "test_files_with_gt.txt"),
                   gt_raw_root=str(data / "raw"), flicker_frames=20)
@@ -133,7 +148,7 @@ def main() -> None:
         stage("teacher on drives 1-3")
         teacher = train_on(data, out / "teacher-3drives", args.teacher, [1, 2, 3], [4], args.teacher_steps, 2, args.lr)
     if "A" in stages:
-        stage("distilling it on drives 5-9")
+        stage(f"distilling it on drives 5-9{f' and {args.extra_clips} more clips' if args.extra_clips else ''}")
         run_a = out / f"distill-3drives{tag}"
         rep = json.loads((run_a / "report.json").read_text()) if (run_a / "report.json").is_file() else \
             distill(DistillConfig(teacher=str(teacher), out=str(run_a), **common), log=lambda m: print("   ", m, flush=True))
@@ -147,14 +162,15 @@ def main() -> None:
         teacher1 = train_on(data, out / "teacher-1drive", args.teacher, [1], [1], args.teacher1_steps,
                             2, args.lr)
         stage("distilling it on drives 5-9 (5x the frames)")
-        run_b = out / f"distill-1drive{tag}"
+        run_b = out / f"distill-1drive{tag_b}"
         rep_b = json.loads((run_b / "report.json").read_text()) if (run_b / "report.json").is_file() else \
             distill(DistillConfig(teacher=str(teacher1), out=str(run_b),
-                                  **{**common, "flicker_frames": 0, "steps": args.student1_steps}),
+                                  **{**common, "frames": (str(clips),), "flicker_frames": 0,
+                                     "steps": args.student1_steps}),
                     log=lambda m: print("   ", m, flush=True))
         stage("the student trained on drive 1 for the same steps")
-        direct = train_on(data, out / f"student-1drive{tag}", args.student, [1], [1], args.student1_steps, 4, args.lr,
-                          args.lr_schedule, args.warmup_steps)
+        direct = train_on(data, out / f"student-1drive{tag_b}", args.student, [1], [1], args.student1_steps, 4, args.lr,
+                          args.lr_schedule, args.warmup_steps, args.color_jitter)
         results["B"] = {"teacher": rep_b["ground_truth"]["teacher"], "distilled": rep_b["ground_truth"]["student"],
                         "direct": score(direct, data, test), "best_constant": rep_b["ground_truth"]["best_constant"]}
     if "labelling" in stages:

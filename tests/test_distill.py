@@ -20,6 +20,8 @@ from typer.testing import CliRunner
 pytest.importorskip("lightning")
 pytest.importorskip("mlflow")
 
+import torch  # noqa: E402
+
 import fastdpt  # noqa: E402
 from fastdpt.cli import app  # noqa: E402
 from fastdpt.data.kitti import read_split  # noqa: E402
@@ -249,6 +251,39 @@ def test_distilled_student_agrees_with_the_teacher(tmp_path, data, teacher, fram
     steps = report["training"]["global_step"]
     again = distill(cfg, resume=True, log=lambda m: None)
     assert again["training"]["global_step"] == steps and again["labels"]["labelled"] == 0
+
+
+def test_colour_jitter_reaches_the_student_and_runs_from_before_it_resume_without_it(tmp_path, teacher, frames):
+    from fastdpt.data.augment import Augment
+    from fastdpt.distill.run import _check_out
+    from fastdpt.distill.run import train_config as student_options
+
+    cfg = DistillConfig(teacher=str(teacher), frames=(str(frames),), out=str(tmp_path / "d"), color_jitter=True,
+                        warm_start=False)
+    assert student_options(cfg, "silog", resolve_teacher(teacher), LabelSet(tmp_path / "labels")).color is True
+    assert student_options(DistillConfig(**{**cfg.as_dict(), "color_jitter": False}), "silog",
+                           resolve_teacher(teacher), LabelSet(tmp_path / "labels")).color is False
+    # what the jitter does to a frame: gamma, brightness and each channel's gain in [0.9, 1.1], depth untouched
+    rng = np.random.default_rng(0)
+    image = rng.uniform(0.05, 1.0, (24, 40, 3)).astype(np.float32)
+    depth = rng.uniform(1, 80, (24, 40)).astype(np.float32)
+    torch.manual_seed(0)
+    seen = []
+    for _ in range(6):
+        im, d = Augment(hflip=0.0, kb_crop=False, color=True)(image, depth.copy())
+        np.testing.assert_array_equal(d, depth)
+        assert np.all(im >= np.minimum(1, image**1.1 * 0.81) - 1e-6) and np.all(im <= np.minimum(1, image**0.9 * 1.21) + 1e-6)
+        seen.append(im)
+    assert all(np.abs(a - b).max() > 1e-3 for a, b in zip(seen, seen[1:]))  # a new draw each time
+    # a run made before --lr-schedule/--warmup-steps/--color-jitter existed resumes as made: without them
+    old = tmp_path / "old"
+    old.mkdir()
+    stored = {k: v for k, v in DistillConfig(teacher=str(teacher), frames=(str(frames),), out=str(old)).as_dict().items()
+              if k not in ("lr_schedule", "warmup_steps", "color_jitter")}
+    (old / "distill.json").write_text(json.dumps({"config": stored}))
+    _check_out(old, DistillConfig(**{**stored, "out": str(old)}), resume=True)
+    with pytest.raises(DistillError, match="color_jitter False \\(run\\) vs True"):
+        _check_out(old, DistillConfig(**{**stored, "out": str(old), "color_jitter": True}), resume=True)
 
 
 def test_distill_refusals_are_one_line(tmp_path, teacher, frames):

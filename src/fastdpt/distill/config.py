@@ -38,6 +38,8 @@ class DistillConfig:
     lr: float = option("AdamW learning rate (a new decoder learns fastest near 5e-4..1e-3)", 5e-4)
     lr_schedule: str = option("constant | cosine (to 0 at the last step, after the warm-up)", "constant")
     warmup_steps: int = option("linear learning-rate warm-up steps", 0)
+    color_jitter: bool = option("colour jitter on the student's frames (gamma, brightness, per-channel gain; the "
+                                "labels come from the clean frame)", False, flags=("--color-jitter/--no-color-jitter",))
     trim: float = option("leave out each label's largest-loss pixels (fraction)", 0.1)
     grad_weight: float = option("gradient-matching weight beside SILog (metric teachers)", 0.5)
     student_init: str | None = option("start the student from this checkpoint of its variant (a pruned model from "
@@ -94,4 +96,4 @@ class DistillConfig:
 RESUME_MAY_CHANGE = {"steps", "epochs", "workers", "address", "threads", "teacher_backend", "data_workers", "bench_runs", "progress",
                      "tracking_uri", "flicker_frames", "gt_root", "gt_split", "gt_raw_root"}
 # options added after runs were already made: what a run's distill.json without them was made with
-LATER_OPTIONS = {"lr_schedule": "constant", "warmup_steps": 0}
+LATER_OPTIONS = {"lr_schedule": "constant", "warmup_steps": 0, "color_jitter": False}

@@ -134,7 +134,7 @@ def train_config(cfg: DistillConfig, loss: str, teacher: Teacher, labels: LabelS
         init=str(init) if init else None,
         epochs=epochs, max_steps=steps,
         batch_size=cfg.batch_size, lr=cfg.lr, lr_schedule=cfg.lr_schedule, warmup_steps=cfg.warmup_steps,
-        workers=cfg.data_workers, seed=cfg.seed, hflip=0.5,
+        workers=cfg.data_workers, seed=cfg.seed, hflip=0.5, color=cfg.color_jitter,
         tracking_uri=cfg.tracking_uri, progress=cfg.progress)
 
 
