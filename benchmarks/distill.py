@@ -63,10 +63,11 @@ def train_on(data: Path, out: Path, model: str, train_drives: list[int], val_dri
     return out / "best.safetensors"
 
 
-def footage(data: Path, out: Path, drives: list[int]) -> Path:
-    if not out.is_dir():
-        for d in drives:
-            shutil.copytree(data / "raw" / DATE / drive_name(d) / "image_02" / "data", out / f"clip{d:02d}")
+def footage(data: Path, out: Path, drives: list[int], name: str = "clip") -> Path:
+    """The drives' camera frames as image folders ``out/<name>NN`` (the ones already there are kept)."""
+    for d in drives:
+        if not (out / f"{name}{d:02d}").is_dir():
+            shutil.copytree(data / "raw" / DATE / drive_name(d) / "image_02" / "data", out / f"{name}{d:02d}")
     return out
 
 
@@ -119,14 +120,11 @@ def main() -> None:
     clips = footage(data, out / "footage", [5, 6, 7, 8, 9])
     clips_a = clips
     if args.extra_clips:
-        clips_a = out / f"footage-extra{args.extra_clips}"
-        if not clips_a.is_dir():
-            extra = out / f"data-extra{args.extra_clips}"
-            if not (extra / "splits").is_dir():
-                synth(extra, drives=max(2, args.extra_clips), frames=args.frames, size=size, seed=8, workers=2)
-            shutil.copytree(clips, clips_a)
-            for d in range(1, args.extra_clips + 1):
-                shutil.copytree(extra / "raw" / DATE / drive_name(d) / "image_02" / "data", clips_a / f"extra{d:02d}")
+        extra = out / f"data-extra{args.extra_clips}"
+        if not (extra / "splits").is_dir():
+            synth(extra, drives=max(2, args.extra_clips), frames=args.frames, size=size, seed=8, workers=2)
+        clips_a = footage(data, out / f"footage-extra{args.extra_clips}", [5, 6, 7, 8, 9])
+        footage(extra, clips_a, list(range(1, args.extra_clips + 1)), name="extra")
     results: dict = {"machine": environment(), "threads": args.threads, "teacher": args.teacher, "student": args.student,
                      "frame_size": f"{size[0]}x{size[1]}", "teacher_steps": args.teacher_steps,
                      "teacher1_steps": args.teacher1_steps,
