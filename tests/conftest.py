@@ -4,6 +4,7 @@ keys and shapes (written from the key table of REFERENCE.md section 2, not from 
 from __future__ import annotations
 
 import math
+import os
 import socket
 import threading
 import time
@@ -23,9 +24,47 @@ TINY_EFF = ModelConfig(backbone="effb0", hooks=(0, 1), heads=4, features=32, inp
                        metric=(0.00006016, 0.00579))
 
 
+# the README's test command runs the tests on two pytest-xdist workers, a test file to a worker, the files in
+# the order below (pyproject's addopts: ``-n 2 --dist loadfile --no-loadscope-reorder``); each worker gets its
+# share of the cores, so the two never oversubscribe them. (Not --dist loadgroup: with pytest 9 xdist 3.8 no
+# longer puts a group's tests on one worker.)
+WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+THREADS = max(1, min(2, (os.cpu_count() or 1) // WORKERS))
+# the test files that take longest (minutes each on 2 cores; pytest prints the slowest tests), run first
+# so that the two workers finish together instead of one waiting for a long file started last
+LONGEST_FIRST = ("test_compress", "test_study", "test_training", "test_distill", "test_demo", "test_runtime",
+                 "test_outputs_runtime", "test_runs_safety")
+
+
+def pytest_collection_modifyitems(config, items):
+    """The longest test files first (each file stays in one piece: ``--dist loadfile`` gives a file to one
+    worker); the rest in their usual order."""
+    def rank(item):
+        name = item.module.__name__.rsplit(".", 1)[-1]
+        return LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)
+
+    items.sort(key=rank)  # stable: the order inside a file is kept
+
+
+@pytest.fixture(autouse=True)
+def _one_ray_at_a_time(request, tmp_path_factory):
+    """Tests marked ``ray`` start a Ray instance: one at a time across the workers (a file lock in the
+    run's shared temporary folder), so two never compete for Ray's default ports."""
+    if request.node.get_closest_marker("ray") is None or WORKERS == 1:
+        yield
+        return
+    import fcntl
+
+    with open(tmp_path_factory.getbasetemp().parent / "ray.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
 @pytest.fixture(autouse=True)
 def _threads(monkeypatch):
-    torch.set_num_threads(2)
+    torch.set_num_threads(THREADS)
+    # commands a test starts in a subprocess take the worker's share too
+    monkeypatch.setenv("OMP_NUM_THREADS", str(THREADS))
     torch.manual_seed(0)
     # commands default to --backend auto (OpenVINO / ONNX Runtime convert the model per input size: seconds);
     # tests compare against torch unless they ask for another backend (tests/test_runtime.py does)

@@ -166,6 +166,7 @@ def test_a_video_and_its_image_folder_give_the_same_labels(tmp_path, data, teach
         np.testing.assert_array_equal(out["video"][k], out["images"][k])
 
 
+@pytest.mark.ray
 def test_labelling_on_a_ray_cluster_matches_labelling_here(tmp_path, teacher, frames):
     pytest.importorskip("ray")
     t = resolve_teacher(teacher)

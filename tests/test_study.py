@@ -95,6 +95,7 @@ COMPRESSED = GRID.replace("attention: [softmax, performer32]", "attention: [soft
     "hooks: [[0, 1], [0, 2]]", "hooks: [[0, 2]]") + "compress: [none, prune-0.5+qat-int8]\n"
 
 
+@pytest.mark.ray
 def test_a_grid_runs_end_to_end_with_a_retried_trial_and_a_compress_axis(data, tmp_path):
     """A variant x two compression levels (none; pruned by half + recovered + quantisation-aware int8): a
     row per combination, each scored and timed, the trial failing once and retried, the report."""
@@ -181,6 +182,7 @@ def _check_in_chromium(page: Path, images: int) -> None:
         browser.quit()
 
 
+@pytest.mark.ray
 def test_an_interrupted_study_resumes_without_training_finished_trials_again(data, tmp_path):
     study = tmp_path / "study"
     grid = _grid(tmp_path, GRID.replace("max_steps: 4", "max_steps: 6").replace(
@@ -215,6 +217,7 @@ def _free_port():
         return s.getsockname()[1]
 
 
+@pytest.mark.ray
 def test_the_same_grid_on_a_local_ray_cluster_beside_another(data, tmp_path, monkeypatch):
     """`fastdpt study run --address 127.0.0.1:PORT` (a fresh process, as a user runs it) reaches a head started
     on 127.0.0.1 while a second, unrelated head runs on the machine; only the heads the test started are
@@ -249,6 +252,7 @@ def test_the_same_grid_on_a_local_ray_cluster_beside_another(data, tmp_path, mon
         assert other != address
 
 
+@pytest.mark.ray
 def test_an_unreachable_cluster_is_one_line_and_writes_nothing(data, tmp_path):
     port = _free_port()  # nothing listens there
     r = CliRunner().invoke(app, ["study", "run", "r50.h0-1.heads12.softmax.f32.m0.01_0.0125@64x192", "--data-root",
