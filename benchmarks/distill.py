@@ -50,7 +50,8 @@ def drive_entries(data: Path, drives: list[int]) -> list[SplitEntry]:
 
 def train_on(data: Path, out: Path, model: str, train_drives: list[int], val_drives: list[int], steps: int,
              batch: int, lr: float, lr_schedule: str = "constant", warmup_steps: int = 0, color: bool = False) -> Path:
-    if not (out / "result.json").is_file():
+    if not (out / "result.json").is_file():  # an interrupted run of the same options resumes
+        resume = (out / "resume.ckpt").is_file()
         splits = out.parent / f"{out.name}-splits"
         write_split(drive_entries(data, train_drives), splits / "train.txt")
         write_split(drive_entries(data, val_drives), splits / "val.txt")
@@ -59,7 +60,7 @@ def train_on(data: Path, out: Path, model: str, train_drives: list[int], val_dri
                           batch_size=batch, lr=lr, lr_schedule=lr_schedule, warmup_steps=warmup_steps, color=color, workers=1,
                           kb_crop=False, eval_crop=None, progress=False,
                           limit_val_batches=12, val_every=max(1, steps // (len(drive_entries(data, train_drives)) // batch) // 4)),
-              logger=False, overwrite=out.exists())
+              logger=False, resume=resume, overwrite=out.exists() and not resume)
     return out / "best.safetensors"
 
 
@@ -157,17 +158,18 @@ def main() -> None:
     if "B" in stages:
         # B: one labelled drive
         stage("teacher on drive 1 alone")
-        teacher1 = train_on(data, out / "teacher-1drive", args.teacher, [1], [1], args.teacher1_steps,
-                            2, args.lr)
+        # run folders named by their steps: a run with other steps never reuses one
+        teacher1 = train_on(data, out / f"teacher-1drive-{args.teacher1_steps}", args.teacher, [1], [1],
+                            args.teacher1_steps, 2, args.lr)
         stage("distilling it on drives 5-9 (5x the frames)")
-        run_b = out / f"distill-1drive{tag_b}"
+        run_b = out / f"distill-1drive{tag_b}-t{args.teacher1_steps}-{args.student1_steps}"
         rep_b = json.loads((run_b / "report.json").read_text()) if (run_b / "report.json").is_file() else \
             distill(DistillConfig(teacher=str(teacher1), out=str(run_b),
                                   **{**common, "frames": (str(clips),), "flicker_frames": 0,
                                      "steps": args.student1_steps}),
                     log=lambda m: print("   ", m, flush=True))
         stage("the student trained on drive 1 for the same steps")
-        direct = train_on(data, out / f"student-1drive{tag_b}", args.student, [1], [1], args.student1_steps, 4, args.lr,
+        direct = train_on(data, out / f"student-1drive{tag_b}-{args.student1_steps}", args.student, [1], [1], args.student1_steps, 4, args.lr,
                           args.lr_schedule, args.warmup_steps, args.color_jitter)
         results["B"] = {"teacher": rep_b["ground_truth"]["teacher"], "distilled": rep_b["ground_truth"]["student"],
                         "direct": score(direct, data, test), "best_constant": rep_b["ground_truth"]["best_constant"]}
