@@ -16,6 +16,15 @@
    same model calibrated on the same frames (the training drives' frames; the held-out drive is never
    seen), all scored on the held-out drive and timed interleaved against the uncompressed student on
    ``auto``.
+4. A distilled student (``--distilled RUN``, a ``fastdpt distill`` run folder; runs alone and adds
+   ``distilled`` to the results): pruned by each ``--distilled-prune`` plan, recovered by distillation
+   from itself on the run's own unlabelled frames (``fastdpt compress --recover distill``), optionally
+   made int8 by quantisation-aware training and, beside it, post-training int8 on the same calibration
+   frames; all scored against the ground truth of the run's held-out split and timed interleaved
+   against the student on ``auto``. A recovery already in ``--work`` for the same plan is reused.
+
+    python benchmarks/compress.py --threads 2 --distilled .bench/distill/distill-3drives-extra15 \
+        --distilled-steps 800 --distilled-qat-steps 60 --work .bench/compress-distilled
 """
 
 from __future__ import annotations
@@ -33,6 +42,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 COMBINED = "heads=0.5,mlp=0.5,decoder=0.5"
+DISTILLED_PRUNE = "heads=0.5,mlp=0.75,decoder=0.5"
 
 
 def main() -> None:
@@ -56,8 +66,25 @@ def main() -> None:
     ap.add_argument("--qat-steps", type=int, default=60, help="quantisation-aware fine-tuning steps")
     ap.add_argument("--qat-prune", default="heads=0.25,mlp=0.25,decoder=0.25", help="pruning before the combined QAT")
     ap.add_argument("--only-qat", action="store_true", help="run part 3 alone, adding it to --out")
+    ap.add_argument("--distilled", default=None,
+                    help="part 4 alone, added to --out: a `fastdpt distill` run folder whose student is pruned by each "
+                    "--distilled-prune plan, recovered by distillation from itself on the run's own frames, and "
+                    "scored on the run's ground-truth split")
+    ap.add_argument("--distilled-prune", action="append", default=None,
+                    help=f"pruning plan of part 4 (repeatable; default {DISTILLED_PRUNE})")
+    ap.add_argument("--distilled-steps", type=int, default=900, help="recovery steps of part 4")
+    ap.add_argument("--distilled-lr", type=float, default=5e-4, help="recovery learning rate of part 4")
+    ap.add_argument("--distilled-qat-steps", type=int, default=0,
+                    help="part 4: also quantisation-aware int8 of each recovered model (this many steps, on the run's "
+                    "frames) beside post-training int8 of it on the same calibration frames (0: neither)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    if args.distilled:
+        result = json.loads(Path(args.out).read_text()) if Path(args.out).is_file() else {}
+        result["distilled"] = _distilled(Path(args.distilled), Path(args.work) / "distilled", args)
+        Path(args.out).write_text(json.dumps(result, indent=1))
+        print(markdown_distilled(result["distilled"]))
+        return
     demo = Path(args.demo)
     if not (demo / "summary.json").is_file():
         run_demo(demo, steps=args.demo_steps, force=True)
@@ -218,6 +245,108 @@ def _qat(ckpt: str, data: Path, work: Path, args) -> dict:
             "qat_s": {k: r["times"].get("qat_s") for k, r in reports.items()}}
 
 
+def _distilled(run: Path, work: Path, args) -> dict:
+    """Part 4: a distilled student (``fastdpt distill``'s run folder) pruned and recovered by distillation from
+    itself on the run's unlabelled frames, against the student: ground truth of the run's held-out split
+    (never seen by the student or the recovery), whole online step on ``auto``, interleaved."""
+    from fastdpt.bench import environment, interleaved_ms
+    from fastdpt.compress.config import CompressConfig
+    from fastdpt.compress.qat import CALIBRATION_FRAMES
+    from fastdpt.compress.run import AGREEMENT_FRAMES, QAT_FRAMES, _frames
+    from fastdpt.data.kitti import read_split
+    from fastdpt.evaluation import Protocol, evaluate
+    from fastdpt.predict import Predictor
+    from fastdpt.runtime import RuntimeOptions, matrix_features
+
+    cfg = json.loads((run / "distill.json").read_text())["config"]
+    student = run / "student.safetensors"
+    if not student.is_file() or not cfg.get("gt_split"):
+        raise SystemExit(f"{run} holds no finished distillation with a ground-truth split (--gt-root/--gt-split)")
+    options = RuntimeOptions("auto", "auto", "cpu", args.threads)
+    int8 = RuntimeOptions("openvino", "int8", "cpu", args.threads)
+    preds = {"distilled student": Predictor(student, options=options)}
+    reports = {}
+    for i, plan in enumerate(args.distilled_prune or [DISTILLED_PRUNE]):
+        label = f"prune {plan} + distil {args.distilled_steps}"
+        todo = {"prune": plan, "recover": "distill", "steps": args.distilled_steps, "lr": args.distilled_lr,
+                "max_frames": 10**6}
+        r = _compress_cli_once(str(student), work / f"d{i}", args.threads, todo, cfg["frames"])
+        preds[label], reports[label] = Predictor(r["path"], options=options), r
+        if args.distilled_qat_steps:
+            q = _compress_cli_once(r["path"], work / f"d{i}-qat", args.threads,
+                                   {"qat": "int8", "qat_steps": args.distilled_qat_steps}, cfg["frames"])
+            xml = work / f"d{i}-qat" / "model-int8.xml"
+            preds[label + " + qat int8"] = Predictor(str(xml), backend="openvino")
+            reports[label + " + qat int8"] = {**q, "after": {**q["after"], "file_bytes": xml.with_suffix(".bin").stat().st_size}}
+            # post-training int8 of the same model on the same calibration frames as the QAT run's
+            seen = _frames(CompressConfig(checkpoint=r["path"], out="x", qat="int8", frames=tuple(cfg["frames"])),
+                           AGREEMENT_FRAMES + QAT_FRAMES)[:-AGREEMENT_FRAMES]
+            preds[label + " + ptq int8"] = Predictor(r["path"], options=int8, calibration=seen[:CALIBRATION_FRAMES])
+            reports[label + " + ptq int8"] = r
+    frame = np.random.default_rng(0).integers(0, 256, (375, 1242, 3), dtype=np.uint8)
+    speed = interleaved_ms(preds, frame, args.rounds)
+    test = read_split(cfg["gt_split"])
+    rows = []
+    for label, pred in preds.items():
+        m = evaluate(pred, test, cfg["gt_raw_root"], cfg["gt_root"], Protocol())
+        stats = reports[label]["after"] if label in reports else next(iter(reports.values()))["before"]
+        rows.append({"model": label, "runtime": "openvino int8 (quantisation-aware file)" if label.endswith("qat int8")
+                     else f"{pred.options.backend} {pred.options.precision}",
+                     "params": stats["params"], "macs": stats["macs"],
+                     "file_mb": round(stats["file_bytes"] / 2**20, 2), "step_ms": speed[label]["median_ms"],
+                     "step_min_ms": speed[label]["min_ms"], "step_max_ms": speed[label]["max_ms"],
+                     "abs_rel": round(m["abs_rel"], 4), "d1": round(m["d1"], 4), "rmse": round(m["rmse"], 3)})
+        if label in reports and "recover" in reports[label]:
+            rows[-1]["agreement_with_student"] = reports[label]["recover"]["agreement_with_teacher"]
+            rows[-1]["recover_s"] = reports[label]["times"].get("recover_s")
+        if label.endswith("qat int8"):
+            rows[-1]["qat_s"] = reports[label]["times"].get("qat_s")
+        print(json.dumps(rows[-1]), flush=True)
+    runtime = f"{next(iter(preds.values())).options.backend} {next(iter(preds.values())).options.precision}"
+    for p in preds.values():
+        p.close()
+    for r in rows:
+        r["speedup"] = round(rows[0]["step_ms"] / r["step_ms"], 3)
+        r["abs_rel_change"] = round(r["abs_rel"] / rows[0]["abs_rel"] - 1, 4)
+    return {"rows": rows, "run": str(run), "frames": cfg["frames"], "steps": args.distilled_steps,
+            "lr": args.distilled_lr, "qat_steps": args.distilled_qat_steps, "calibration_frames": CALIBRATION_FRAMES,
+            "test_frames": len(test), "runtime": runtime, "environment": environment(),
+            "cpu_features": matrix_features(), "threads": args.threads, "command": " ".join(sys.argv)}
+
+
+def _speed_and_accuracy(x: dict) -> str:
+    """A row's step time (min-max), speed-up, AbsRel (change) and d1 cells."""
+    return (f"{x['step_ms']} ({x['step_min_ms']}-{x['step_max_ms']}) | {x['speedup']}x | "
+            f"{x['abs_rel']} ({x['abs_rel_change'] * 100:+.1f} %) | {x['d1']}")
+
+
+def markdown_distilled(d: dict) -> str:
+    e = d["environment"]
+    lines = [f"{e['processor']} ({', '.join(d['cpu_features']) or 'no bf16/int8 matrix units'}), {d['threads']} threads, "
+             f"torch {e['torch']}, runtime {d['runtime']}; the student of `{d['run']}`, {d['test_frames']} held-out "
+             "frames with ground truth; whole step on 375x1242 frames, median of interleaved rounds (min-max).", "",
+             "| model | runtime | params M | GMACs | file MB | step ms (min-max) | speed-up | AbsRel (change) | d1 | RMSE |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for x in d["rows"]:
+        lines.append(f"| {x['model']} | {x['runtime']} | {x['params'] / 1e6:.2f} | {x['macs'] / 1e9:.2f} | {x['file_mb']} | "
+                     f"{_speed_and_accuracy(x)} | {x['rmse']} |")
+    return "\n".join(lines) + "\n"
+
+
+def _compress_cli_once(checkpoint: str, out: Path, threads: int, plan: dict, frames: list) -> dict:
+    """``_compress_cli``, or the report of an earlier run in ``out`` of the same checkpoint, plan and frames
+    (a recovery takes tens of minutes: a rerun of the benchmark times and scores again without it)."""
+    done = out / "report.json"
+    if done.is_file():
+        c = json.loads(done.read_text())["config"]
+        if c["checkpoint"] == str(checkpoint) and c["frames"] == list(frames) and all(
+                str(c[k]) == str(v) for k, v in plan.items()):
+            print(f"reusing {out} (same checkpoint, plan and frames)", flush=True)
+            return json.loads(done.read_text())
+    shutil.rmtree(out, ignore_errors=True)
+    return _compress_cli(checkpoint, out, threads, plan, frames)
+
+
 def _compress_cli(checkpoint: str, out: Path, threads: int, plan: dict, frames: list | None = None) -> dict:
     """One `fastdpt compress` run, as a user runs it (its own process), read back from its report."""
     cmd = [sys.executable, "-m", "fastdpt.cli", "compress", str(checkpoint), "--out", str(out), "--threads", str(threads),
@@ -242,8 +371,7 @@ def markdown(r: dict) -> str:
     for x in r["rows"]:
         pal = f" ({x['palettised_mb']})" if x["palettised_mb"] else ""
         lines.append(f"| {x['model']} | {x['params'] / 1e6:.2f} | {x['macs'] / 1e9:.2f} | {x['file_mb']}{pal} | "
-                     f"{x['step_ms']} ({x['step_min_ms']}-{x['step_max_ms']}) | {x['speedup']}x | "
-                     f"{x['abs_rel']} ({x['abs_rel_change'] * 100:+.1f} %) | {x['d1']} |")
+                     f"{_speed_and_accuracy(x)} |")
     if r["big"]:
         lines += ["", "| DPT-Hybrid-sized | params M | GMACs | file MB (palettised) | step ms (min-max) | speed-up |",
                   "|---|---|---|---|---|---|"]
@@ -258,9 +386,7 @@ def markdown(r: dict) -> str:
                   "| model | runtime | step ms (min-max) | speed-up | AbsRel (change) | d1 | AbsRel vs student fp32 |",
                   "|---|---|---|---|---|---|---|"]
         for x in q["rows"]:
-            lines.append(f"| {x['model']} | {x['runtime']} | {x['step_ms']} ({x['step_min_ms']}-{x['step_max_ms']}) | "
-                         f"{x['speedup']}x | {x['abs_rel']} ({x['abs_rel_change'] * 100:+.1f} %) | {x['d1']} | "
-                         f"{x['vs_student_fp32']} |")
+            lines.append(f"| {x['model']} | {x['runtime']} | {_speed_and_accuracy(x)} | {x['vs_student_fp32']} |")
     return "\n".join(lines) + "\n"
 
 
