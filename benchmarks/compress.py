@@ -296,7 +296,7 @@ def _distilled(run: Path, work: Path, args) -> dict:
                      "file_mb": round(stats["file_bytes"] / 2**20, 2), "step_ms": speed[label]["median_ms"],
                      "step_min_ms": speed[label]["min_ms"], "step_max_ms": speed[label]["max_ms"],
                      "abs_rel": round(m["abs_rel"], 4), "d1": round(m["d1"], 4), "rmse": round(m["rmse"], 3)})
-        if label in reports and "recover" in reports[label]:
+        if label in reports and "recover" in reports[label] and not label.endswith("int8"):
             rows[-1]["agreement_with_student"] = reports[label]["recover"]["agreement_with_teacher"]
             rows[-1]["recover_s"] = reports[label]["times"].get("recover_s")
         if label.endswith("qat int8"):
