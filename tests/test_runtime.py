@@ -224,6 +224,17 @@ def test_openvino_export_round_trips_its_name_and_refuses_what_it_cannot_run(tmp
     assert _median_rel(pred.predict(FRAMES[0]).depth, reference[0]) < 1e-4
     with pytest.raises(ConfigError, match="runs with backend 'openvino'"):
         fastdpt.Predictor(tmp_path / "m.xml", backend="onnxruntime")
+    # the commands open it too (`-m m.xml`), the depth they write equal to the library's; a missing one is one line
+    import cv2
+
+    cv2.imwrite(str(tmp_path / "in.png"), FRAMES[0][..., ::-1])
+    r = runner.invoke(app, ["predict", str(tmp_path / "in.png"), "-m", str(tmp_path / "m.xml"), "-o",
+                            str(tmp_path / "pred"), "-f", "npy", "--backend", "auto"])
+    assert r.exit_code == 0, r.output
+    assert _median_rel(np.load(tmp_path / "pred" / "in.npy"), reference[0]) < 1e-4
+    r = runner.invoke(app, ["predict", str(tmp_path / "in.png"), "-m", str(tmp_path / "gone.xml"), "-o",
+                            str(tmp_path / "pred2")])
+    assert r.exit_code != 0 and "model file not found" in r.output and not (tmp_path / "pred2").exists()
     r = runner.invoke(app, ["export", str(ckpt), "--format", "openvino", "-o", str(tmp_path / "m.onnx")])
     assert r.exit_code == 2 and ".xml" in r.output
     r = runner.invoke(app, ["export", str(ckpt), "--format", "openvino", "-o", str(tmp_path / "m.xml")])

@@ -55,7 +55,7 @@ console = Console(stderr=True)
 out = Console(file=_ClosableStdout())
 
 # options shared by every command that runs a model
-ModelOpt = Annotated[str, typer.Option("--model", "-m", help="preset, canonical name, .safetensors or .onnx")]
+ModelOpt = Annotated[str, typer.Option("--model", "-m", help="preset, canonical name, .safetensors, .onnx or OpenVINO .xml")]
 WeightsOpt = Annotated[Optional[Path], typer.Option("--weights", "-w", help="weight file (official .pt, HF or fastdpt)")]
 BackendOpt = Annotated[str, typer.Option("--backend", envvar="FASTDPT_BACKEND", help="auto | torch | compile | cudagraph | onnxruntime | openvino "
                                          "(auto: the fastest this machine runs; it says which and why)")]
@@ -105,11 +105,12 @@ def set_threads(threads: int | None) -> None:
 
 def check_model(model: str, weights=None) -> None:
     """A model argument that cannot work fails here, before inputs are read or anything is loaded:
-    a checkpoint or ONNX file that does not exist, or a name that is no preset or variant."""
+    a checkpoint, ONNX or OpenVINO file that does not exist, or a name that is no preset or variant."""
     from ..presets import get_config
+    from ..runtime.exported import SUFFIXES
 
     path = Path(str(model))
-    if path.suffix in (".safetensors", ".onnx", ".pt", ".pth"):
+    if path.suffix in (".safetensors", ".pt", ".pth", *SUFFIXES):  # SUFFIXES: .onnx and OpenVINO's .xml
         if not path.is_file():
             raise FastDPTError(f"model file not found: {path}")
     else:
