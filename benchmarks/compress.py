@@ -136,10 +136,7 @@ def main() -> None:
     runtime = f"{next(iter(preds.values())).options.backend} {next(iter(preds.values())).options.precision}"
     for p in preds.values():
         p.close()
-    base = rows[0]
-    for r in rows:
-        r["speedup"] = round(base["step_ms"] / r["step_ms"], 3)
-        r["abs_rel_change"] = round(r["abs_rel"] / base["abs_rel"] - 1, 4)
+    _against_first(rows)
     big = [] if args.no_big else _big(work, args.threads, args.rounds)
     qat = _qat(ckpt, data, work / "qat", args)
     result = {"qat": qat, "environment": environment(), "cpu_features": matrix_features(), "threads": args.threads,
@@ -187,9 +184,8 @@ def _big(work: Path, threads: int, rounds: int) -> list[dict]:
 def _qat(ckpt: str, data: Path, work: Path, args) -> dict:
     """Part 3: quantisation-aware against post-training int8 on the same calibration frames."""
     from fastdpt.bench import interleaved_ms
-    from fastdpt.compress.config import CompressConfig
     from fastdpt.compress.qat import CALIBRATION_FRAMES
-    from fastdpt.compress.run import AGREEMENT_FRAMES, QAT_FRAMES, _agreement, _frames
+    from fastdpt.compress.run import _agreement
     from fastdpt.data.kitti import fits_kb_crop, read_split
     from fastdpt.evaluation import Protocol, evaluate
     from fastdpt.io import read_image
@@ -202,10 +198,7 @@ def _qat(ckpt: str, data: Path, work: Path, args) -> dict:
     plans = {"qat int8": dict(qat="int8"),
              f"prune {args.qat_prune} + train {args.steps} + qat int8": dict(
                  prune=args.qat_prune, recover="train", data_root=str(data), steps=args.steps, lr=3e-4, qat="int8")}
-    # the frames compress takes, split the same way: calibration from the first, held out the last
-    every = _frames(CompressConfig(checkpoint=ckpt, out="x", qat="int8", frames=tuple(drives)),
-                    AGREEMENT_FRAMES + QAT_FRAMES)
-    seen, held = every[:-AGREEMENT_FRAMES], every[-AGREEMENT_FRAMES:]
+    seen, held = _qat_frames(ckpt, drives)
     auto = RuntimeOptions("auto", "auto", "cpu", args.threads)
     preds = {"uncompressed": Predictor(ckpt, options=auto)}
     reports = {}
@@ -236,9 +229,7 @@ def _qat(ckpt: str, data: Path, work: Path, args) -> dict:
         print(json.dumps(rows[-1]), flush=True)
     for p in [*preds.values(), fp32]:
         p.close()
-    for r in rows:
-        r["speedup"] = round(rows[0]["step_ms"] / r["step_ms"], 3)
-        r["abs_rel_change"] = round(r["abs_rel"] / rows[0]["abs_rel"] - 1, 4)
+    _against_first(rows)
     return {"rows": rows, "qat_steps": args.qat_steps, "calibration_frames": CALIBRATION_FRAMES,
             "kept_steps": {k: r["qat"]["kept_step"] for k, r in reports.items()},
             "validation_abs_rel": {k: r["qat"]["validation_abs_rel"] for k, r in reports.items()},
@@ -250,9 +241,7 @@ def _distilled(run: Path, work: Path, args) -> dict:
     itself on the run's unlabelled frames, against the student: ground truth of the run's held-out split
     (never seen by the student or the recovery), whole online step on ``auto``, interleaved."""
     from fastdpt.bench import environment, interleaved_ms
-    from fastdpt.compress.config import CompressConfig
     from fastdpt.compress.qat import CALIBRATION_FRAMES
-    from fastdpt.compress.run import AGREEMENT_FRAMES, QAT_FRAMES, _frames
     from fastdpt.data.kitti import read_split
     from fastdpt.evaluation import Protocol, evaluate
     from fastdpt.predict import Predictor
@@ -279,8 +268,7 @@ def _distilled(run: Path, work: Path, args) -> dict:
             preds[label + " + qat int8"] = Predictor(str(xml), backend="openvino")
             reports[label + " + qat int8"] = {**q, "after": {**q["after"], "file_bytes": xml.with_suffix(".bin").stat().st_size}}
             # post-training int8 of the same model on the same calibration frames as the QAT run's
-            seen = _frames(CompressConfig(checkpoint=r["path"], out="x", qat="int8", frames=tuple(cfg["frames"])),
-                           AGREEMENT_FRAMES + QAT_FRAMES)[:-AGREEMENT_FRAMES]
+            seen, _ = _qat_frames(r["path"], cfg["frames"])
             preds[label + " + ptq int8"] = Predictor(r["path"], options=int8, calibration=seen[:CALIBRATION_FRAMES])
             reports[label + " + ptq int8"] = r
     frame = np.random.default_rng(0).integers(0, 256, (375, 1242, 3), dtype=np.uint8)
@@ -305,13 +293,29 @@ def _distilled(run: Path, work: Path, args) -> dict:
     runtime = f"{next(iter(preds.values())).options.backend} {next(iter(preds.values())).options.precision}"
     for p in preds.values():
         p.close()
-    for r in rows:
-        r["speedup"] = round(rows[0]["step_ms"] / r["step_ms"], 3)
-        r["abs_rel_change"] = round(r["abs_rel"] / rows[0]["abs_rel"] - 1, 4)
+    _against_first(rows)
     return {"rows": rows, "run": str(run), "frames": cfg["frames"], "steps": args.distilled_steps,
             "lr": args.distilled_lr, "qat_steps": args.distilled_qat_steps, "calibration_frames": CALIBRATION_FRAMES,
             "test_frames": len(test), "runtime": runtime, "environment": environment(),
             "cpu_features": matrix_features(), "threads": args.threads, "command": " ".join(sys.argv)}
+
+
+def _qat_frames(checkpoint: str, sources) -> tuple[list, list]:
+    """The frames ``fastdpt compress --qat`` takes from ``sources``, split as it splits them: calibration and
+    fine-tuning from the first, the last held out for its agreement figure."""
+    from fastdpt.compress.config import CompressConfig
+    from fastdpt.compress.run import AGREEMENT_FRAMES, QAT_FRAMES, _frames
+
+    every = _frames(CompressConfig(checkpoint=checkpoint, out="x", qat="int8", frames=tuple(sources)),
+                    AGREEMENT_FRAMES + QAT_FRAMES)
+    return every[:-AGREEMENT_FRAMES], every[-AGREEMENT_FRAMES:]
+
+
+def _against_first(rows: list[dict]) -> None:
+    """Each row's speed-up and AbsRel change against the first row (the uncompressed model)."""
+    for r in rows:
+        r["speedup"] = round(rows[0]["step_ms"] / r["step_ms"], 3)
+        r["abs_rel_change"] = round(r["abs_rel"] / rows[0]["abs_rel"] - 1, 4)
 
 
 def _speed_and_accuracy(x: dict) -> str:
@@ -338,11 +342,12 @@ def _compress_cli_once(checkpoint: str, out: Path, threads: int, plan: dict, fra
     (a recovery takes tens of minutes: a rerun of the benchmark times and scores again without it)."""
     done = out / "report.json"
     if done.is_file():
-        c = json.loads(done.read_text())["config"]
+        report = json.loads(done.read_text())
+        c = report["config"]
         if c["checkpoint"] == str(checkpoint) and c["frames"] == list(frames) and all(
                 str(c[k]) == str(v) for k, v in plan.items()):
             print(f"reusing {out} (same checkpoint, plan and frames)", flush=True)
-            return json.loads(done.read_text())
+            return report
     shutil.rmtree(out, ignore_errors=True)
     return _compress_cli(checkpoint, out, threads, plan, frames)
 
