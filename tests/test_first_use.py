@@ -26,6 +26,17 @@ def test_the_command_line_starts_without_torch():
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "[]"
+    # nor does the model check that every model command makes first (a missing .xml took ~3 s to
+    # report: the check imported the exported-file runtime, and with it torch)
+    code = ("import sys; from fastdpt.cli.common import check_model\n"
+            "for m in ('missing.xml', 'missing.onnx', 'missing.safetensors', 'no-such-variant'):\n"
+            "    try: check_model(m)\n"
+            "    except Exception as e: print(type(e).__name__, str(e).split(':')[0])\n"
+            "print(sorted(m for m in ('torch', 'openvino', 'onnxruntime') if m in sys.modules))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == ["FastDPTError model file not found"] * 3 + ["ConfigError 'no-such-variant' is neither "
+                                     "a preset nor a variant name", "[]"], r.stdout
     # and what the lazy attributes name is still there, on first use
     r = subprocess.run([sys.executable, "-c", "import fastdpt; print(fastdpt.Predictor.__name__, "
                         "fastdpt.create_model.__name__); from fastdpt.training import train; print(train.__name__)"],

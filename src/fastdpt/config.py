@@ -36,6 +36,7 @@ MAX_INPUT_SIDE = 2048  # network input side; the official KITTI size is 352x1216
 MAX_FEATURES = 1024  # decoder width; DPT's is 256
 MAX_BLOCKS = 12
 CONFIG_KEY = "fastdpt.config"  # metadata key that stamps the canonical name on every artefact
+EXPORTED_SUFFIXES = (".onnx", ".xml")  # files exported by fastdpt: ONNX and OpenVINO IR
 FINGERPRINT_KEY = "fastdpt.fingerprint"  # the saved config's fingerprint: an edited name no longer matches it
 
 

@@ -106,11 +106,11 @@ def set_threads(threads: int | None) -> None:
 def check_model(model: str, weights=None) -> None:
     """A model argument that cannot work fails here, before inputs are read or anything is loaded:
     a checkpoint, ONNX or OpenVINO file that does not exist, or a name that is no preset or variant."""
+    from ..config import EXPORTED_SUFFIXES
     from ..presets import get_config
-    from ..runtime.exported import SUFFIXES
 
     path = Path(str(model))
-    if path.suffix in (".safetensors", ".pt", ".pth", *SUFFIXES):  # SUFFIXES: .onnx and OpenVINO's .xml
+    if path.suffix in (".safetensors", ".pt", ".pth", *EXPORTED_SUFFIXES):
         if not path.is_file():
             raise FastDPTError(f"model file not found: {path}")
     else:

@@ -9,13 +9,13 @@ from pathlib import Path
 
 import torch
 
-from ..config import ModelConfig
+from ..config import EXPORTED_SUFFIXES, ModelConfig
 from ..errors import ConfigError
 from .backends import Backend, OrtBackend, available_backends
 from .openvino import OpenVinoBackend, ir_config
 from .options import AUTO, RuntimeOptions
 
-SUFFIXES = (".onnx", ".xml")
+SUFFIXES = EXPORTED_SUFFIXES
 
 
 def is_exported(path: str | os.PathLike | None) -> bool:
