@@ -168,6 +168,48 @@ def test_a_pruned_model_exports_to_onnx_that_matches_it(tmp_path):
     assert err["max_rel"] < 1e-4, err
 
 
+def test_exported_pruned_and_int8_files_bench_with_their_own_counts_and_precision(tmp_path):
+    # `fastdpt bench` took only names and .safetensors: an exported file (a QAT int8 model ...) could not be
+    # timed. It runs as it is, its parameter and MAC counts those of the pruned network it holds.
+    pytest.importorskip("openvino")
+    pytest.importorskip("onnxruntime")
+    from fastdpt.bench import count_macs, count_params
+    from fastdpt.runtime.export import export_onnx
+    from fastdpt.runtime.openvino import ir_quantised, ir_structure, save_ir
+    from fastdpt.runtime.quantize import quantize_int8
+
+    model = _model()
+    prune(model, PruneSpec(heads=0.5, mlp=0.5, decoder=0.5), _x())
+    onnx_path, xml = export_onnx(model, tmp_path / "p.onnx"), save_ir(model, tmp_path / "p.xml")
+    assert ir_structure(xml) == ir_structure(onnx_path) == model.structure != {}
+    calib = [_x(s).numpy() for s in range(4)]
+    q = quantize_int8(onnx_path, tmp_path / "p-int8.onnx", calibration=calib)
+    assert ir_quantised(q) and not ir_quantised(onnx_path) and not ir_quantised(xml)
+    runner = CliRunner()
+    r = runner.invoke(app, ["bench", str(xml), str(onnx_path), str(q), "--input-size", "64x96", "--runs", "1",
+                            "--warmup", "0", "--threads", "1", "--json", str(tmp_path / "b.json")])
+    assert r.exit_code == 0, r.output
+    rows = json.loads((tmp_path / "b.json").read_text())["rows"]
+    want_params, want_macs = count_params(model), count_macs(EFF, (64, 96), structure=model.structure)
+    assert want_params < count_params(_model())
+    for row in rows:  # torch (the default for names) cannot run a file: the file's auto backend does
+        assert row["params"] == want_params and row["macs"] == want_macs and row["file_mb"] > 0, row
+        assert row["backend"] == "openvino" and row["canonical"] == EFF.name and row["latency_ms_median"] > 0
+    assert [row["precision"] for row in rows] == ["fp32", "fp32", "int8"]
+    r = runner.invoke(app, ["bench", str(xml), str(onnx_path), "--backend", "all", "--input-size", "64x96", "--runs",
+                            "1", "--warmup", "0", "--threads", "1", "--json", str(tmp_path / "all.json")])
+    assert r.exit_code == 0, r.output
+    seen = {(row["name"].rsplit(".", 1)[1], row["backend"], row["precision"])
+            for row in json.loads((tmp_path / "all.json").read_text())["rows"]}
+    assert {b for _, b, _ in seen} <= {"openvino", "onnxruntime"} and ("onnx", "onnxruntime", "fp32") in seen
+    assert ("xml", "openvino", "fp32") in seen and not any(p == "int8" for *_, p in seen)
+    # a float file asked for int8 would run in float under an int8 label: refused on one line
+    with pytest.raises(ConfigError, match="is a float model"):
+        fastdpt.Predictor(xml, backend="openvino", precision="int8")
+    r = runner.invoke(app, ["bench", str(tmp_path / "gone.xml"), "--runs", "1"])
+    assert r.exit_code == 2 and "model file not found" in r.output
+
+
 def test_clustering_leaves_at_most_k_values_a_tensor():
     model = _model()
     small = {k: v.clone() for k, v in model.state_dict().items()}

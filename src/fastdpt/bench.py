@@ -29,14 +29,14 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from .config import ModelConfig
+from .config import EXPORTED_SUFFIXES, ModelConfig
 from .errors import ConfigError
 from .io import atomic_write
 from .models import DPT
 from .models.structure import apply_structure
 from .predict import Predictor
 from .presets import get_config, resolve_names
-from .runtime import RuntimeOptions, matrix_features
+from .runtime import AUTO, RuntimeOptions, matrix_features
 from .transforms import network_size
 
 
@@ -204,9 +204,16 @@ def _bench(name: str, input_size, batch_size: int, options: RuntimeOptions, runs
     net = network_size(*input_size, cfg)
     dev = torch.device(options.device)
     rss_before = _reset_cpu_peak() if dev.type == "cpu" else None
-    model = (model or DPT(cfg)).eval().to(dev)
+    model = (model or DPT(cfg)).eval()
+    if source is None:  # an exported file runs its own weights; the model only gives the counts
+        model = model.to(dev)
     predictor = Predictor(str(source) if source else model, calibration=calibration, options=options)
     backend, precision = predictor.options.backend, predictor.options.precision  # auto resolved
+    if source is not None:
+        from .runtime.openvino import ir_quantised
+
+        if ir_quantised(source):  # the file's own int8 (the precision option is only a hint for the rest)
+            precision = "int8" if precision in ("fp32", "int8") else f"int8+{precision}"
     try:
         frame = np.random.default_rng(0).integers(0, 256, (*input_size, 3), dtype=np.uint8)
         predictor.predict(frame)  # builds lazily compiled / exported / captured graphs outside the timed runs
@@ -260,7 +267,8 @@ STAGES = ("decode", "preprocess", "network", "postprocess", "colour", "encode")
 
 
 def bench_stages(name: str, input_size: tuple[int, int] = (375, 1242), options: RuntimeOptions | None = None,
-                 runs: int = 10, warmup: int = 2, model: torch.nn.Module | None = None, **runtime) -> dict:
+                 runs: int = 10, warmup: int = 2, model: torch.nn.Module | None = None,
+                 source: str | os.PathLike | None = None, **runtime) -> dict:
     """The whole online step stage by stage on one frame (median ms of each): PNG decode, preprocess
     (resize + normalise), network, postprocess (resize back), colour map, PNG encode; ``share`` is each
     stage's part of the sum, so the cost around the network is visible."""
@@ -270,7 +278,7 @@ def bench_stages(name: str, input_size: tuple[int, int] = (375, 1242), options: 
     dev = torch.device(options.device)
     with torch_threads(options.threads):
         cfg = model.config if model is not None else get_config(name)
-        predictor = Predictor((model or DPT(cfg)).eval().to(dev), options=options)
+        predictor = Predictor(str(source) if source else (model or DPT(cfg)).eval().to(dev), options=options)
         try:
             rng = np.random.default_rng(0)
             frame = rng.integers(0, 256, (*input_size, 3), dtype=np.uint8)
@@ -321,12 +329,46 @@ def all_runtimes(device: str = "cpu") -> list[tuple[str, str]]:
     return sorted(out, key=lambda bp: (order[bp[0]], bp[1] != "fp32", bp[1]))
 
 
+def is_model_file(name: str | os.PathLike) -> bool:
+    """A checkpoint (.safetensors) or an exported file (.onnx, OpenVINO .xml) rather than a variant name."""
+    return str(name).endswith((".safetensors", *EXPORTED_SUFFIXES))
+
+
+def exported_model(path: str | os.PathLike) -> torch.nn.Module:
+    """The variant an exported file was made from, with the pruned shapes it records, on the meta device
+    (no memory): what the file's parameter and MAC counts are read from; the file's own weights run."""
+    from .runtime.openvino import ir_config, ir_structure
+
+    cfg, structure = ir_config(path), ir_structure(path)
+    with torch.device("meta"):
+        return apply_structure(DPT(cfg), structure, source=str(path))
+
+
+def file_options(path: str | os.PathLike, options: dict) -> dict:
+    """Runtime options for an exported file: torch (the default for variants) cannot run one, so the
+    file's ``auto`` choice (OpenVINO, or ONNX Runtime for .onnx without it) runs it instead."""
+    if str(path).endswith(EXPORTED_SUFFIXES) and options.get("backend", "torch") == "torch":
+        return {**options, "backend": AUTO}
+    return options
+
+
+def runs_file(name: str, backend: str, precision: str) -> bool:
+    """Whether ``bench --backend all`` times a name with this backend and precision: a variant or checkpoint
+    with every one; an exported file only with the backends that read it (OpenVINO; ONNX Runtime for
+    .onnx) in float precisions (int8 is the file's own, shown in its rows)."""
+    if not str(name).endswith(EXPORTED_SUFFIXES):
+        return True
+    readers = ("openvino",) if str(name).endswith(".xml") else ("openvino", "onnxruntime")
+    return backend in readers and precision in ("fp32", "bf16")
+
+
 def bench_many(names: Sequence[str], baseline: str | None = None, on_row: Callable[[int, int, BenchRow], None] | None = None,
                **options) -> list[BenchRow]:
     """Benchmark presets, canonical names, groups or globs in one run, the ``baseline`` first (also
-    when it is not in ``names``); each row's ``speedup`` is latency(baseline) / latency(row)."""
-    def is_file(name: str) -> bool:
-        return str(name).endswith(".safetensors")
+    when it is not in ``names``); each row's ``speedup`` is latency(baseline) / latency(row). A
+    ``.safetensors`` checkpoint runs its own weights; an exported ``.onnx`` / ``.xml`` file (an int8
+    model of ``fastdpt compress --qat`` ...) runs as it is, through OpenVINO or ONNX Runtime."""
+    is_file = is_model_file
 
     todo = [n for name in names for n in ([str(name)] if is_file(name) else resolve_names([name]))]
     if baseline and not is_file(baseline):
@@ -334,7 +376,11 @@ def bench_many(names: Sequence[str], baseline: str | None = None, on_row: Callab
     order = ([baseline] if baseline and baseline not in todo else []) + todo
     rows = []
     for i, name in enumerate(order, 1):
-        if is_file(name):  # a trained checkpoint (a distilled student ...): its own weights and variant
+        if str(name).endswith(EXPORTED_SUFFIXES):
+            if not os.path.isfile(name):
+                raise ConfigError(f"model file not found: {name}")
+            rows.append(bench_variant(name, model=exported_model(name), source=name, **file_options(name, options)))
+        elif is_file(name):  # a trained checkpoint (a distilled student ...): its own weights and variant
             from .api import load
 
             rows.append(bench_variant(name, model=load(name), **options))

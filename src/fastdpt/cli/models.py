@@ -8,7 +8,7 @@ from typing import Annotated, List, Optional
 import typer
 
 from ..errors import ConfigError, FastDPTError
-from .common import (DeviceOpt, PrecisionOpt, ThreadsOpt, WeightsOpt, console, one_line_errors, out,
+from .common import (DeviceOpt, PrecisionOpt, ThreadsOpt, WeightsOpt, check_model, console, one_line_errors, out,
                      parse_size, print_table)
 
 
@@ -46,7 +46,8 @@ def models(
 
 @one_line_errors
 def bench(
-    names: List[str] = typer.Argument(..., help="presets, canonical names, groups (e.g. study) or .safetensors checkpoints"),
+    names: List[str] = typer.Argument(..., help="presets, canonical names, groups (e.g. study), .safetensors checkpoints "
+                                      "or exported .onnx / OpenVINO .xml files (run as they are)"),
     input_size: str = typer.Option("352x1216", "--input-size", help="frame size HxW fed to the pipeline"),
     batch_size: int = typer.Option(1, "--batch-size"),
     threads: ThreadsOpt = None,
@@ -67,7 +68,7 @@ def bench(
     throughput and memory of variants; --baseline adds speed-ups measured in the same run; --backend all
     times every backend x precision side by side. `fastdpt bench attention` instead times one attention
     block against the number of tokens."""
-    from ..bench import all_runtimes, bench_many, write_bench_json
+    from ..bench import all_runtimes, bench_many, runs_file, write_bench_json
     from ..runtime import matrix_features
 
     if names == ["attention"]:
@@ -90,9 +91,11 @@ def bench(
                           f"{row.fps:.2f} FPS", highlight=False)
 
         for b, p in runtimes:
-            rows += bench_many(names, baseline, on_row=report, input_size=size, batch_size=batch_size, device=device,
-                               precision=p, runs=runs, warmup=warmup, threads=threads, backend=b,
-                               calibration=calibration, channels_last=channels_last, compile_mode=compile_mode)
+            todo = [n for n in names if backend != "all" or runs_file(n, b, p)]
+            if todo:
+                rows += bench_many(todo, baseline, on_row=report, input_size=size, batch_size=batch_size, device=device,
+                                   precision=p, runs=runs, warmup=warmup, threads=threads, backend=b,
+                                   calibration=calibration, channels_last=channels_last, compile_mode=compile_mode)
     if backend == "all":  # speed-up of each runtime over the first (torch fp32) for the same variant
         first = {}
         for r in rows:
@@ -119,16 +122,23 @@ def _bench_stages(names, size, device, backend, precision, threads, runs, warmup
     from ..bench import STAGES, bench_stages, environment
     from ..io import atomic_write
 
+    from ..config import EXPORTED_SUFFIXES
+
     results = []
     for name in names:
-        model = None
+        model, source, options = None, None, {"backend": backend, "precision": precision}
         if name.endswith(".safetensors"):
             from ..api import load
 
             model = load(name)
+        elif name.endswith(EXPORTED_SUFFIXES):
+            from ..bench import exported_model, file_options
+
+            check_model(name)
+            model, source, options = exported_model(name), name, file_options(name, options)
         with console.status(f"timing the stages of {name}"):
-            results.append(bench_stages(name, size, runs=runs, warmup=warmup, model=model, backend=backend,
-                                        precision=precision, device=device, threads=threads))
+            results.append(bench_stages(name, size, runs=runs, warmup=warmup, model=model, source=source,
+                                        device=device, threads=threads, **options))
     headers = ["variant", "backend", *STAGES, "total ms"]
     cells = [[r["name"], f"{r['backend']} {r['precision']}",
               *(f"{r['stages'][k]['ms']:.1f} ({r['stages'][k]['share']:.0%})" for k in STAGES), f"{r['total_ms']:.1f}"]

@@ -45,7 +45,7 @@ def qat_int8(model: torch.nn.Module, frames: list[np.ndarray], path: str | os.Pa
     """Fine-tune a fake-quantised copy of ``model`` on ``frames`` and write it as an int8 OpenVINO model
     at ``path`` (.xml). Returns what was done (calibration frames, steps, first and last loss)."""
     from ..losses import make_loss
-    from ..runtime.openvino import RT_INFO
+    from ..runtime.openvino import stamp
     from ..transforms import Transforms
 
     nncf, ov = _libraries()
@@ -106,7 +106,7 @@ def qat_int8(model: torch.nn.Module, frames: list[np.ndarray], path: str | os.Pa
     q.eval()
     om = _convert(ov, q, xs[0])
     _store_int8_weights(om)
-    om.set_rt_info(cfg.name, RT_INFO)
+    stamp(om, model)  # the canonical name and the pruned structure
     path.parent.mkdir(parents=True, exist_ok=True)
     ov.save_model(om, str(path), compress_to_fp16=False)
     return {"calibration_frames": len(calib), "frames": len(xs), "validation_frames": n_val, "steps": steps, "lr": lr,

@@ -12,7 +12,7 @@ import torch
 from ..config import EXPORTED_SUFFIXES, ModelConfig
 from ..errors import ConfigError
 from .backends import Backend, OrtBackend, available_backends
-from .openvino import OpenVinoBackend, ir_config
+from .openvino import OpenVinoBackend, ir_config, ir_quantised
 from .options import AUTO, RuntimeOptions
 
 SUFFIXES = EXPORTED_SUFFIXES
@@ -34,6 +34,10 @@ def exported_options(path: str | os.PathLike, options: RuntimeOptions) -> Runtim
         options = replace(options, precision="fp32")
     if options.backend not in ("onnxruntime", "openvino") or (path.endswith(".xml") and options.backend != "openvino"):
         raise ConfigError(f"{Path(path).name} runs with backend 'openvino'" + ("" if path.endswith(".xml") else " or 'onnxruntime'"))
+    if options.precision == "int8" and not ir_quantised(path):  # it would run in float under an int8 label
+        raise ConfigError(f"{Path(path).name} is a float model: it runs as exported (--precision fp32"
+                          + (" or bf16" if options.backend == "openvino" else "") + "); for int8 run the checkpoint with "
+                          "--precision int8, or export an int8 file (fastdpt export --int8, fastdpt compress --qat)")
     return options
 
 

@@ -20,9 +20,11 @@ import torch
 
 from ..config import CONFIG_KEY, ModelConfig
 from ..errors import ConfigError, ExportError
+from ..models.structure import STRUCTURE_KEY, parse_structure
 from .backends import Backend, Calibration, register
 
 RT_INFO = ["fastdpt", CONFIG_KEY.replace(".", "_")]  # where the canonical name travels in an IR file
+STRUCTURE_RT_INFO = ["fastdpt", STRUCTURE_KEY.replace(".", "_")]  # and a pruned model's shapes (JSON)
 
 
 def _ov():
@@ -64,8 +66,17 @@ def convert(model: torch.nn.Module, size: tuple[int, int]):
     with tempfile.TemporaryDirectory(prefix="fastdpt-ov-") as tmp:
         path = export_onnx(model.float().eval(), Path(tmp) / "model.onnx", tuple(size))
         om = core().read_model(str(path))
-        om.set_rt_info(model.config.name, RT_INFO)
+        stamp(om, model)
         return ov.clone_model(om) if hasattr(ov, "clone_model") else om
+
+
+def stamp(om, model: torch.nn.Module) -> None:
+    """Write the canonical name, and a pruned model's structure, into an OpenVINO model's rt_info."""
+    import json
+
+    om.set_rt_info(model.config.name, RT_INFO)
+    if structure := getattr(model, "structure", None):
+        om.set_rt_info(json.dumps(structure, sort_keys=True, separators=(",", ":")), STRUCTURE_RT_INFO)
 
 
 def ir_config(path: str | os.PathLike) -> ModelConfig:
@@ -83,6 +94,35 @@ def ir_config(path: str | os.PathLike) -> ModelConfig:
     except RuntimeError as e:
         raise ExportError(f"{path} is not an OpenVINO model exported by fastdpt ({str(e).splitlines()[0][:120]})") from None
     return ModelConfig.from_name(name)
+
+
+def ir_structure(path: str | os.PathLike) -> dict:
+    """The pruned structure an exported file (``.xml`` or ``.onnx``) records; ``{}`` for an unpruned one."""
+    path = Path(path)
+    if path.suffix == ".onnx":
+        from .export import onnx_metadata
+
+        text = onnx_metadata(path).get(STRUCTURE_KEY)
+    else:
+        om = core().read_model(str(path))
+        text = om.get_rt_info(STRUCTURE_RT_INFO).astype(str) if om.has_rt_info(STRUCTURE_RT_INFO) else None
+    return parse_structure(text, source=str(path))
+
+
+QUANTISED_ONNX_OPS = {"QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul", "MatMulInteger", "ConvInteger"}
+
+
+def ir_quantised(path: str | os.PathLike) -> bool:
+    """Whether an exported file (``.xml`` or ``.onnx``) is already int8: quantise / fake-quantise nodes or
+    8-bit weights (NNCF's and ONNX Runtime's int8 models, ``fastdpt compress --qat``)."""
+    path = Path(path)
+    if path.suffix == ".onnx":
+        import onnx
+
+        return any(n.op_type in QUANTISED_ONNX_OPS for n in onnx.load(str(path), load_external_data=False).graph.node)
+    return any(op.get_type_name() in ("FakeQuantize", "FakeConvert") or
+               (op.get_type_name() == "Constant" and op.get_element_type().get_type_name() in ("i8", "u8", "i4", "u4"))
+               for op in core().read_model(str(path)).get_ops())
 
 
 def save_ir(model: torch.nn.Module, path: str | os.PathLike, size: tuple[int, int] | None = None) -> Path:
