@@ -1,0 +1,130 @@
+"""Where the fast preset's ``fastdpt video`` time goes on this CPU, and what bounds its FPS.
+
+    python benchmarks/video_pipeline.py --threads 2 --out benchmarks/results/video-pipeline.json
+
+One predictor (``auto``, as ``fastdpt video`` runs it; random weights, the speed does not depend on
+them) and one synthetic 60-frame 375x1242 clip. Timed, in turn: ``predict()`` alone over the decoded
+frames; the stream pipeline with no output; with the side-by-side H.264 video that ``fastdpt video``
+writes; with the depth alone; with OpenCV's mp4v; and the throughput mode (``--batch 2``). Then
+OpenVINO's own per-layer counters (``PERF_COUNT``) for the network at the resolved precision, summed
+by kernel kind, with the arithmetic rate of the largest matrix products: if they already run near
+what the cores can do, only a smaller network or int8 makes the video faster, not the pipeline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+VARIANT = "fast-effb0-f64-192x640"
+
+
+def layer_profile(model, precision: str, threads: int, runs: int = 10) -> dict:
+    """OpenVINO's per-layer times of the network, summed by (layer type, kernel)."""
+    from fastdpt.runtime.openvino import convert, core
+
+    om = convert(model, model.config.input_size)
+    hint = "bf16" if precision == "bf16" else "f32"
+    compiled = core().compile_model(om, "CPU", {"INFERENCE_PRECISION_HINT": hint, "PERFORMANCE_HINT": "LATENCY",
+                                                "INFERENCE_NUM_THREADS": threads, "PERF_COUNT": True})
+    request = compiled.create_infer_request()
+    x = np.random.default_rng(0).random((1, 3, *model.config.input_size), dtype=np.float32)
+    for _ in range(3):
+        request.infer({0: x})
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        request.infer({0: x})
+        times.append((time.perf_counter() - t0) * 1000)
+    kinds: collections.Counter = collections.Counter()
+    layers = []
+    for p in request.profiling_info:
+        us = p.real_time.total_seconds() * 1e6
+        kinds[f"{p.node_type} {p.exec_type}"] += us
+        layers.append((us, p.node_name))
+    total = sum(kinds.values())
+    return {"network_ms": round(float(np.median(times)), 2), "precision_hint": hint,
+            "by_kind": [{"kind": k, "ms": round(v / 1000, 2), "share": round(v / total, 3)}
+                        for k, v in kinds.most_common(8)],
+            "largest": [{"layer": n, "ms": round(us / 1000, 2)} for us, n in sorted(layers, reverse=True)[:6]]}
+
+
+def mlp_rate(model, ms: float) -> float:
+    """GFLOP/s of one transformer MLP projection (tokens x width x 4*width) that took ``ms``."""
+    from fastdpt.transforms import network_size
+
+    h, w = network_size(*model.config.input_size, model.config)
+    tokens = (h // 16) * (w // 16)
+    width = model.encoder.blocks[0].mlp.fc1.in_features
+    hidden = model.encoder.blocks[0].mlp.fc1.out_features
+    return 2 * tokens * width * hidden / (ms / 1000) / 1e9
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--frames", type=int, default=60)
+    ap.add_argument("--out", default="benchmarks/results/video-pipeline.json")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+
+    import fastdpt
+    from fastdpt.bench import environment
+    from fastdpt.predict import Predictor
+    from fastdpt.runtime import matrix_features
+    from fastdpt.stream import VideoSink, VideoSource, run_stream
+    from online import make_clip
+
+    model = fastdpt.create_model(VARIANT).eval()
+    pred = Predictor(model, backend="auto", precision="auto", threads=args.threads)
+    print(pred.choice.line() if pred.choice else "", flush=True)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        clip = make_clip(Path(tmp) / "clip.mp4", frames=args.frames)
+        frames = list(VideoSource(str(clip)))
+        pred.predict(frames[0])
+        t0 = time.perf_counter()
+        for f in frames:
+            pred.predict(f)
+        alone = (time.perf_counter() - t0) / len(frames)
+        rows.append({"pipeline": "predict() alone, no threads", "fps": round(1 / alone, 2), "ms": round(alone * 1000, 1)})
+        print(json.dumps(rows[-1]), flush=True)
+        cases = [("stream, no output", None, 1), ("stream + side-by-side H.264 (fastdpt video)", {}, 1),
+                 ("stream + depth-only H.264 (--pred-only)", {"side_by_side": False}, 1),
+                 ("stream + side-by-side mp4v (--codec mp4v)", {"codec": "mp4v"}, 1),
+                 ("stream + side-by-side H.264, --batch 2", {}, 2)]
+        for i, (label, sink, batch) in enumerate(cases):
+            out = VideoSink(Path(tmp) / f"out{i}.mp4", 10.0, **sink) if sink is not None else None
+            stats = run_stream(VideoSource(str(clip)), pred, out, flicker=False, batch_size=batch)
+            rows.append({"pipeline": label, "fps": round(stats.summary()["effective_fps"], 2),
+                         "median_latency_ms": round(float(np.median(stats.latencies_ms)), 1)})
+            print(json.dumps(rows[-1]), flush=True)
+    pred.close()
+    profile = None
+    if pred.options.backend == "openvino":
+        profile = layer_profile(model, pred.options.precision, args.threads)
+        fc1 = [r["ms"] for r in profile["largest"] if r["layer"].endswith("mlp/fc1/Add")]
+        if fc1:
+            profile["mlp_fc1_gflops"] = round(mlp_rate(model, fc1[0]), 1)
+        print(json.dumps(profile, indent=1), flush=True)
+    result = {"environment": environment(), "cpu_features": matrix_features(), "threads": args.threads,
+              "variant": VARIANT, "runtime": f"{pred.options.backend} {pred.options.precision}",
+              "frame": "375x1242", "frames": args.frames, "rows": rows, "network_profile": profile,
+              "command": " ".join(sys.argv)}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()
