@@ -2,8 +2,8 @@
 
     python benchmarks/video_pipeline.py --threads 2 --out benchmarks/results/video-pipeline.json
 
-One predictor (``auto``, as ``fastdpt video`` runs it; random weights, the speed does not depend on
-them) and one synthetic 60-frame 375x1242 clip. Timed, in turn: ``predict()`` alone over the decoded
+One predictor of the fast preset or ``--variant`` (``auto``, as ``fastdpt video`` runs it; random
+weights, the speed does not depend on them) and one synthetic 60-frame 375x1242 clip. Timed, in turn: ``predict()`` alone over the decoded
 frames; the stream pipeline with no output; with the side-by-side H.264 video that ``fastdpt video``
 writes; with the depth alone; with OpenCV's mp4v; and the throughput mode (``--batch 2``). Then
 OpenVINO's own per-layer counters (``PERF_COUNT``) for the network at the resolved precision, summed
@@ -74,6 +74,7 @@ def mlp_rate(model, ms: float) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--variant", default=VARIANT, help="a preset or canonical name (random weights)")
     ap.add_argument("--frames", type=int, default=60)
     ap.add_argument("--out", default="benchmarks/results/video-pipeline.json")
     args = ap.parse_args()
@@ -86,7 +87,7 @@ def main() -> None:
     from fastdpt.stream import VideoSink, VideoSource, run_stream
     from online import make_clip
 
-    model = fastdpt.create_model(VARIANT).eval()
+    model = fastdpt.create_model(args.variant).eval()
     pred = Predictor(model, backend="auto", precision="auto", threads=args.threads)
     print(pred.choice.line() if pred.choice else "", flush=True)
     rows = []
@@ -119,7 +120,7 @@ def main() -> None:
             profile["mlp_fc1_gflops"] = round(mlp_rate(model, fc1[0]), 1)
         print(json.dumps(profile, indent=1), flush=True)
     result = {"environment": environment(), "cpu_features": matrix_features(), "threads": args.threads,
-              "variant": VARIANT, "runtime": f"{pred.options.backend} {pred.options.precision}",
+              "variant": args.variant, "runtime": f"{pred.options.backend} {pred.options.precision}",
               "frame": "375x1242", "frames": args.frames, "rows": rows, "network_profile": profile,
               "command": " ".join(sys.argv)}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
