@@ -7,7 +7,6 @@ Untrusted files are never unpickled: ``.pt``/``.pth``/``.bin`` go through
 
 from __future__ import annotations
 
-import json
 import os
 import pickle
 import re
@@ -26,7 +25,7 @@ from torch import nn
 from .config import CONFIG_KEY, FINGERPRINT_KEY, ModelConfig, fingerprint
 from .io import atomic_write
 from .errors import WeightsError, WeightsNotFoundError
-from .models.structure import STRUCTURE_KEY, parse_structure, structure_of
+from .models.structure import STRUCTURE_KEY, dump_structure, parse_structure, structure_of
 
 StateDict = dict[str, torch.Tensor]
 
@@ -318,7 +317,7 @@ def save_checkpoint(model: nn.Module, path: str | os.PathLike, metadata: Mapping
     meta.update({CONFIG_KEY: model.config.name, FINGERPRINT_KEY: fingerprint(model.config.name), "format": "pt"})
     meta.pop(STRUCTURE_KEY, None)
     if structure := structure_of(model):  # a pruned model: its shapes beside its name
-        meta[STRUCTURE_KEY] = json.dumps(structure, sort_keys=True, separators=(",", ":"))
+        meta[STRUCTURE_KEY] = dump_structure(structure)
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     return atomic_write(path, lambda p: save_file(tensors, str(p), metadata=meta))
 

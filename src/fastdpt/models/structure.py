@@ -55,6 +55,12 @@ def structure_of(model: nn.Module) -> dict:
     return {"heads": heads, "layers": layers} if heads or layers else {}
 
 
+def dump_structure(structure: dict) -> str:
+    """The structure as the compact JSON text stored in metadata (checkpoints, ONNX, OpenVINO IR);
+    :func:`parse_structure` reads it back."""
+    return json.dumps(structure, sort_keys=True, separators=(",", ":"))
+
+
 def parse_structure(text: str | None, source: str = "checkpoint") -> dict:
     """The structure stored as JSON text (metadata); ``{}`` when there is none. Malformed text is one
     :class:`WeightsError`."""

@@ -3,7 +3,6 @@ export against PyTorch."""
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -12,7 +11,7 @@ import torch
 
 from ..config import CONFIG_KEY, ModelConfig
 from ..errors import ExportError, WeightsError
-from ..models.structure import STRUCTURE_KEY
+from ..models.structure import STRUCTURE_KEY, dump_structure
 
 INPUT_SIZE_KEY = "fastdpt.input_size"
 
@@ -39,7 +38,7 @@ def export_onnx(model: torch.nn.Module, path: str | os.PathLike, size: tuple[int
         proto = onnx.load(str(tmp))
         meta = {CONFIG_KEY: cfg.name, INPUT_SIZE_KEY: f"{size[0]}x{size[1]}"}
         if structure := getattr(model, "structure", None):  # a pruned model: its shapes, for the record
-            meta[STRUCTURE_KEY] = json.dumps(structure, sort_keys=True, separators=(",", ":"))
+            meta[STRUCTURE_KEY] = dump_structure(structure)
         for key, value in meta.items():
             entry = proto.metadata_props.add()
             entry.key, entry.value = key, value

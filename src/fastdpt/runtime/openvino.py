@@ -20,7 +20,7 @@ import torch
 
 from ..config import CONFIG_KEY, ModelConfig
 from ..errors import ConfigError, ExportError
-from ..models.structure import STRUCTURE_KEY, parse_structure
+from ..models.structure import STRUCTURE_KEY, dump_structure, parse_structure
 from .backends import Backend, Calibration, register
 
 RT_INFO = ["fastdpt", CONFIG_KEY.replace(".", "_")]  # where the canonical name travels in an IR file
@@ -72,11 +72,9 @@ def convert(model: torch.nn.Module, size: tuple[int, int]):
 
 def stamp(om, model: torch.nn.Module) -> None:
     """Write the canonical name, and a pruned model's structure, into an OpenVINO model's rt_info."""
-    import json
-
     om.set_rt_info(model.config.name, RT_INFO)
     if structure := getattr(model, "structure", None):
-        om.set_rt_info(json.dumps(structure, sort_keys=True, separators=(",", ":")), STRUCTURE_RT_INFO)
+        om.set_rt_info(dump_structure(structure), STRUCTURE_RT_INFO)
 
 
 def ir_config(path: str | os.PathLike) -> ModelConfig:
