@@ -37,6 +37,7 @@ from .models.structure import apply_structure
 from .predict import Predictor
 from .presets import get_config, resolve_names
 from .runtime import AUTO, RuntimeOptions, matrix_features
+from .runtime.exported import is_exported, readers
 from .transforms import network_size
 
 
@@ -347,7 +348,7 @@ def exported_model(path: str | os.PathLike) -> torch.nn.Module:
 def file_options(path: str | os.PathLike, options: dict) -> dict:
     """Runtime options for an exported file: torch (the default for variants) cannot run one, so the
     file's ``auto`` choice (OpenVINO, or ONNX Runtime for .onnx without it) runs it instead."""
-    if str(path).endswith(EXPORTED_SUFFIXES) and options.get("backend", "torch") == "torch":
+    if is_exported(path) and options.get("backend", "torch") == "torch":
         return {**options, "backend": AUTO}
     return options
 
@@ -356,10 +357,7 @@ def runs_file(name: str, backend: str, precision: str) -> bool:
     """Whether ``bench --backend all`` times a name with this backend and precision: a variant or checkpoint
     with every one; an exported file only with the backends that read it (OpenVINO; ONNX Runtime for
     .onnx) in float precisions (int8 is the file's own, shown in its rows)."""
-    if not str(name).endswith(EXPORTED_SUFFIXES):
-        return True
-    readers = ("openvino",) if str(name).endswith(".xml") else ("openvino", "onnxruntime")
-    return backend in readers and precision in ("fp32", "bf16")
+    return not is_exported(name) or (backend in readers(name) and precision in ("fp32", "bf16"))
 
 
 def bench_many(names: Sequence[str], baseline: str | None = None, on_row: Callable[[int, int, BenchRow], None] | None = None,
@@ -368,19 +366,17 @@ def bench_many(names: Sequence[str], baseline: str | None = None, on_row: Callab
     when it is not in ``names``); each row's ``speedup`` is latency(baseline) / latency(row). A
     ``.safetensors`` checkpoint runs its own weights; an exported ``.onnx`` / ``.xml`` file (an int8
     model of ``fastdpt compress --qat`` ...) runs as it is, through OpenVINO or ONNX Runtime."""
-    is_file = is_model_file
-
-    todo = [n for name in names for n in ([str(name)] if is_file(name) else resolve_names([name]))]
-    if baseline and not is_file(baseline):
+    todo = [n for name in names for n in ([str(name)] if is_model_file(name) else resolve_names([name]))]
+    if baseline and not is_model_file(baseline):
         resolve_names([baseline])
     order = ([baseline] if baseline and baseline not in todo else []) + todo
     rows = []
     for i, name in enumerate(order, 1):
-        if str(name).endswith(EXPORTED_SUFFIXES):
+        if is_exported(name):
             if not os.path.isfile(name):
                 raise ConfigError(f"model file not found: {name}")
             rows.append(bench_variant(name, model=exported_model(name), source=name, **file_options(name, options)))
-        elif is_file(name):  # a trained checkpoint (a distilled student ...): its own weights and variant
+        elif is_model_file(name):  # a trained checkpoint (a distilled student ...): its own weights and variant
             from .api import load
 
             rows.append(bench_variant(name, model=load(name), **options))

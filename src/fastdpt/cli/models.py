@@ -121,8 +121,7 @@ def _bench_stages(names, size, device, backend, precision, threads, runs, warmup
 
     from ..bench import STAGES, bench_stages, environment
     from ..io import atomic_write
-
-    from ..config import EXPORTED_SUFFIXES
+    from ..runtime.exported import is_exported
 
     results = []
     for name in names:
@@ -131,7 +130,7 @@ def _bench_stages(names, size, device, backend, precision, threads, runs, warmup
             from ..api import load
 
             model = load(name)
-        elif name.endswith(EXPORTED_SUFFIXES):
+        elif is_exported(name):
             from ..bench import exported_model, file_options
 
             check_model(name)

@@ -22,6 +22,11 @@ def is_exported(path: str | os.PathLike | None) -> bool:
     return path is not None and str(path).endswith(SUFFIXES)
 
 
+def readers(path: str | os.PathLike) -> tuple[str, ...]:
+    """The backends that read an exported file: OpenVINO reads both kinds, ONNX Runtime only ``.onnx``."""
+    return ("openvino",) if str(path).endswith(".xml") else ("openvino", "onnxruntime")
+
+
 def exported_options(path: str | os.PathLike, options: RuntimeOptions) -> RuntimeOptions:
     """``auto`` for an exported file: OpenVINO where it is installed (always for ``.xml``), else ONNX
     Runtime; the precision the file was exported in (fp32; an int8 file is already quantised). A
@@ -32,8 +37,8 @@ def exported_options(path: str | os.PathLike, options: RuntimeOptions) -> Runtim
         options = replace(options, backend="openvino" if "openvino" in have or path.endswith(".xml") else "onnxruntime")
     if options.precision == AUTO:
         options = replace(options, precision="fp32")
-    if options.backend not in ("onnxruntime", "openvino") or (path.endswith(".xml") and options.backend != "openvino"):
-        raise ConfigError(f"{Path(path).name} runs with backend 'openvino'" + ("" if path.endswith(".xml") else " or 'onnxruntime'"))
+    if options.backend not in readers(path):
+        raise ConfigError(f"{Path(path).name} runs with backend " + " or ".join(f"'{b}'" for b in readers(path)))
     if options.precision == "int8" and not ir_quantised(path):  # it would run in float under an int8 label
         raise ConfigError(f"{Path(path).name} is a float model: it runs as exported (--precision fp32"
                           + (" or bf16" if options.backend == "openvino" else "") + "); for int8 run the checkpoint with "
