@@ -5,10 +5,12 @@
 One predictor of the fast preset or ``--variant`` (``auto``, as ``fastdpt video`` runs it; random
 weights, the speed does not depend on them) and one synthetic 60-frame 375x1242 clip. Timed, in turn: ``predict()`` alone over the decoded
 frames; the stream pipeline with no output; with the side-by-side H.264 video that ``fastdpt video``
-writes; with the depth alone; with OpenCV's mp4v; and the throughput mode (``--batch 2``). Then
+writes; with the depth alone; with OpenCV's mp4v; the throughput mode (``--batch 2``); and with the colour
+map computed in torch as on a GPU (what a CPU predictor did before it used NumPy's). Then
 OpenVINO's own per-layer counters (``PERF_COUNT``) for the network at the resolved precision, summed
 by kernel kind, with the arithmetic rate of the largest matrix products: if they already run near
-what the cores can do, only a smaller network or int8 makes the video faster, not the pipeline.
+what the cores can do, only a smaller network or int8 makes the video faster, not the pipeline. Last,
+the network alone in OpenVINO's latency and throughput modes: the ceiling of any pipeline around it.
 """
 
 from __future__ import annotations
@@ -60,6 +62,33 @@ def layer_profile(model, precision: str, threads: int, runs: int = 10) -> dict:
             "largest": [{"layer": n, "ms": round(us / 1000, 2)} for us, n in sorted(layers, reverse=True)[:6]]}
 
 
+def network_ceiling(model, precision: str, threads: int, frames: int = 60) -> dict:
+    """Frames a second of the network alone, nothing else running: OpenVINO's latency mode (one request
+    on ``threads`` threads, what fastdpt runs) and its throughput mode (``threads`` streams of one thread,
+    requests in flight together). No pipeline around it can beat the higher of the two."""
+    import openvino as ov
+
+    from fastdpt.runtime.openvino import convert, core
+
+    om = convert(model, model.config.input_size)
+    hint = "bf16" if precision == "bf16" else "f32"
+    x = np.random.default_rng(0).random((1, 3, *model.config.input_size), dtype=np.float32)
+    out = {}
+    for mode, extra in (("latency", {}), ("throughput", {"NUM_STREAMS": threads})):
+        compiled = core().compile_model(om, "CPU", {"INFERENCE_PRECISION_HINT": hint, "PERFORMANCE_HINT": mode.upper(),
+                                                    "INFERENCE_NUM_THREADS": threads, **extra})
+        q = ov.AsyncInferQueue(compiled, int(compiled.get_property("NUM_STREAMS")))
+        for _ in range(5):
+            q.start_async({0: x})
+        q.wait_all()
+        t0 = time.perf_counter()
+        for _ in range(frames):
+            q.start_async({0: x})
+        q.wait_all()
+        out[f"{mode}_fps"] = round(frames / (time.perf_counter() - t0), 1)
+    return out
+
+
 def mlp_rate(model, ms: float) -> float:
     """GFLOP/s of one transformer MLP projection (tokens x width x 4*width) that took ``ms``."""
     from fastdpt.transforms import network_size
@@ -85,6 +114,7 @@ def main() -> None:
     from fastdpt.predict import Predictor
     from fastdpt.runtime import matrix_features
     from fastdpt.stream import VideoSink, VideoSource, run_stream
+    from fastdpt.viz import DeviceColorizer
     from online import make_clip
 
     model = fastdpt.create_model(args.variant).eval()
@@ -104,9 +134,13 @@ def main() -> None:
         cases = [("stream, no output", None, 1), ("stream + side-by-side H.264 (fastdpt video)", {}, 1),
                  ("stream + depth-only H.264 (--pred-only)", {"side_by_side": False}, 1),
                  ("stream + side-by-side mp4v (--codec mp4v)", {"codec": "mp4v"}, 1),
-                 ("stream + side-by-side H.264, --batch 2", {}, 2)]
+                 ("stream + side-by-side H.264, --batch 2", {}, 2),
+                 ("stream + side-by-side H.264, colour map in torch (the GPU's path; the CPU's before 2026-12-02)",
+                  {}, 1)]
         for i, (label, sink, batch) in enumerate(cases):
             out = VideoSink(Path(tmp) / f"out{i}.mp4", 10.0, **sink) if sink is not None else None
+            if "colour map in torch" in label:  # the same colours, computed as on a GPU
+                pred.colorizer = lambda cmap="Spectral_r": DeviceColorizer(cmap)
             stats = run_stream(VideoSource(str(clip)), pred, out, flicker=False, batch_size=batch)
             rows.append({"pipeline": label, "fps": round(stats.summary()["effective_fps"], 2),
                          "median_latency_ms": round(float(np.median(stats.latencies_ms)), 1)})
@@ -118,6 +152,7 @@ def main() -> None:
         fc1 = [r["ms"] for r in profile["largest"] if r["layer"].endswith("mlp/fc1/Add")]
         if fc1:
             profile["mlp_fc1_gflops"] = round(mlp_rate(model, fc1[0]), 1)
+        profile["network_alone"] = network_ceiling(model, pred.options.precision, args.threads)
         print(json.dumps(profile, indent=1), flush=True)
     result = {"environment": environment(), "cpu_features": matrix_features(), "threads": args.threads,
               "variant": args.variant, "runtime": f"{pred.options.backend} {pred.options.precision}",

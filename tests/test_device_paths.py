@@ -13,18 +13,26 @@ from fastdpt.errors import ConfigError
 from fastdpt.predict import Predictor
 from fastdpt.runtime import cast_for_inference
 from fastdpt.stream import ImageSequence, VideoSink, h264_available, run_stream
-from fastdpt.viz import CMAPS, DeviceColorizer, colorize
+from fastdpt.viz import CMAPS, DeviceColorizer, HostColorizer, colorize, index_scale, lookup_table, normalized
 
 
 def test_device_colour_maps_equal_the_numpy_ones():
+    """The torch path (a GPU's) equals the NumPy one, run here on the CPU; so does what a CPU predictor
+    colours with (the host path, faster there), for a batch and for one frame."""
     rng = np.random.default_rng(0)
     d = rng.uniform(0.5, 80, (3, 40, 60)).astype(np.float32)
     d[0, 0, 0], d[1, 1, 1], d[2] = np.inf, np.nan, 7.0  # a non-finite value, a hole, a flat frame
     for cmap in CMAPS:
         for kind in ("metric", "relative"):
             got = DeviceColorizer(cmap)(torch.from_numpy(d), kind).numpy()
+            host = HostColorizer(cmap)(torch.from_numpy(d), kind).numpy()
             for b in range(3):
                 np.testing.assert_array_equal(got[b], colorize(d[b], kind, cmap), err_msg=f"{cmap} {kind} {b}")
+                np.testing.assert_array_equal(host[b], got[b], err_msg=f"host {cmap} {kind} {b}")
+            np.testing.assert_array_equal(HostColorizer(cmap)(d[1], kind).numpy(), got[1])
+            lut = lookup_table(cmap)
+            norm = np.nan_to_num(np.clip(normalized(d[0], kind) * index_scale(cmap), 0, 255))
+            np.testing.assert_array_equal(colorize(d[0], kind, cmap), lut[norm.astype(np.uint8)])  # the table rule
             f64 = DeviceColorizer(cmap, dtype=torch.float64)(torch.from_numpy(d), kind).numpy()
             lut = DeviceColorizer(cmap).lut.numpy().astype(int)
             steps = np.abs(lut[1:] - lut[:-1]).max()  # float64 may take the neighbouring entry

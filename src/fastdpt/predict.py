@@ -125,10 +125,12 @@ class Predictor:
         return results
 
     def colorizer(self, cmap: str = "Spectral_r"):
-        """Colour maps on the predictor's device (see :class:`fastdpt.viz.DeviceColorizer`)."""
-        from .viz import DeviceColorizer
+        """Colour maps where the depth is: on the predictor's GPU (:class:`fastdpt.viz.DeviceColorizer`:
+        only the uint8 image comes back), with NumPy on a CPU (:class:`~fastdpt.viz.HostColorizer`: the
+        same colours, 3x faster there)."""
+        from .viz import DeviceColorizer, HostColorizer
 
-        return DeviceColorizer(cmap, self.device)
+        return HostColorizer(cmap) if self.device.type == "cpu" else DeviceColorizer(cmap, self.device)
 
     def stream(self, stabilize: str = "flow", **options) -> "DepthStream":
         """A stateful, causal stream over this predictor: frames in order, each stabilised against
