@@ -146,7 +146,35 @@ def test_ctrl_c_still_works_after_openvino_predictors_closed_in_the_order_they_w
     assert r.returncode == 0 and r.stdout.strip().endswith("interrupted"), (r.returncode, r.stderr[-2000:])
 
 
-def _compile_config(backend, om) -> dict:
+def test_openvino_batches_run_as_requests_in_flight_together_with_the_same_depth():
+    """A batch (stream --batch, predict_many) runs its frames as requests of a throughput-mode model
+    (one stream a thread), compiled once, on the first batch; a single frame keeps the latency-mode
+    request. The depth is the same either way."""
+    if REGISTRY["openvino"].missing("cpu"):
+        pytest.skip("OpenVINO not installed")
+    model = fastdpt.create_model(TINY_EFF).eval()
+    pred = fastdpt.Predictor(model, backend="openvino", threads=2)
+    compiled = []
+    real = pred.backend._compile
+    pred.backend._compile = lambda om, throughput=False: compiled.append(throughput) or real(om, throughput)
+    rng = np.random.default_rng(0)
+    frames = [rng.integers(0, 256, (48, 64, 3), dtype=np.uint8) for _ in range(3)]
+    try:
+        one = np.stack([pred.predict(f).depth for f in frames])
+        assert compiled == [False]
+        many = pred.predict_batch(frames).numpy()
+        again = pred.predict_batch(frames[::-1]).numpy()
+        assert compiled == [False, True]  # the throughput model, once
+        np.testing.assert_allclose(many, one, rtol=1e-5)
+        np.testing.assert_allclose(again, one[::-1], rtol=1e-5)  # each frame's depth in its own place
+        config = _compile_config(pred.backend, None, throughput=True)
+        assert config["PERFORMANCE_HINT"] == "THROUGHPUT" and config["NUM_STREAMS"] == 2
+        assert config["INFERENCE_NUM_THREADS"] == 2
+    finally:
+        pred.close()
+
+
+def _compile_config(backend, om, throughput: bool = False) -> dict:
     """The config the backend hands OpenVINO's compile_model (captured)."""
     seen = {}
 
@@ -156,7 +184,7 @@ def _compile_config(backend, om) -> dict:
 
     real, backend.core = backend.core, Core()
     try:
-        backend._compile(om)
+        backend._compile(om, throughput)
     finally:
         backend.core = real
     return seen
