@@ -30,6 +30,7 @@ def test_device_colour_maps_equal_the_numpy_ones():
                 np.testing.assert_array_equal(got[b], colorize(d[b], kind, cmap), err_msg=f"{cmap} {kind} {b}")
                 np.testing.assert_array_equal(host[b], got[b], err_msg=f"host {cmap} {kind} {b}")
             np.testing.assert_array_equal(HostColorizer(cmap)(d[1], kind).numpy(), got[1])
+            assert HostColorizer(cmap)(d[:0], kind).shape == DeviceColorizer(cmap)(torch.from_numpy(d[:0]), kind).shape
             lut = lookup_table(cmap)
             norm = np.nan_to_num(np.clip(normalized(d[0], kind) * index_scale(cmap), 0, 255))
             np.testing.assert_array_equal(colorize(d[0], kind, cmap), lut[norm.astype(np.uint8)])  # the table rule

@@ -276,6 +276,32 @@ def test_openvino_export_round_trips_its_name_and_refuses_what_it_cannot_run(tmp
         fastdpt.Predictor(tmp_path / "plain.xml", backend="openvino")
 
 
+def test_an_ir_file_is_read_once_for_its_name_structure_and_int8ness_and_again_when_rewritten(tmp_path, monkeypatch):
+    """bench of an .xml asks its variant, pruned structure and int8-ness: one read of the graph, not three;
+    a file replaced at the same path (export --overwrite) is read afresh."""
+    if REGISTRY["openvino"].missing("cpu"):
+        pytest.skip("OpenVINO not installed")
+    import os
+
+    from fastdpt.runtime import openvino as ovrt
+
+    first, second = fastdpt.create_model(TINY).eval(), fastdpt.create_model(TINY_EFF).eval()
+    xml = ovrt.save_ir(first, tmp_path / "m.xml")
+    reads = []
+    real = ovrt.core().read_model
+    monkeypatch.setattr(ovrt, "core", lambda: type("C", (), {"read_model": lambda self, p: reads.append(p) or real(p)})())
+    assert ovrt.ir_config(xml) == first.config
+    assert ovrt.ir_structure(xml) == {} and not ovrt.ir_quantised(xml)
+    assert len(reads) == 1
+    monkeypatch.undo()
+    stat = os.stat(xml)
+    ovrt.save_ir(second, tmp_path / "n.xml")
+    os.replace(tmp_path / "n.xml", xml)
+    os.replace(tmp_path / "n.bin", tmp_path / "m.bin")
+    os.utime(xml, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # a later write, whatever the clock's grain
+    assert ovrt.ir_config(xml) == second.config
+
+
 def test_bench_all_backends_and_stages(tmp_path):
     import json
 

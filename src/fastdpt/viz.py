@@ -89,7 +89,9 @@ class HostColorizer:
         import torch
 
         d = np.asarray(depth.detach().cpu() if isinstance(depth, torch.Tensor) else depth)
-        out = colorize(d, kind, self.cmap) if d.ndim == 2 else np.stack([colorize(x, kind, self.cmap) for x in d])
+        out = np.empty((*d.shape, 3), np.uint8)
+        for i in np.ndindex(d.shape[:-2]):  # each map over its own range, as DeviceColorizer does
+            out[i] = colorize(d[i], kind, self.cmap)
         return torch.from_numpy(out)
 
 

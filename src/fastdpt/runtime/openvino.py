@@ -88,12 +88,33 @@ def ir_config(path: str | os.PathLike) -> ModelConfig:
         return onnx_config(path)
     if not path.is_file():
         raise ExportError(f"OpenVINO model not found: {path}")
-    try:
-        om = core().read_model(str(path))
-        name = om.get_rt_info(RT_INFO).astype(str)
-    except RuntimeError as e:
-        raise ExportError(f"{path} is not an OpenVINO model exported by fastdpt ({str(e).splitlines()[0][:120]})") from None
+    name = _ir_info(*_identity(path))[0]
+    if name is None:
+        raise ExportError(f"{path} is not an OpenVINO model exported by fastdpt (no fastdpt name in its runtime info)")
     return ModelConfig.from_name(name)
+
+
+def _identity(path: Path) -> tuple[str, int, int]:
+    """A file as the cache below knows it: rewritten in place (new mtime or size), it is read again."""
+    st = path.stat()
+    return str(path.resolve()), st.st_mtime_ns, st.st_size
+
+
+@functools.lru_cache(maxsize=32)
+def _ir_info(path: str, mtime_ns: int, size: int) -> tuple[str | None, str | None, bool]:
+    """One read of an IR file for what fastdpt asks of it: its variant's name, its pruned structure's
+    JSON, whether it is int8 (``bench`` of an ``.xml`` asked all three, each a full read of the
+    graph: about a second each for a DPT-Hybrid IR). Only these small values are kept, not the graph."""
+    try:
+        om = core().read_model(path)
+    except RuntimeError as e:
+        raise ExportError(f"{path} is not an OpenVINO model ({str(e).splitlines()[0][:120]})") from None
+    name = om.get_rt_info(RT_INFO).astype(str) if om.has_rt_info(RT_INFO) else None
+    structure = om.get_rt_info(STRUCTURE_RT_INFO).astype(str) if om.has_rt_info(STRUCTURE_RT_INFO) else None
+    quantised = any(op.get_type_name() in ("FakeQuantize", "FakeConvert") or
+                    (op.get_type_name() == "Constant" and op.get_element_type().get_type_name() in ("i8", "u8", "i4", "u4"))
+                    for op in om.get_ops())
+    return name, structure, quantised
 
 
 def ir_structure(path: str | os.PathLike) -> dict:
@@ -104,8 +125,7 @@ def ir_structure(path: str | os.PathLike) -> dict:
 
         text = onnx_metadata(path).get(STRUCTURE_KEY)
     else:
-        om = core().read_model(str(path))
-        text = om.get_rt_info(STRUCTURE_RT_INFO).astype(str) if om.has_rt_info(STRUCTURE_RT_INFO) else None
+        text = _ir_info(*_identity(path))[1]
     return parse_structure(text, source=str(path))
 
 
@@ -120,9 +140,7 @@ def ir_quantised(path: str | os.PathLike) -> bool:
         import onnx
 
         return any(n.op_type in QUANTISED_ONNX_OPS for n in onnx.load(str(path), load_external_data=False).graph.node)
-    return any(op.get_type_name() in ("FakeQuantize", "FakeConvert") or
-               (op.get_type_name() == "Constant" and op.get_element_type().get_type_name() in ("i8", "u8", "i4", "u4"))
-               for op in core().read_model(str(path)).get_ops())
+    return _ir_info(*_identity(path))[2]
 
 
 def save_ir(model: torch.nn.Module, path: str | os.PathLike, size: tuple[int, int] | None = None) -> Path:
