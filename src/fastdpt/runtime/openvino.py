@@ -108,7 +108,7 @@ def _ir_info(path: str, mtime_ns: int, size: int) -> tuple[str | None, str | Non
     try:
         om = core().read_model(path)
     except RuntimeError as e:
-        raise ExportError(f"{path} is not an OpenVINO model ({str(e).splitlines()[0][:120]})") from None
+        raise ExportError(f"{path} is not an OpenVINO model exported by fastdpt ({str(e).splitlines()[0][:120]})") from None
     name = om.get_rt_info(RT_INFO).astype(str) if om.has_rt_info(RT_INFO) else None
     structure = om.get_rt_info(STRUCTURE_RT_INFO).astype(str) if om.has_rt_info(STRUCTURE_RT_INFO) else None
     quantised = any(op.get_type_name() in ("FakeQuantize", "FakeConvert") or
