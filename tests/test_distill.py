@@ -287,6 +287,42 @@ def test_colour_jitter_reaches_the_student_and_runs_from_before_it_resume_withou
         _check_out(old, DistillConfig(**{**stored, "out": str(old), "color_jitter": True}), resume=True)
 
 
+def test_resume_takes_the_runs_own_options_for_those_not_passed(tmp_path, teacher, frames, monkeypatch):
+    """`fastdpt distill --teacher T --out DIR --resume` continues the run as it was made (its frames, steps,
+    colour jitter ... from distill.json); an option passed again is kept, and a changed one is still refused
+    by the run's check; without --resume nothing is taken from the folder."""
+    import fastdpt.distill as distill_module
+    from fastdpt.distill.run import _check_out
+
+    out = tmp_path / "run"
+    out.mkdir()
+    made = DistillConfig(teacher=str(teacher), frames=(str(frames),), out=str(out), steps=7, color_jitter=True,
+                         lr=1e-3, hflip=True, every=2)
+    (out / "distill.json").write_text(json.dumps({"config": made.as_dict()}))
+    seen = []
+
+    def interrupted(cfg, **kwargs):
+        seen.append(cfg)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(distill_module, "distill", interrupted)
+    runner = CliRunner()
+    base = ["distill", "--teacher", str(teacher), "--out", str(out)]
+    assert runner.invoke(app, base + ["--resume"]).exit_code == 130
+    assert seen[-1] == made
+    _check_out(out, seen[-1], resume=True)  # the run's check accepts it
+    assert runner.invoke(app, base + ["--resume", "--steps", "9", "--lr", "1e-3"]).exit_code == 130
+    assert seen[-1] == DistillConfig(**{**made.as_dict(), "frames": made.frames, "steps": 9})
+    assert runner.invoke(app, base + ["--resume", "--lr", "2e-3"]).exit_code == 130
+    assert seen[-1].lr == 2e-3 and seen[-1].color_jitter is True
+    with pytest.raises(DistillError, match="lr 0.001 \\(run\\) vs 0.002"):
+        _check_out(out, seen[-1], resume=True)
+    assert runner.invoke(app, base + ["--frames", str(frames)]).exit_code == 130
+    assert seen[-1].color_jitter is False and seen[-1].steps is None  # today's defaults: the run check refuses it
+    with pytest.raises(DistillError, match="already holds a distillation"):
+        _check_out(out, seen[-1], resume=False)
+
+
 def test_distill_refusals_are_one_line(tmp_path, teacher, frames):
     runner = CliRunner()
     relative_teacher = tmp_path / "relative.safetensors"

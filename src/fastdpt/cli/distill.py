@@ -8,7 +8,7 @@ from typing import Annotated, List, Optional
 
 import typer
 
-from ..distill.config import DistillConfig
+from ..distill.config import DistillConfig, resume_values
 from .common import console, dataclass_command, one_line_errors, out
 
 
@@ -17,12 +17,20 @@ def _progress(done: int, total: int, fps: float, eta: float) -> None:
     console.print(f"labelled {done}/{total} frames, {fps:.2f} frames/s, ETA {eta_text}", highlight=False)
 
 
+def _passed(ctx: typer.Context) -> set[str]:
+    """The options given on the command line (or through the environment), not left at their default."""
+    return {p.name for p in ctx.command.params
+            if (source := ctx.get_parameter_source(p.name)) is not None and source.name not in ("DEFAULT", "DEFAULT_MAP")}
+
+
 def _distill(values: dict) -> None:
     from ..distill import distill
 
-    resume = values.pop("resume")
+    resume, ctx = values.pop("resume"), values.pop("ctx")
     values["frames"] = tuple(str(p) for p in values.pop("frames") or ())
     values["val_frames"] = tuple(str(p) for p in values.pop("val_frames") or ())
+    if resume:  # the options not passed are the run's own
+        values = resume_values(values, _passed(ctx))
     cfg = DistillConfig(**values)
     log = (lambda m: console.print(m, highlight=False)) if cfg.progress else (lambda m: None)
     try:
@@ -47,6 +55,8 @@ distill = one_line_errors(dataclass_command(
                "--frames", help="video file, image folder (recursive) or KITTI raw root; repeat for several")]),
            _param("val_frames", Annotated[Optional[List[Path]], typer.Option(
                "--val-frames", help="held-out source (repeatable); default: the last sequences")]),
-           _param("resume", Annotated[bool, typer.Option("--resume", help="continue the run in --out")])]))
+           _param("resume", Annotated[bool, typer.Option("--resume", help="continue the run in --out with its own "
+                                                                          "options (those passed must match it)")]),
+           inspect.Parameter("ctx", inspect.Parameter.KEYWORD_ONLY, annotation=typer.Context)]))
 distill.__doc__ = ("Distil a slow teacher into a fast student on your own unlabelled frames: label them (in parallel "
                    "on Ray), train the student on the labels, and compare the two.")

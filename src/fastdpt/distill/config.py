@@ -97,3 +97,21 @@ RESUME_MAY_CHANGE = {"steps", "epochs", "workers", "address", "threads", "teache
                      "tracking_uri", "flicker_frames", "gt_root", "gt_split", "gt_raw_root"}
 # options added after runs were already made: what a run's distill.json without them was made with
 LATER_OPTIONS = {"lr_schedule": "constant", "warmup_steps": 0, "color_jitter": False}
+
+
+def resume_values(values: dict, given) -> dict:
+    """``--resume`` without repeating the run's options: each option not in ``given`` (the names passed on
+    the command line) takes the value the run in ``values["out"]`` was started with (its ``distill.json``),
+    so ``fastdpt distill --teacher T --out DIR --resume`` continues the run as it was made. Options that
+    were passed are kept, and checked against the run as before (only ``RESUME_MAY_CHANGE`` may differ).
+    Without a readable record the values are returned unchanged (the run's own check says why)."""
+    import json
+    from pathlib import Path
+
+    try:
+        stored = {**LATER_OPTIONS, **json.loads((Path(values["out"]) / "distill.json").read_text())["config"]}
+    except (OSError, ValueError, KeyError, TypeError):
+        return values
+    known = {f.name for f in fields(DistillConfig)}
+    return {k: (tuple(stored[k]) if isinstance(stored[k], list) else stored[k])
+            if k in known and k in stored and k not in given and k != "out" else v for k, v in values.items()}
