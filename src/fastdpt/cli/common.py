@@ -185,6 +185,13 @@ def dataclass_command(cls, call: Callable[[dict], None], exclude: tuple[str, ...
     return command
 
 
+def given_options(ctx: typer.Context, values: dict) -> dict:
+    """The ``values`` given on the command line (or through the environment), not left at their default:
+    what ``--resume`` keeps, the rest being the run's own (``train``, ``distill``)."""
+    return {k: v for k, v in values.items()
+            if (source := ctx.get_parameter_source(k)) is not None and source.name not in ("DEFAULT", "DEFAULT_MAP")}
+
+
 # -- tables that never cut names -----------------------------------------------------------------------
 def print_table(title: str, headers: list[str], rows: list[list[str]], names: tuple[int, ...] = (0,),
                 console: Console | None = None) -> None:

@@ -9,18 +9,12 @@ from typing import Annotated, List, Optional
 import typer
 
 from ..distill.config import DistillConfig, resume_values
-from .common import console, dataclass_command, one_line_errors, out
+from .common import console, dataclass_command, given_options, one_line_errors, out
 
 
 def _progress(done: int, total: int, fps: float, eta: float) -> None:
     eta_text = f"{eta:.0f} s" if eta == eta else "?"
     console.print(f"labelled {done}/{total} frames, {fps:.2f} frames/s, ETA {eta_text}", highlight=False)
-
-
-def _passed(ctx: typer.Context) -> set[str]:
-    """The options given on the command line (or through the environment), not left at their default."""
-    return {p.name for p in ctx.command.params
-            if (source := ctx.get_parameter_source(p.name)) is not None and source.name not in ("DEFAULT", "DEFAULT_MAP")}
 
 
 def _distill(values: dict) -> None:
@@ -30,7 +24,7 @@ def _distill(values: dict) -> None:
     values["frames"] = tuple(str(p) for p in values.pop("frames") or ())
     values["val_frames"] = tuple(str(p) for p in values.pop("val_frames") or ())
     if resume:  # the options not passed are the run's own
-        values = resume_values(values, _passed(ctx))
+        values = resume_values(values, given_options(ctx, values))
     cfg = DistillConfig(**values)
     log = (lambda m: console.print(m, highlight=False)) if cfg.progress else (lambda m: None)
     try:

@@ -12,7 +12,8 @@ from rich.table import Table
 
 from ..errors import ConfigError
 from ..training.config import TrainConfig
-from .common import DeviceOpt, ThreadsOpt, console, dataclass_command, one_line_errors, out, set_threads
+from .common import (DeviceOpt, ThreadsOpt, console, dataclass_command, given_options, one_line_errors, out,
+                     set_threads)
 
 
 def _train(values: dict) -> None:
@@ -22,8 +23,7 @@ def _train(values: dict) -> None:
     ctx = values.pop("ctx")
     resume, overwrite = values.pop("resume"), values.pop("overwrite")
     if resume:  # options not given on the command line are the run's own
-        given = {k: v for k, v in values.items() if ctx.get_parameter_source(k).name != "DEFAULT"}
-        cfg = resume_config(values["out"], **given)
+        cfg = resume_config(values["out"], **given_options(ctx, values))
     else:
         cfg = TrainConfig(**values)
     res = train(cfg, resume=resume, overwrite=overwrite)

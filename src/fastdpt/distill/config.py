@@ -99,17 +99,23 @@ RESUME_MAY_CHANGE = {"steps", "epochs", "workers", "address", "threads", "teache
 LATER_OPTIONS = {"lr_schedule": "constant", "warmup_steps": 0, "color_jitter": False}
 
 
-def resume_values(values: dict, given) -> dict:
-    """``--resume`` without repeating the run's options: each option not in ``given`` (the names passed on
-    the command line) takes the value the run in ``values["out"]`` was started with (its ``distill.json``),
-    so ``fastdpt distill --teacher T --out DIR --resume`` continues the run as it was made. Options that
-    were passed are kept, and checked against the run as before (only ``RESUME_MAY_CHANGE`` may differ).
-    Without a readable record the values are returned unchanged (the run's own check says why)."""
+def stored_options(out) -> dict:
+    """The options the run in ``out`` was started with (its ``distill.json``), options added since at the
+    values such runs were made with. Raises ``OSError`` / ``ValueError`` / ``KeyError`` when unreadable."""
     import json
     from pathlib import Path
 
+    return {**LATER_OPTIONS, **json.loads((Path(out) / "distill.json").read_text())["config"]}
+
+
+def resume_values(values: dict, given) -> dict:
+    """``--resume`` without repeating the run's options: each option not in ``given`` (the names passed on
+    the command line) takes the value the run in ``values["out"]`` was started with, so ``fastdpt distill
+    --teacher T --out DIR --resume`` continues the run as it was made. Options that were passed are kept,
+    and checked against the run as before (only ``RESUME_MAY_CHANGE`` may differ). Without a readable
+    record the values are returned unchanged (the run's own check says why)."""
     try:
-        stored = {**LATER_OPTIONS, **json.loads((Path(values["out"]) / "distill.json").read_text())["config"]}
+        stored = stored_options(values["out"])
     except (OSError, ValueError, KeyError, TypeError):
         return values
     known = {f.name for f in fields(DistillConfig)}

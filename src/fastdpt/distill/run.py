@@ -21,7 +21,7 @@ from typing import Callable
 
 from ..errors import DistillError
 from ..io import atomic_write
-from .config import LATER_OPTIONS, RESUME_MAY_CHANGE, DistillConfig
+from .config import RESUME_MAY_CHANGE, DistillConfig, stored_options
 from .labels import LabelSet, Teacher, label, prepare, resolve_teacher
 
 def check_pair(teacher: Teacher, student: str) -> str:
@@ -44,7 +44,7 @@ def _check_out(out: Path, cfg: DistillConfig, resume: bool) -> None:
     record = out / "distill.json"
     if record.is_file():
         try:
-            stored = {**LATER_OPTIONS, **json.loads(record.read_text())["config"]}
+            stored = stored_options(out)
         except (ValueError, KeyError) as e:
             raise DistillError(f"{record} cannot be read ({e}); choose another --out") from None
         if not resume:
