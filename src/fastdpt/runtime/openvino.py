@@ -217,8 +217,8 @@ class OpenVinoBackend(Backend):
         a second for the fast preset's network on 2 AMX cores, ``benchmarks/video_pipeline.py``)."""
         config = {"INFERENCE_PRECISION_HINT": "bf16" if self.precision == "bf16" else "f32",
                   "PERFORMANCE_HINT": "THROUGHPUT" if throughput else "LATENCY"}
-        if throughput:
-            config.update(NUM_STREAMS=self.streams(), INFERENCE_NUM_THREADS=self.streams())
+        if throughput:  # on threads threads, or all of the process's CPUs (OpenVINO's default)
+            config["NUM_STREAMS"] = self.streams()
         if self.threads:
             config["INFERENCE_NUM_THREADS"] = int(self.threads)
             if self.threads < len(os.sched_getaffinity(0)):
@@ -252,17 +252,18 @@ class OpenVinoBackend(Backend):
         depth. That model is compiled on the first batch, from ``again()`` (the graph read or converted
         once more: holding the float graph for it would keep a second copy of the weights in memory)."""
         request = self._compile(om).create_infer_request()
-        batches = []  # the throughput queue, once built
+        queue = None  # the throughput model's requests, once built
 
         def run(x: torch.Tensor) -> torch.Tensor:
+            nonlocal queue
             xs = x.detach().cpu().numpy().astype(np.float32)
             if len(xs) == 1 or self.streams() == 1:
                 return torch.from_numpy(np.concatenate([np.array(request.infer({0: xs[i:i + 1]})[0])
                                                         for i in range(len(xs))]))
-            if not batches:
+            if queue is None:
                 compiled = self._compile(again(), throughput=True)
-                batches.append(self.ov.AsyncInferQueue(compiled, int(compiled.get_property("NUM_STREAMS"))))
-            queue, outs = batches[0], [None] * len(xs)
+                queue = self.ov.AsyncInferQueue(compiled, int(compiled.get_property("NUM_STREAMS")))
+            outs = [None] * len(xs)
             queue.set_callback(lambda req, i: outs.__setitem__(i, np.array(req.get_output_tensor(0).data)))
             for i in range(len(xs)):
                 queue.start_async({0: xs[i:i + 1]}, i)
