@@ -9,7 +9,10 @@
    score teacher, student and the best constant depth on drive 10's annotations; speed-up measured
    in the same process (the distillation report).
 4. Labelled data cut to one drive: a teacher trained on drive 1 alone, distilled on the 5x more
-   unlabelled frames of drives 5-9, against the same student trained for the same steps on drive 1.
+   unlabelled frames of drives 5-9 (alone, and with drive 1's ground truth beside the labels:
+   ``distill --labelled-root``), against the same student trained for the same steps on drive 1; and
+   self-training: that directly trained student as the teacher of a new one, its labels of drives 5-9
+   beside drive 1's ground truth, for the same steps.
 5. Labelling throughput: in this process, and on a 2-worker local Ray instance.
 
 Writes ``OUT/results.json`` and ``OUT/results.md``; every stage is skipped when its output exists.
@@ -168,10 +171,29 @@ def main() -> None:
                                   **{**common, "frames": (str(clips),), "flicker_frames": 0,
                                      "steps": args.student1_steps}),
                     log=lambda m: print("   ", m, flush=True))
+        stage("distilling it on drives 5-9 with drive 1's ground truth beside the labels")
+        run_m = out / f"distill-1drive-gt{tag_b}-t{args.teacher1_steps}-{args.student1_steps}"
+        split_1 = write_split(drive_entries(data, [1]), out / "drive1-split.txt")
+        rep_m = json.loads((run_m / "report.json").read_text()) if (run_m / "report.json").is_file() else \
+            distill(DistillConfig(teacher=str(teacher1), out=str(run_m),
+                                  **{**common, "frames": (str(clips),), "flicker_frames": 0,
+                                     "steps": args.student1_steps, "labelled_root": str(data),
+                                     "labelled_split": str(split_1)}),
+                    log=lambda m: print("   ", m, flush=True))
         stage("the student trained on drive 1 for the same steps")
         direct = train_on(data, out / f"student-1drive{tag_b}-{args.student1_steps}", args.student, [1], [1], args.student1_steps, 4, args.lr,
                           args.lr_schedule, args.warmup_steps, args.color_jitter)
+        stage("self-training: that student labels drives 5-9, a new one learns from them beside drive 1's ground truth")
+        run_s = out / f"selftrain-1drive{tag_b}-{args.student1_steps}"
+        rep_s = json.loads((run_s / "report.json").read_text()) if (run_s / "report.json").is_file() else \
+            distill(DistillConfig(teacher=str(direct), out=str(run_s), warm_start=False,  # from scratch, as direct
+                                  **{**common, "frames": (str(clips),), "flicker_frames": 0,
+                                     "steps": args.student1_steps, "labelled_root": str(data),
+                                     "labelled_split": str(split_1)}),
+                    log=lambda m: print("   ", m, flush=True))
         results["B"] = {"teacher": rep_b["ground_truth"]["teacher"], "distilled": rep_b["ground_truth"]["student"],
+                        "distilled_with_gt": rep_m["ground_truth"]["student"],
+                        "self_trained": rep_s["ground_truth"]["student"],
                         "direct": score(direct, data, test), "best_constant": rep_b["ground_truth"]["best_constant"]}
     if "labelling" in stages:
         # labelling throughput on a 2-worker local Ray instance (in-process labelling: A's report)
@@ -222,8 +244,13 @@ def markdown(r: dict) -> str:
         named += [("teacher (drives 1-3 labelled)", a["teacher"]), ("student distilled on drives 5-9", a["student"]),
                   ("best constant", a["best_constant"])]
     if b:
-        named += [("teacher (drive 1 labelled)", b["teacher"]), ("student distilled from it on drives 5-9", b["distilled"]),
-                  ("student trained on drive 1, same steps", b["direct"])]
+        named += [("teacher (drive 1 labelled)", b["teacher"]), ("student distilled from it on drives 5-9", b["distilled"])]
+        if b.get("distilled_with_gt"):
+            named.append(("the same with drive 1's ground truth beside the labels", b["distilled_with_gt"]))
+        named.append(("student trained on drive 1, same steps", b["direct"]))
+        if b.get("self_trained"):
+            named.append(("self-trained: that student's labels of drives 5-9 beside drive 1's ground truth",
+                          b["self_trained"]))
     if named:
         rows += ["| drive 10 (held out, LiDAR-like GT, Garg crop) | AbsRel | RMSE | d1 |", "|---|---|---|---|"]
         rows += [f"| {name} | {m['abs_rel']:.4f} | {m['rmse']:.3f} | {m['d1']:.3f} |" for name, m in named]
@@ -237,7 +264,9 @@ def markdown(r: dict) -> str:
                     f"teacher {ms['teacher']['median_ms']} ms a frame, whole online step, interleaved; target >= 5x). "
                     f"Time: labelling {a['times']['label_s']:.0f} s, student training {a['times']['train_s']:.0f} s.")
     if b:
-        rows.append(f"One labelled drive: distilled {b['distilled']['abs_rel']:.4f} vs trained directly "
+        with_gt = f", with the ground truth beside the labels {b['distilled_with_gt']['abs_rel']:.4f}" \
+            if b.get("distilled_with_gt") else ""
+        rows.append(f"One labelled drive: distilled {b['distilled']['abs_rel']:.4f}{with_gt} vs trained directly "
                     f"{b['direct']['abs_rel']:.4f}.")
     if lab:
         rows.append(f"Labelling {lab['frames']} frames: {lab['here_fps']} frames/s in this process "

@@ -353,3 +353,68 @@ def test_relative_labels_are_depth_like_and_invert_to_the_teacher():
     ratio = (1.0 / lab[valid]) / inv[valid]  # the teacher's inverse depth up to one scale
     np.testing.assert_allclose(ratio, ratio[0], rtol=1e-6)
     assert np.median(lab[valid]) == pytest.approx(10.0)
+
+
+def test_frames_with_ground_truth_join_the_training_split_and_mixed_sizes_train(tmp_path, data, teacher, frames):
+    """--labelled-root: drive 1's frames and exact depth are copied in as training frames the teacher never
+    labels; a labelled frame that is also held out is refused; frames of two sizes train on random crops."""
+    from fastdpt.data.kitti import SplitEntry, find_gt, write_split
+    from fastdpt.distill.run import train_config as student_options
+    from fastdpt.errors import DataError
+
+    t = resolve_teacher(teacher)
+    drive1 = [e for e in read_split(data / "splits" / "train_files_with_gt.txt") if drive_name(1) in e.rgb and e.gt]
+    split = write_split(drive1[:6], tmp_path / "drive1.txt")
+    # footage of another size beside the 96x320 clips: a third source, resized
+    small = tmp_path / "small"
+    small.mkdir()
+    for i, f in enumerate(sorted((frames / "clip4").iterdir())[:8]):
+        cv2.imwrite(str(small / f"{i:04d}.png"), cv2.resize(cv2.imread(str(f)), (300, 88)))
+    labels = LabelSet(tmp_path / "labels")
+    m = prepare(labels, t, [frames, small], val_sources=[frames / "clip5"], labelled_root=data, labelled_split=split)
+    # clip5 is in --frames' folder and held out: held out only (never trained on)
+    assert {r.split("/")[1] for r in labels.frames("val")} == {"clip5"}
+    assert not any("clip5" in r for r in labels.frames("train"))
+    gt = labels.frames(ground_truth=True)
+    assert len(gt) == 6 and m["counts"]["ground_truth"] == 6
+    assert len(labels.frames()) == 56 and not set(gt) & set(labels.frames())  # the teacher's frames only
+    assert set(gt) <= {e.rgb for e in read_split(labels.split_path("train"))}
+    assert not set(gt) & {e.rgb for e in read_split(labels.split_path("val"))}
+    for rel, e in zip(gt, drive1):  # the frame and its exact dense depth, as given
+        np.testing.assert_array_equal(read_image(labels.frame(rel)), read_image(data / "raw" / e.rgb))
+        exact = np.load(data / "dense" / e.rgb.split("/")[1] / "image_02" / (Path(e.rgb).stem + ".npy"))
+        np.testing.assert_array_equal(labels.read_label(rel), exact)
+    stats = label(labels, t, backend="torch")
+    assert stats.teacher_frames == 56 and stats.ground_truth == 6  # the teacher never labels a given frame
+    # frames of two sizes cannot share a batch: the student trains on random crops of the smallest
+    opts = student_options(DistillConfig(teacher=str(teacher), frames=(str(frames),), out=str(tmp_path / "d"),
+                                         warm_start=False, steps=2, batch_size=8, data_workers=0, progress=False),
+                           "silog", t, labels)
+    assert opts.random_crop == (88, 300)
+    res = train(opts, logger=False)
+    assert res["global_step"] == 2
+    # a resume with other labelled frames is refused; a labelled frame that is also held out too
+    with pytest.raises(LabelError, match="labelling options"):
+        prepare(labels, t, [frames, small], val_sources=[frames / "clip5"], resume=True)
+    held = tmp_path / "held"
+    shutil.copytree(data / "raw" / DATE / drive_name(1) / "image_02" / "data", held / "clip1")
+    root = tmp_path / "root"  # drive 1 under a root whose raw frames are the held-out folder's files
+    (root / "raw" / DATE / drive_name(1) / "image_02").mkdir(parents=True)
+    (root / "raw" / DATE / drive_name(1) / "image_02" / "data").symlink_to(held / "clip1")
+    (root / "data_depth_annotated").symlink_to(data / "data_depth_annotated")
+    with pytest.raises(DataError, match="held-out"):
+        prepare(LabelSet(tmp_path / "l2"), t, [frames], val_sources=[held], labelled_root=root, labelled_split=split)
+    # two sources of the same folder name, one trained on and one held out, stay two sequences
+    twin = tmp_path / "elsewhere" / "clip4"
+    shutil.copytree(frames / "clip5", twin)
+    l4 = LabelSet(tmp_path / "l4")
+    prepare(l4, t, [frames / "clip4"], val_sources=[twin])
+    assert len(set(l4.frames("train"))) == len(set(l4.frames("val"))) == 24
+    assert {r.split("/")[1] for r in l4.frames("train")}.isdisjoint({r.split("/")[1] for r in l4.frames("val")})
+    # without dense/, the label is the annotation (sparse; 0 = none)
+    l3 = LabelSet(tmp_path / "l3")
+    prepare(l3, t, [frames], labelled_root=root, labelled_split=write_split(
+        [SplitEntry(drive1[0].rgb, drive1[0].gt, drive1[0].focal)], tmp_path / "one.txt"))
+    rel = l3.frames(ground_truth=True)[0]
+    np.testing.assert_array_equal(l3.read_label(rel), read_depth_png(find_gt(data / "data_depth_annotated", drive1[0].gt)))
+    assert (l3.read_label(rel) == 0).mean() > 0.5

@@ -26,6 +26,11 @@ class DistillConfig:
     gt_root: str | None = option("annotated depth root: also score student and teacher against ground truth")
     gt_split: str | None = option("split list of the ground-truth frames (with --gt-root)")
     gt_raw_root: str | None = option("raw root of --gt-split's images (default: the KITTI raw root among --frames)")
+    labelled_root: str | None = option("KITTI-format data root of frames you have depth for (raw/, "
+                                       "data_depth_annotated/, dense/ when exact): the student also trains on "
+                                       "their ground truth, beside the teacher's labels")
+    labelled_split: str | None = option("split list of those frames (default <labelled-root>/splits/"
+                                        "train_files_with_gt.txt)")
     every: int = option("keep every K-th frame", 1)
     max_frames: int | None = option("label at most N frames")
     duplicate_level: float = option("skip a frame whose 32-px grey thumbnail differs from the last kept one by "
@@ -75,6 +80,8 @@ class DistillConfig:
             raise ConfigError(f"--val-fraction must be in (0, 1), got {self.val_fraction}")
         if not 0 <= self.trim < 1:
             raise ConfigError(f"--trim must be in [0, 1), got {self.trim}")
+        if self.labelled_split is not None and self.labelled_root is None:
+            raise ConfigError("--labelled-split needs --labelled-root")
         if (self.gt_root is None) != (self.gt_split is None):
             raise ConfigError("--gt-root and --gt-split go together")
         if not self.lr > 0:
@@ -96,7 +103,8 @@ class DistillConfig:
 RESUME_MAY_CHANGE = {"steps", "epochs", "workers", "address", "threads", "teacher_backend", "data_workers", "bench_runs", "progress",
                      "tracking_uri", "flicker_frames", "gt_root", "gt_split", "gt_raw_root"}
 # options added after runs were already made: what a run's distill.json without them was made with
-LATER_OPTIONS = {"lr_schedule": "constant", "warmup_steps": 0, "color_jitter": False}
+LATER_OPTIONS = {"lr_schedule": "constant", "warmup_steps": 0, "color_jitter": False, "labelled_root": None,
+                 "labelled_split": None}
 
 
 def stored_options(out) -> dict:

@@ -13,6 +13,11 @@ Metric teachers: the label is depth in metres. Relative teachers (relative inver
 ``10 * median(inv) / inv`` (a depth-like map with median 10, 0 where the teacher sees nothing), so the
 scale-and-shift-invariant loss in inverse depth sees the teacher's own output up to scale.
 
+Frames with ground truth of their own (``labelled_root``: a KITTI-format data root, as ``fastdpt train
+--data-root`` takes it) can join the training split as sequences of kind ``ground truth`` whose label is
+that depth (the exact dense map where the root has ``dense/``, else the annotation): the teacher never
+labels them and they are never held out.
+
 Held-out frames are chosen by sequence (the last sequences, or ``val_sources``); a single sequence
 is cut into a training head and a held-out tail with a gap of unlabelled frames between, so no
 held-out frame neighbours a training one. Every file is written atomically and a frame counts as
@@ -41,6 +46,7 @@ FORMAT = "fastdpt-labels/1"
 DATE = "distill"
 RELATIVE_MEDIAN = 10.0
 NOMINAL_FOCAL = 0.8  # x image width, when a source has no calibration (recorded as such)
+GROUND_TRUTH = "ground truth"  # the kind of a sequence labelled by given depth, not by the teacher
 
 
 # -- the teacher ---------------------------------------------------------------------------------------
@@ -162,6 +168,7 @@ class LabelStats:
     duplicates: int = 0
     unreadable: int = 0
     gap: int = 0
+    ground_truth: int = 0
     train: int = 0
     val: int = 0
     labelled: int = 0
@@ -229,11 +236,14 @@ class LabelSet:
     def done(self, rel: str) -> bool:
         return self.dense(rel).is_file() and self.annotation(rel).is_file()
 
-    def frames(self, split: str | None = None) -> list[str]:
-        """The rel paths of the frames to label (``split``: train / val / None for both), in order."""
+    def frames(self, split: str | None = None, ground_truth: bool = False) -> list[str]:
+        """The rel paths of the frames the teacher labels (``split``: train / val / None for both), in
+        order; ``ground_truth``: the frames labelled by given depth instead."""
         m = self.manifest() or {}
         out = []
         for name, s in m.get("sequences", {}).items():
+            if (s.get("kind") == GROUND_TRUTH) != ground_truth:
+                continue
             for sp in ((split,) if split else ("train", "val")):
                 out += [self.rel(name, i) for i in s.get(sp, [])]
         return out
@@ -250,8 +260,19 @@ class LabelSet:
         write_depth_png(png, label)  # written last: its presence marks the frame as labelled
 
     def entries(self, split: str) -> list[SplitEntry]:
-        """The split's frames as split-list entries (rgb under raw/, annotation, focal)."""
+        """The split's frames as split-list entries (rgb under raw/, annotation, focal); the training
+        split includes the frames with ground truth."""
         return _entries(self, self.manifest() or {"sequences": {}}, split)
+
+    def frame_sizes(self, split: str) -> set[tuple[int, int]]:
+        """The distinct (height, width) of the split's frames, read from the PNG headers."""
+        from PIL import Image
+
+        sizes = set()
+        for e in self.entries(split):
+            with Image.open(self.frame(e.rgb)) as im:
+                sizes.add((im.height, im.width))
+        return sizes
 
 
 # -- the plan: sample, extract, split ---------------------------------------------------------------------
@@ -289,15 +310,21 @@ def _split_sequences(kept: dict[str, list[int]], val_names: set[str], val_fracti
 
 def prepare(labels: LabelSet, teacher: Teacher, sources: list, val_sources: list = (), every: int = 1,
             max_frames: int | None = None, duplicate_level: float = 1.0, val_fraction: float = 0.2,
-            hflip: bool = False, resume: bool = False, progress: Callable[[str], None] | None = None) -> dict:
+            hflip: bool = False, resume: bool = False, progress: Callable[[str], None] | None = None,
+            labelled_root: str | os.PathLike | None = None, labelled_split: str | os.PathLike | None = None) -> dict:
     """Check the folder, then sample the sources and write the frames, the split and the manifest (once;
-    a resumed run keeps them). Returns the manifest."""
+    a resumed run keeps them); with ``labelled_root``, copy in the frames with ground truth of
+    ``labelled_split`` (default ``<root>/splits/train_files_with_gt.txt``) as training frames. Returns
+    the manifest."""
     from .sources import discover
 
     m = labels.manifest()
     options = {"every": every, "max_frames": max_frames, "duplicate_level": duplicate_level, "hflip": hflip,
                "val_fraction": val_fraction, "sources": [str(Path(s).resolve()) for s in sources],
                "val_sources": [str(Path(s).resolve()) for s in val_sources]}
+    if labelled_root is not None:  # only then: runs made without it resume as before
+        options["labelled"] = [str(Path(labelled_root).resolve()),
+                               str(Path(labelled_split).resolve()) if labelled_split else None]
     if m is not None:
         if m["teacher"] != teacher.identity():
             raise LabelError(f"{labels.root} holds labels of another teacher ({m['teacher']['name']}, sha256 "
@@ -317,8 +344,11 @@ def prepare(labels: LabelSet, teacher: Teacher, sources: list, val_sources: list
          "options": options, "planned": False, "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
     labels.save_manifest(m)  # the teacher is named before any frame is written
 
-    val_seqs = discover(list(val_sources)) if val_sources else []
-    seqs = discover(list(sources)) + val_seqs
+    taken: set[str] = set()  # one name per sequence across --frames and --val-frames
+    train_seqs = discover(list(sources), taken)
+    val_seqs = discover(list(val_sources), taken) if val_sources else []
+    held = {s.path.resolve() for s in val_seqs}  # a held-out sequence inside --frames is held out only
+    seqs = [s for s in train_seqs if s.path.resolve() not in held] + val_seqs
     counts = SampleCounts()
     kept: dict[str, list[int]] = {s.name: [] for s in seqs}
     focal: dict[str, float] = {}
@@ -347,11 +377,76 @@ def prepare(labels: LabelSet, teacher: Teacher, sources: list, val_sources: list
                           "focal_known": by_name[n].focal is not None, **plan[n]} for n in plan}
     m["counts"] = {"seen": counts.seen, "kept": counts.kept, "duplicates": counts.duplicates,
                    "unreadable": counts.unreadable, "gap": sum(len(p["gap"]) for p in plan.values())}
+    if labelled_root is not None:
+        held_out = {f.resolve() for s in seqs if plan.get(s.name, {}).get("val") for f in s.files}
+        given = _import_ground_truth(labels, labelled_root, labelled_split, held_out, set(m["sequences"]), progress)
+        m["sequences"].update(given)
+        m["counts"]["ground_truth"] = sum(len(g["train"]) for g in given.values())
     m["planned"] = True
     for split in ("train", "val"):
         write_split(_entries(labels, m, split), labels.split_path(split))
     labels.save_manifest(m)
     return m
+
+
+def _import_ground_truth(labels: LabelSet, root, split, held_out: set[Path], taken: set[str],
+                         progress: Callable[[str], None] | None) -> dict[str, dict]:
+    """Copy the frames of ``split`` under the KITTI-format ``root`` that have ground truth into the
+    label folder (frame as PNG, its depth as the label), one training sequence per drive and camera.
+    Refuses a frame that is also among the held-out footage (``held_out``: resolved image paths)."""
+    from ..data.augment import Augment
+    from ..data.kitti import DataPaths, KittiDepthDataset, read_split
+    from .sources import _safe
+
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"labelled data root not found: {root}")
+    paths = DataPaths.resolve(data_root=root, train_split=split)
+    split_file = paths.splits["train_split"]
+    if not split_file.is_file():
+        raise DataError(f"split list of the labelled frames not found: {split_file} (pass --labelled-split)")
+    ds = KittiDepthDataset(read_split(split_file), paths.raw_root, paths.gt_root, augment=Augment.none(kb_crop=False),
+                           dense_root=paths.dense_root)
+    names: dict[tuple[str, str], str] = {}
+    seqs: dict[str, dict] = {}
+    for i, (entry, _) in enumerate(ds.items):
+        image = (paths.raw_root / entry.rgb).resolve()
+        if image in held_out:
+            raise DataError(f"{image} is both a labelled frame and a held-out one: the student would be validated "
+                            "on a frame it trained on; hold out other footage (--val-frames)")
+        key = (Path(entry.rgb).parts[1] if len(Path(entry.rgb).parts) > 1 else "frames", entry.camera)
+        if key not in names:
+            base = name = _safe(f"gt-{key[0]}-cam{key[1]}")
+            n = 1
+            while name in taken:
+                n += 1
+                name = f"{base}-{n}"
+            taken.add(name)
+            names[key] = name
+        name = names[key]
+        stem = Path(entry.rgb).stem
+        index = int(stem) if stem.isdigit() else i
+        seq = seqs.setdefault(name, {"source": str(root.resolve()), "kind": GROUND_TRUTH, "focal": None,
+                                     "focal_known": True, "train": [], "val": [], "gap": []})
+        if index in seq["train"]:
+            continue
+        rel = labels.rel(name, index)
+        item = ds[i]
+        if seq["focal"] is None:
+            seq["focal"] = float(item["focal"])
+        if not labels.done(rel):
+            path = labels.frame(rel)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            frame = (item["image"].permute(1, 2, 0).numpy() * 255.0).round().astype(np.uint8)
+            try:
+                write_png(path, frame)
+                labels.write_label(rel, item["depth"].numpy())
+            except OSError as e:
+                raise _disk_error(e, path, 0) from None
+        seq["train"].append(index)
+        if progress and sum(len(s["train"]) for s in seqs.values()) % 25 == 0:
+            progress(f"copied {sum(len(s['train']) for s in seqs.values())} frames with ground truth")
+    return seqs
 
 
 def _entries(labels: LabelSet, m: dict, split: str) -> list[SplitEntry]:
@@ -401,7 +496,8 @@ def label(labels: LabelSet, teacher: Teacher, hflip: bool = False, workers: int 
     if not m or not m.get("planned"):
         raise LabelError(f"{labels.root} has no planned frames (run prepare first)")
     todo = [r for r in labels.frames() if not labels.done(r)]
-    stats = LabelStats(**{k: v for k, v in m["counts"].items() if k in ("seen", "kept", "duplicates", "unreadable", "gap")})
+    stats = LabelStats(**{k: v for k, v in m["counts"].items()
+                          if k in ("seen", "kept", "duplicates", "unreadable", "gap", "ground_truth")})
     stats.train, stats.val = len(labels.frames("train")), len(labels.frames("val"))
     stats.already = stats.train + stats.val - len(todo)
     if stop_after is not None:

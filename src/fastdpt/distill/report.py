@@ -183,7 +183,8 @@ def to_markdown(r: dict) -> str:
     lines += ["", "## Time spent", "",
               f"- labelling: {t.get('label_s', 0):.0f} s ({lab['train']} training + {lab['val']} held-out frames; "
               f"{lab['duplicates']} near-duplicates skipped, {lab['unreadable']} unreadable, {lab['gap']} left out as a gap; "
-              f"{lab['workers']} worker(s))",
+              f"{lab['workers']} worker(s))"
+              + (f"; the student also trained on {lab['ground_truth']} frames with ground truth" if lab.get("ground_truth") else ""),
               f"- training: {t.get('train_s', 0):.0f} s ({r['training']['global_step']} steps)", ""]
     return "\n".join(lines)
 

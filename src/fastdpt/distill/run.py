@@ -128,13 +128,16 @@ def train_config(cfg: DistillConfig, loss: str, teacher: Teacher, labels: LabelS
     init = cfg.student_init
     if init is None and cfg.warm_start:
         init = warm_start_file(teacher, cfg.student, Path(cfg.out) / "warm_start.safetensors", label_median(labels))
+    sizes = labels.frame_sizes("train")
+    # frames of several sizes (KITTI dates, mixed sources) cannot share a batch: random crops of the smallest
+    crop = (min(h for h, _ in sizes), min(w for _, w in sizes)) if len(sizes) > 1 else None
     return TrainConfig(
         model=cfg.student, out=str(Path(cfg.out) / "train"), data_root=str(labels.root), dense_gt=True, loss=loss,
         grad_weight=cfg.grad_weight if loss == "silog" else 0.0, trim=cfg.trim, kb_crop=False, eval_crop=None,
         init=str(init) if init else None,
         epochs=epochs, max_steps=steps,
         batch_size=cfg.batch_size, lr=cfg.lr, lr_schedule=cfg.lr_schedule, warmup_steps=cfg.warmup_steps,
-        workers=cfg.data_workers, seed=cfg.seed, hflip=0.5, color=cfg.color_jitter,
+        workers=cfg.data_workers, seed=cfg.seed, hflip=0.5, color=cfg.color_jitter, random_crop=crop,
         tracking_uri=cfg.tracking_uri, progress=cfg.progress)
 
 
@@ -166,6 +169,8 @@ def distill(cfg: DistillConfig, resume: bool = False, log: Callable[[str], None]
     for src in (*cfg.frames, *cfg.val_frames):
         if not Path(src).exists():
             raise DistillError(f"frames source not found: {src}")
+    if cfg.labelled_root is not None and not Path(cfg.labelled_root).is_dir():
+        raise DistillError(f"--labelled-root {cfg.labelled_root} is not a folder")
     teacher = resolve_teacher(cfg.teacher, cfg.teacher_weights)
     loss = check_pair(teacher, cfg.student)
     if cfg.threads:
@@ -177,10 +182,12 @@ def distill(cfg: DistillConfig, resume: bool = False, log: Callable[[str], None]
     t0 = time.perf_counter()
     log(f"teacher {teacher.name} (sha256 {teacher.sha256[:12]}), student {get_config(cfg.student).name}, loss {loss}")
     m = prepare(labels, teacher, list(cfg.frames), list(cfg.val_frames), cfg.every, cfg.max_frames,
-                cfg.duplicate_level, cfg.val_fraction, cfg.hflip, resume=resume, progress=log)
+                cfg.duplicate_level, cfg.val_fraction, cfg.hflip, resume=resume, progress=log,
+                labelled_root=cfg.labelled_root, labelled_split=cfg.labelled_split)
     c = m["counts"]
     log(f"frames: {c['kept']} kept of {c['seen']} sampled ({c['duplicates']} near-duplicates skipped, "
-        f"{c['unreadable']} unreadable, {c['gap']} left out between training and held-out frames)")
+        f"{c['unreadable']} unreadable, {c['gap']} left out between training and held-out frames)"
+        + (f"; {c['ground_truth']} frames with ground truth from {cfg.labelled_root}" if c.get("ground_truth") else ""))
     stats = label(labels, teacher, cfg.hflip, cfg.workers, cfg.address, cfg.threads, progress=label_progress,
                   backend=cfg.teacher_backend)
     times["label_s"] = round(times.get("label_s", 0.0) + (time.perf_counter() - t0), 2)
@@ -190,6 +197,9 @@ def distill(cfg: DistillConfig, resume: bool = False, log: Callable[[str], None]
         f"({stats.train} training, {stats.val} held out){f', {stats.fps:.2f} frames/s' if stats.labelled else ''}")
 
     tcfg = train_config(cfg, loss, teacher, labels)
+    if tcfg.random_crop:
+        log(f"the training frames differ in size: the student trains on random {tcfg.random_crop[0]}x"
+            f"{tcfg.random_crop[1]} crops of them")
     run = Path(tcfg.out)
     t1 = time.perf_counter()
     if (run / "result.json").is_file() and resume:

@@ -72,11 +72,12 @@ def is_kitti_raw(root: Path) -> bool:
     return any(root.glob("*/*_sync/image_02/data")) or any(root.glob("*_sync/image_02/data"))
 
 
-def discover(sources: list[str | os.PathLike]) -> list[Sequence]:
-    """The sequences of the given sources, in order. Raises :class:`DataError` for a source that does
-    not exist or holds no frame."""
+def discover(sources: list[str | os.PathLike], taken: set[str] | None = None) -> list[Sequence]:
+    """The sequences of the given sources, in order, named apart from each other and from ``taken``
+    (names already used; the new ones are added to it). Raises :class:`DataError` for a source that
+    does not exist or holds no frame."""
     seqs: list[Sequence] = []
-    names: set[str] = set()
+    names: set[str] = taken if taken is not None else set()
 
     def add(kind, path, name, files=(), focal=None):
         base, n = _safe(name), 1
