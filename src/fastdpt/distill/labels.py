@@ -396,7 +396,7 @@ def _import_ground_truth(labels: LabelSet, root, split, held_out: set[Path], tak
     Refuses a frame that is also among the held-out footage (``held_out``: resolved image paths)."""
     from ..data.augment import Augment
     from ..data.kitti import DataPaths, KittiDepthDataset, read_split
-    from .sources import _safe
+    from .sources import unique_name
 
     root = Path(root)
     if not root.is_dir():
@@ -416,13 +416,7 @@ def _import_ground_truth(labels: LabelSet, root, split, held_out: set[Path], tak
                             "on a frame it trained on; hold out other footage (--val-frames)")
         key = (Path(entry.rgb).parts[1] if len(Path(entry.rgb).parts) > 1 else "frames", entry.camera)
         if key not in names:
-            base = name = _safe(f"gt-{key[0]}-cam{key[1]}")
-            n = 1
-            while name in taken:
-                n += 1
-                name = f"{base}-{n}"
-            taken.add(name)
-            names[key] = name
+            names[key] = unique_name(f"gt-{key[0]}-cam{key[1]}", taken)
         name = names[key]
         stem = Path(entry.rgb).stem
         index = int(stem) if stem.isdigit() else i

@@ -63,8 +63,16 @@ def _video_frames(path: Path, max_pixels: int) -> Iterator[tuple[int, np.ndarray
         cap.release()
 
 
-def _safe(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-.") or "seq"
+def unique_name(text: str, taken: set[str]) -> str:
+    """``text`` made safe as a folder name and unlike every name in ``taken`` (``-2``, ``-3`` ...
+    appended); the name is added to ``taken``."""
+    base = name = re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-.") or "seq"
+    n = 1
+    while name in taken:
+        n += 1
+        name = f"{base}-{n}"
+    taken.add(name)
+    return name
 
 
 def is_kitti_raw(root: Path) -> bool:
@@ -80,13 +88,7 @@ def discover(sources: list[str | os.PathLike], taken: set[str] | None = None) ->
     names: set[str] = taken if taken is not None else set()
 
     def add(kind, path, name, files=(), focal=None):
-        base, n = _safe(name), 1
-        name = base
-        while name in names:
-            n += 1
-            name = f"{base}-{n}"
-        names.add(name)
-        seqs.append(Sequence(kind, Path(path), name, tuple(files), focal))
+        seqs.append(Sequence(kind, Path(path), unique_name(name, names), tuple(files), focal))
 
     if not sources:
         raise DataError("no frames given: pass --frames with video files, image folders or a KITTI raw root")
