@@ -343,6 +343,13 @@ def test_distill_refusals_are_one_line(tmp_path, teacher, frames):
     res = runner.invoke(app, ["distill", "--teacher", str(teacher), "--frames", str(tmp_path / "missing"),
                               "--out", str(tmp_path / "c")])
     assert res.exit_code == 2 and "not found" in res.output
+    # frames with ground truth: a wrong root or split list is one line before anything is written
+    for extra, says in (([str(tmp_path / "nowhere")], "labelled data root not found"),
+                        ([str(frames), "--labelled-split", str(tmp_path / "no.txt")], "split list of the labelled")):
+        res = runner.invoke(app, ["distill", "--teacher", str(teacher), "--frames", str(frames), "--out",
+                                  str(tmp_path / "e"), "--labelled-root", *extra])
+        assert res.exit_code == 2 and says in res.output and len(res.output.strip().splitlines()) <= 3, res.output
+        assert not (tmp_path / "e").exists()
 
 
 def test_relative_labels_are_depth_like_and_invert_to_the_teacher():

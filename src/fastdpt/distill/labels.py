@@ -389,14 +389,12 @@ def prepare(labels: LabelSet, teacher: Teacher, sources: list, val_sources: list
     return m
 
 
-def _import_ground_truth(labels: LabelSet, root, split, held_out: set[Path], taken: set[str],
-                         progress: Callable[[str], None] | None) -> dict[str, dict]:
-    """Copy the frames of ``split`` under the KITTI-format ``root`` that have ground truth into the
-    label folder (frame as PNG, its depth as the label), one training sequence per drive and camera.
-    Refuses a frame that is also among the held-out footage (``held_out``: resolved image paths)."""
+def labelled_frames(root, split=None):
+    """The frames of ``split`` (default ``<root>/splits/train_files_with_gt.txt``) under the
+    KITTI-format ``root`` that have an image and ground truth (the dense map where the root has
+    ``dense/``), as a dataset; a clear :class:`DataError` when there is none. Cheap (no image read)."""
     from ..data.augment import Augment
     from ..data.kitti import DataPaths, KittiDepthDataset, read_split
-    from .sources import unique_name
 
     root = Path(root)
     if not root.is_dir():
@@ -405,12 +403,23 @@ def _import_ground_truth(labels: LabelSet, root, split, held_out: set[Path], tak
     split_file = paths.splits["train_split"]
     if not split_file.is_file():
         raise DataError(f"split list of the labelled frames not found: {split_file} (pass --labelled-split)")
-    ds = KittiDepthDataset(read_split(split_file), paths.raw_root, paths.gt_root, augment=Augment.none(kb_crop=False),
-                           dense_root=paths.dense_root)
+    return KittiDepthDataset(read_split(split_file), paths.raw_root, paths.gt_root, augment=Augment.none(kb_crop=False),
+                             dense_root=paths.dense_root)
+
+
+def _import_ground_truth(labels: LabelSet, root, split, held_out: set[Path], taken: set[str],
+                         progress: Callable[[str], None] | None) -> dict[str, dict]:
+    """Copy the frames of ``split`` under the KITTI-format ``root`` that have ground truth into the
+    label folder (frame as PNG, its depth as the label), one training sequence per drive and camera.
+    Refuses a frame that is also among the held-out footage (``held_out``: resolved image paths)."""
+    from .sources import unique_name
+
+    root = Path(root)
+    ds = labelled_frames(root, split)
     names: dict[tuple[str, str], str] = {}
     seqs: dict[str, dict] = {}
     for i, (entry, _) in enumerate(ds.items):
-        image = (paths.raw_root / entry.rgb).resolve()
+        image = (ds.raw_root / entry.rgb).resolve()
         if image in held_out:
             raise DataError(f"{image} is both a labelled frame and a held-out one: the student would be validated "
                             "on a frame it trained on; hold out other footage (--val-frames)")

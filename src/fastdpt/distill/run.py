@@ -22,7 +22,7 @@ from typing import Callable
 from ..errors import DistillError
 from ..io import atomic_write
 from .config import RESUME_MAY_CHANGE, DistillConfig, stored_options
-from .labels import LabelSet, Teacher, label, prepare, resolve_teacher
+from .labels import LabelSet, Teacher, label, labelled_frames, prepare, resolve_teacher
 
 def check_pair(teacher: Teacher, student: str) -> str:
     """The loss the student learns with, or a refusal when its head cannot learn from the teacher."""
@@ -169,8 +169,8 @@ def distill(cfg: DistillConfig, resume: bool = False, log: Callable[[str], None]
     for src in (*cfg.frames, *cfg.val_frames):
         if not Path(src).exists():
             raise DistillError(f"frames source not found: {src}")
-    if cfg.labelled_root is not None and not Path(cfg.labelled_root).is_dir():
-        raise DistillError(f"--labelled-root {cfg.labelled_root} is not a folder")
+    if cfg.labelled_root is not None and not (out / "distill.json").is_file():
+        labelled_frames(cfg.labelled_root, cfg.labelled_split)  # a wrong path fails before anything is written
     teacher = resolve_teacher(cfg.teacher, cfg.teacher_weights)
     loss = check_pair(teacher, cfg.student)
     if cfg.threads:
