@@ -75,6 +75,13 @@ def footage(data: Path, out: Path, drives: list[int], name: str = "clip") -> Pat
     return out
 
 
+def distilled(run: Path, **options) -> dict:
+    """The report of the distillation in ``run``: read back when it finished, else made now."""
+    if (run / "report.json").is_file():
+        return json.loads((run / "report.json").read_text())
+    return distill(DistillConfig(out=str(run), **options), log=lambda m: print("   ", m, flush=True))
+
+
 def score(model_path: Path, data: Path, test: list[SplitEntry]) -> dict:
     res = evaluate(Predictor(model_path), test, data / "raw", data / "data_depth_annotated", Protocol())
     return {k: round(res[k], 4) for k in ("abs_rel", "rmse", "d1", "images")}
@@ -152,8 +159,7 @@ def main() -> None:
     if "A" in stages:
         stage(f"distilling it on drives 5-9{f' and {args.extra_clips} more clips' if args.extra_clips else ''}")
         run_a = out / f"distill-3drives{tag}"
-        rep = json.loads((run_a / "report.json").read_text()) if (run_a / "report.json").is_file() else \
-            distill(DistillConfig(teacher=str(teacher), out=str(run_a), **common), log=lambda m: print("   ", m, flush=True))
+        rep = distilled(run_a, teacher=str(teacher), **common)
         g = rep["ground_truth"]
         results["A"] = {"teacher": g["teacher"], "student": g["student"], "best_constant": g["best_constant"],
                         "agreement": rep["agreement"]["student"], "speedup": rep["speedup"], "models": rep["models"],
@@ -166,31 +172,19 @@ def main() -> None:
                             args.teacher1_steps, 2, args.lr)
         stage("distilling it on drives 5-9 (5x the frames)")
         run_b = out / f"distill-1drive{tag_b}-t{args.teacher1_steps}-{args.student1_steps}"
-        rep_b = json.loads((run_b / "report.json").read_text()) if (run_b / "report.json").is_file() else \
-            distill(DistillConfig(teacher=str(teacher1), out=str(run_b),
-                                  **{**common, "frames": (str(clips),), "flicker_frames": 0,
-                                     "steps": args.student1_steps}),
-                    log=lambda m: print("   ", m, flush=True))
+        one_drive = {**common, "frames": (str(clips),), "flicker_frames": 0, "steps": args.student1_steps}
+        rep_b = distilled(run_b, teacher=str(teacher1), **one_drive)
         stage("distilling it on drives 5-9 with drive 1's ground truth beside the labels")
         run_m = out / f"distill-1drive-gt{tag_b}-t{args.teacher1_steps}-{args.student1_steps}"
         split_1 = write_split(drive_entries(data, [1]), out / "drive1-split.txt")
-        rep_m = json.loads((run_m / "report.json").read_text()) if (run_m / "report.json").is_file() else \
-            distill(DistillConfig(teacher=str(teacher1), out=str(run_m),
-                                  **{**common, "frames": (str(clips),), "flicker_frames": 0,
-                                     "steps": args.student1_steps, "labelled_root": str(data),
-                                     "labelled_split": str(split_1)}),
-                    log=lambda m: print("   ", m, flush=True))
+        with_gt = {**one_drive, "labelled_root": str(data), "labelled_split": str(split_1)}
+        rep_m = distilled(run_m, teacher=str(teacher1), **with_gt)
         stage("the student trained on drive 1 for the same steps")
         direct = train_on(data, out / f"student-1drive{tag_b}-{args.student1_steps}", args.student, [1], [1], args.student1_steps, 4, args.lr,
                           args.lr_schedule, args.warmup_steps, args.color_jitter)
         stage("self-training: that student labels drives 5-9, a new one learns from them beside drive 1's ground truth")
         run_s = out / f"selftrain-1drive{tag_b}-{args.student1_steps}"
-        rep_s = json.loads((run_s / "report.json").read_text()) if (run_s / "report.json").is_file() else \
-            distill(DistillConfig(teacher=str(direct), out=str(run_s), warm_start=False,  # from scratch, as direct
-                                  **{**common, "frames": (str(clips),), "flicker_frames": 0,
-                                     "steps": args.student1_steps, "labelled_root": str(data),
-                                     "labelled_split": str(split_1)}),
-                    log=lambda m: print("   ", m, flush=True))
+        rep_s = distilled(run_s, teacher=str(direct), warm_start=False, **with_gt)  # from scratch, as direct
         results["B"] = {"teacher": rep_b["ground_truth"]["teacher"], "distilled": rep_b["ground_truth"]["student"],
                         "distilled_with_gt": rep_m["ground_truth"]["student"],
                         "self_trained": rep_s["ground_truth"]["student"],

@@ -347,8 +347,8 @@ def prepare(labels: LabelSet, teacher: Teacher, sources: list, val_sources: list
     taken: set[str] = set()  # one name per sequence across --frames and --val-frames
     train_seqs = discover(list(sources), taken)
     val_seqs = discover(list(val_sources), taken) if val_sources else []
-    held = {s.path.resolve() for s in val_seqs}  # a held-out sequence inside --frames is held out only
-    seqs = [s for s in train_seqs if s.path.resolve() not in held] + val_seqs
+    val_paths = {s.path.resolve() for s in val_seqs}  # a held-out sequence inside --frames is held out only
+    seqs = [s for s in train_seqs if s.path.resolve() not in val_paths] + val_seqs
     counts = SampleCounts()
     kept: dict[str, list[int]] = {s.name: [] for s in seqs}
     focal: dict[str, float] = {}
@@ -418,6 +418,7 @@ def _import_ground_truth(labels: LabelSet, root, split, held_out: set[Path], tak
     ds = labelled_frames(root, split)
     names: dict[tuple[str, str], str] = {}
     seqs: dict[str, dict] = {}
+    copied = 0
     for i, (entry, _) in enumerate(ds.items):
         image = (ds.raw_root / entry.rgb).resolve()
         if image in held_out:
@@ -447,8 +448,9 @@ def _import_ground_truth(labels: LabelSet, root, split, held_out: set[Path], tak
             except OSError as e:
                 raise _disk_error(e, path, 0) from None
         seq["train"].append(index)
-        if progress and sum(len(s["train"]) for s in seqs.values()) % 25 == 0:
-            progress(f"copied {sum(len(s['train']) for s in seqs.values())} frames with ground truth")
+        copied += 1
+        if progress and copied % 25 == 0:
+            progress(f"copied {copied} frames with ground truth")
     return seqs
 
 
