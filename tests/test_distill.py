@@ -365,8 +365,9 @@ def test_relative_labels_are_depth_like_and_invert_to_the_teacher():
 def test_frames_with_ground_truth_join_the_training_split_and_mixed_sizes_train(tmp_path, data, teacher, frames):
     """--labelled-root: drive 1's frames and exact depth are copied in as training frames the teacher never
     labels; a labelled frame that is also held out is refused; frames of two sizes train on random crops."""
-    from fastdpt.data.kitti import SplitEntry, find_gt, write_split
+    from fastdpt.data.kitti import SplitEntry, collate, find_gt, write_split
     from fastdpt.distill.run import train_config as student_options
+    from fastdpt.training.run import build
     from fastdpt.errors import DataError
 
     t = resolve_teacher(teacher)
@@ -398,6 +399,19 @@ def test_frames_with_ground_truth_join_the_training_split_and_mixed_sizes_train(
                                          warm_start=False, steps=2, batch_size=8, data_workers=0, progress=False),
                            "silog", t, labels)
     assert opts.random_crop == (88, 300)
+    # trimming is for the teacher's errors: the frames with ground truth keep every pixel
+    assert {e.rgb for e in read_split(opts.exact_split)} == set(gt)
+    module, dm = build(opts)
+    dm.setup()
+    ds = dm.train_ds
+    picked = [next(i for i, (e, _) in enumerate(ds.items) if e.rgb in set(gt)),
+              next(i for i, (e, _) in enumerate(ds.items) if e.rgb not in set(gt) and "small" not in e.rgb)]
+    batch = collate([ds[i] for i in picked])
+    seen = []
+    real = module.loss_fn
+    module.loss_fn = lambda *a, **k: seen.append(k.get("exact")) or real(*a, **k)
+    module.training_step(batch, 0)
+    assert seen[0].tolist() == [True, False]
     res = train(opts, logger=False)
     assert res["global_step"] == 2
     # a resume with other labelled frames is refused; a labelled frame that is also held out too

@@ -15,13 +15,17 @@ import torch
 from .errors import ConfigError
 
 
-def trim_mask(residual: torch.Tensor, mask: torch.Tensor, trim: float) -> torch.Tensor:
+def trim_mask(residual: torch.Tensor, mask: torch.Tensor, trim: float,
+              exact: torch.Tensor | None = None) -> torch.Tensor:
     """``mask`` without each image's ``trim`` fraction of valid pixels with the largest ``residual``
-    (Depth Anything V2 ignores the 10 % largest-loss pixels of each pseudo-label)."""
+    (Depth Anything V2 ignores the 10 % largest-loss pixels of each pseudo-label). ``exact``: (B,) bool,
+    the images whose depth is ground truth rather than a pseudo-label; they keep every pixel."""
     if trim <= 0:
         return mask
     out = mask.clone()
     for i in range(len(mask)):
+        if exact is not None and bool(exact[i]):
+            continue
         r = residual[i][mask[i]].detach()
         if r.numel() >= 10:
             k = max(1, int(round((1 - trim) * r.numel())))
@@ -45,11 +49,12 @@ def gradient_term(diff: torch.Tensor, m: torch.Tensor, scales: int = 4) -> torch
 
 
 def silog_loss(pred: torch.Tensor, gt: torch.Tensor, mask: torch.Tensor | None = None, lam: float = 0.5,
-               eps: float = 1e-6, grad: float = 0.0, trim: float = 0.0) -> torch.Tensor:
+               eps: float = 1e-6, grad: float = 0.0, trim: float = 0.0,
+               exact: torch.Tensor | None = None) -> torch.Tensor:
     """pred, gt: (B, H, W) depths in metres at the same (GT) resolution; mask: valid GT pixels
     (default gt > 0). Images without valid pixels are skipped. ``grad``: weight of multi-scale
     gradient matching on the log-depth residual; ``trim``: fraction of each image's pixels with the
-    largest residual left out (for pseudo-labels)."""
+    largest residual left out (for pseudo-labels), except in the ``exact`` images ((B,) bool)."""
     if mask is None:
         mask = gt > 0
     mask = mask & (gt > 0)
@@ -57,7 +62,7 @@ def silog_loss(pred: torch.Tensor, gt: torch.Tensor, mask: torch.Tensor | None =
     if trim > 0:
         gm = torch.where(mask, g, torch.zeros_like(g))
         centre = gm.flatten(1).sum(1) / mask.flatten(1).sum(1).clamp_min(1)
-        mask = trim_mask((g - centre[:, None, None]).abs(), mask, trim)
+        mask = trim_mask((g - centre[:, None, None]).abs(), mask, trim, exact)
     g = torch.where(mask, g, torch.zeros_like(g))
     n = mask.flatten(1).sum(1)
     has = n > 0
@@ -89,17 +94,19 @@ def _align_scale_shift(pred: torch.Tensor, target: torch.Tensor, mask: torch.Ten
 
 
 def ssi_gradient_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None,
-                      alpha: float = 0.5, scales: int = 4, trim: float = 0.0) -> torch.Tensor:
+                      alpha: float = 0.5, scales: int = 4, trim: float = 0.0,
+                      exact: torch.Tensor | None = None) -> torch.Tensor:
     """MiDaS-style loss on (B, H, W) relative (inverse-depth-like) maps: MSE after per-image
     least-squares scale and shift alignment, plus ``alpha`` times the multi-scale gradient term;
-    ``trim``: fraction of each image's pixels with the largest aligned residual left out."""
+    ``trim``: fraction of each image's pixels with the largest aligned residual left out, except in
+    the ``exact`` images ((B,) bool: ground truth, not pseudo-labels)."""
     if mask is None:
         mask = torch.isfinite(target) & (target > 0)
     target = torch.where(mask, target, torch.zeros_like(target))
     s, t = _align_scale_shift(pred, target, mask)
     aligned = s[:, None, None] * pred + t[:, None, None]
     if trim > 0:
-        mask = trim_mask((aligned - target).abs(), mask, trim)
+        mask = trim_mask((aligned - target).abs(), mask, trim, exact)
         s, t = _align_scale_shift(pred, target, mask)
         aligned = s[:, None, None] * pred + t[:, None, None]
     m = mask.to(pred.dtype)
@@ -124,8 +131,9 @@ class SILogLoss:
         _check_trim(trim)
         self.lam, self.grad, self.trim = lam, grad, trim
 
-    def __call__(self, pred: torch.Tensor, gt: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return silog_loss(pred.float(), gt, mask, lam=self.lam, grad=self.grad, trim=self.trim)
+    def __call__(self, pred: torch.Tensor, gt: torch.Tensor, mask: torch.Tensor,
+                 exact: torch.Tensor | None = None) -> torch.Tensor:
+        return silog_loss(pred.float(), gt, mask, lam=self.lam, grad=self.grad, trim=self.trim, exact=exact)
 
 
 class SSIGradientLoss:
@@ -138,12 +146,13 @@ class SSIGradientLoss:
         _check_trim(trim)
         self.alpha, self.scales, self.kind, self.trim = alpha, scales, kind, trim
 
-    def __call__(self, pred: torch.Tensor, gt: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def __call__(self, pred: torch.Tensor, gt: torch.Tensor, mask: torch.Tensor,
+                 exact: torch.Tensor | None = None) -> torch.Tensor:
         pred = pred.float()
         mask = mask & (gt > 0)
         target = torch.where(mask, 1.0 / gt.clamp_min(1e-6), torch.zeros_like(gt))
         inv = 1.0 / pred.clamp_min(1e-6) if self.kind == "metric" else pred
-        return ssi_gradient_loss(inv, target, mask, alpha=self.alpha, scales=self.scales, trim=self.trim)
+        return ssi_gradient_loss(inv, target, mask, alpha=self.alpha, scales=self.scales, trim=self.trim, exact=exact)
 
 
 def _check_trim(trim: float) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -294,12 +295,15 @@ class KittiDepthDataset(Dataset):
     metres (0 = none), ``mask`` (H, W) bool (depth > 0), ``focal`` (px), ``frame_id`` (str).
 
     ``dense_root``: take ``depth`` from exact dense maps (synthetic data's ``dense/``) instead of the
-    sparse annotations (which must still exist: they define the usable frames)."""
+    sparse annotations (which must still exist: they define the usable frames).
+    ``exact``: RGB paths (as the split lists give them) of frames whose depth is ground truth among
+    pseudo-labels; items carry ``exact`` (bool) so that trimming the loss spares them."""
 
     def __init__(self, entries: list[SplitEntry], raw_root: str | os.PathLike, gt_root: str | os.PathLike,
                  augment: Augment | None = None, train: bool = False, skip_missing: bool = True,
-                 dense_root: str | os.PathLike | None = None) -> None:
+                 dense_root: str | os.PathLike | None = None, exact: Collection[str] = ()) -> None:
         self.raw_root, self.gt_root = Path(raw_root), Path(gt_root)
+        self.exact = frozenset(exact)
         self.dense_root = Path(dense_root) if dense_root else None
         self.augment = augment or Augment.none()
         self.train = train
@@ -338,11 +342,11 @@ class KittiDepthDataset(Dataset):
         image = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
         depth = torch.from_numpy(np.ascontiguousarray(depth))
         return {"image": image, "depth": depth, "mask": depth > 0, "focal": torch.tensor(focal, dtype=torch.float32),
-                "frame_id": entry.frame_id}
+                "exact": torch.tensor(entry.rgb in self.exact), "frame_id": entry.frame_id}
 
 
 def collate(batch: list[dict]) -> dict:
-    out = {k: torch.stack([b[k] for b in batch]) for k in ("image", "depth", "mask", "focal")}
+    out = {k: torch.stack([b[k] for b in batch]) for k in ("image", "depth", "mask", "focal", "exact")}
     out["frame_id"] = [b["frame_id"] for b in batch]
     return out
 

@@ -45,7 +45,8 @@ class DistillConfig:
     warmup_steps: int = option("linear learning-rate warm-up steps", 0)
     color_jitter: bool = option("colour jitter on the student's frames (gamma, brightness, per-channel gain; the "
                                 "labels come from the clean frame)", False, flags=("--color-jitter/--no-color-jitter",))
-    trim: float = option("leave out each label's largest-loss pixels (fraction)", 0.1)
+    trim: float = option("leave out each teacher label's largest-loss pixels (fraction; frames with ground truth keep "
+                         "all theirs)", 0.1)
     grad_weight: float = option("gradient-matching weight beside SILog (metric teachers)", 0.5)
     student_init: str | None = option("start the student from this checkpoint of its variant (a pruned model from "
                                       "fastdpt compress keeps its shapes) instead of the teacher's tensors")

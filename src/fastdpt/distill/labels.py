@@ -8,6 +8,7 @@ Layout of a label folder (a normal data root: ``fastdpt train --data-root DIR --
     dense/<seq>/image_02/<frame:010d>.npy                             float32 label (see below)
     data_depth_annotated/<seq>/proj_depth/groundtruth/image_02/<frame:010d>.png   uint16 label x 256
     splits/train_files_with_gt.txt, splits/val_files_with_gt.txt      BTS-format split lists
+    splits/ground_truth_files.txt       the training frames with ground truth (below), when there are any
 
 Metric teachers: the label is depth in metres. Relative teachers (relative inverse depth): the label is
 ``10 * median(inv) / inv`` (a depth-like map with median 10, 0 where the teacher sees nothing), so the
@@ -16,7 +17,9 @@ scale-and-shift-invariant loss in inverse depth sees the teacher's own output up
 Frames with ground truth of their own (``labelled_root``: a KITTI-format data root, as ``fastdpt train
 --data-root`` takes it) can join the training split as sequences of kind ``ground truth`` whose label is
 that depth (the exact dense map where the root has ``dense/``, else the annotation): the teacher never
-labels them and they are never held out.
+labels them and they are never held out. ``splits/ground_truth_files.txt`` lists them, so that trimming
+the loss's largest residuals (meant for the teacher's errors) leaves them whole (``fastdpt train
+--exact-split``).
 
 Held-out frames are chosen by sequence (the last sequences, or ``val_sources``); a single sequence
 is cut into a training head and a held-out tail with a gap of unlabelled frames between, so no
@@ -217,6 +220,11 @@ class LabelSet:
     def split_path(self, split: str) -> Path:
         return self.root / "splits" / f"{split}_files_with_gt.txt"
 
+    @property
+    def ground_truth_path(self) -> Path:
+        """The split list of the training frames with ground truth (written only when there are any)."""
+        return self.root / "splits" / "ground_truth_files.txt"
+
     # state
     def manifest(self) -> dict | None:
         if not self.manifest_path.is_file():
@@ -385,6 +393,9 @@ def prepare(labels: LabelSet, teacher: Teacher, sources: list, val_sources: list
     m["planned"] = True
     for split in ("train", "val"):
         write_split(_entries(labels, m, split), labels.split_path(split))
+    exact = {n: s for n, s in m["sequences"].items() if s.get("kind") == GROUND_TRUTH}
+    if exact:
+        write_split(_entries(labels, {"sequences": exact}, "train"), labels.ground_truth_path)
     labels.save_manifest(m)
     return m
 

@@ -134,6 +134,7 @@ def train_config(cfg: DistillConfig, loss: str, teacher: Teacher, labels: LabelS
     return TrainConfig(
         model=cfg.student, out=str(Path(cfg.out) / "train"), data_root=str(labels.root), dense_gt=True, loss=loss,
         grad_weight=cfg.grad_weight if loss == "silog" else 0.0, trim=cfg.trim, kb_crop=False, eval_crop=None,
+        exact_split=str(labels.ground_truth_path) if labels.ground_truth_path.is_file() else None,
         init=str(init) if init else None,
         epochs=epochs, max_steps=steps,
         batch_size=cfg.batch_size, lr=cfg.lr, lr_schedule=cfg.lr_schedule, warmup_steps=cfg.warmup_steps,

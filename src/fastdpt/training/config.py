@@ -65,6 +65,8 @@ class TrainConfig:
     silog_lambda: float = option("lambda of the SILog loss", 0.5)
     grad_weight: float = option("weight of multi-scale gradient matching added to silog (ssi has it at 0.5)", 0.0)
     trim: float = option("leave out this fraction of each image's largest-loss pixels (pseudo-labels: 0.1)", 0.0)
+    exact_split: str | None = option("split list of the training frames whose depth is ground truth among "
+                                     "pseudo-labels: --trim leaves them whole")
     dense_gt: bool = option("train on dense depth maps (synthetic data's dense/) instead of sparse annotations",
                           False, flags=("--dense-gt/--sparse-gt",))
     precision: str = option("fp32 | fp16 | bf16 (mixed precision, GPU only)", "fp32")

@@ -58,21 +58,25 @@ class KittiDataModule(L.LightningDataModule):
         paths: where the frames, annotations and ``train_split`` / ``val_split`` lists are.
         augment: training augmentation (its ``kb_crop`` also applies to training frames).
         dense_root: train on dense depth maps from this folder instead of sparse annotations.
+        exact_split: a split list of training frames whose depth is ground truth among pseudo-labels
+            (their items say ``exact``, and the loss's trimming spares them).
     """
 
     def __init__(self, paths: DataPaths, augment: Augment = Augment(), batch_size: int = 1, workers: int = 2,
-                 dense_root: str | None = None, seed: int = 0) -> None:
+                 dense_root: str | None = None, seed: int = 0, exact_split: str | None = None) -> None:
         super().__init__()
         self.paths, self.augment, self.batch_size, self.workers = paths, augment, batch_size, workers
-        self.dense_root, self.seed = dense_root, seed
+        self.dense_root, self.seed, self.exact_split = dense_root, seed, exact_split
         self.train_ds = self.val_ds = None
         self.train_loader: ResumableLoader | None = None
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_ds is None:
             p = self.paths
+            exact = {e.rgb for e in read_split(self.exact_split)} if self.exact_split else ()
             self.train_ds = KittiDepthDataset(read_split(p.splits["train_split"]), p.raw_root, p.gt_root,
-                                              augment=self.augment, train=True, dense_root=self.dense_root)
+                                              augment=self.augment, train=True, dense_root=self.dense_root,
+                                              exact=exact)
             self.val_ds = KittiDepthDataset(read_split(p.splits["val_split"]), p.raw_root, p.gt_root,
                                             augment=Augment.none(kb_crop=False))
 

@@ -74,7 +74,11 @@ class DepthModule(L.LightningModule):
 
     def training_step(self, batch, batch_idx):
         pred = self.depth(batch["image"], tuple(batch["depth"].shape[-2:]))
-        loss = self.loss_fn(pred, batch["depth"], batch["mask"])
+        exact = batch.get("exact")
+        if exact is not None and bool(exact.any()):  # ground truth among pseudo-labels: not trimmed
+            loss = self.loss_fn(pred, batch["depth"], batch["mask"], exact=exact)
+        else:
+            loss = self.loss_fn(pred, batch["depth"], batch["mask"])
         if not torch.isfinite(loss):
             raise NonFiniteLossError(
                 f"the loss became {loss.item()} at epoch {self.current_epoch}, step {self.global_step}; "

@@ -60,7 +60,8 @@ def build(cfg: TrainConfig):
         dense = str(paths.dense_root)
     aug = Augment(hflip=cfg.hflip, kb_crop=cfg.kb_crop, random_crop=cfg.random_crop, rotate_deg=cfg.rotate_deg,
                   color=cfg.color)
-    data = KittiDataModule(paths, aug, cfg.batch_size, cfg.workers, dense_root=dense, seed=cfg.seed)
+    data = KittiDataModule(paths, aug, cfg.batch_size, cfg.workers, dense_root=dense, seed=cfg.seed,
+                           exact_split=cfg.exact_split)
     return module, data
 
 
