@@ -299,6 +299,7 @@ def test_resume_takes_the_runs_own_options_for_those_not_passed(tmp_path, teache
     made = DistillConfig(teacher=str(teacher), frames=(str(frames),), out=str(out), steps=7, color_jitter=True,
                          lr=1e-3, hflip=True, every=2)
     (out / "distill.json").write_text(json.dumps({"config": made.as_dict()}))
+    (out / "train").mkdir()  # it got as far as training (a run stopped while sampling may start over)
     seen = []
 
     def interrupted(cfg, **kwargs):
@@ -350,6 +351,42 @@ def test_distill_refusals_are_one_line(tmp_path, teacher, frames):
                                   str(tmp_path / "e"), "--labelled-root", *extra])
         assert res.exit_code == 2 and says in res.output and len(res.output.strip().splitlines()) <= 3, res.output
         assert not (tmp_path / "e").exists()
+
+
+def test_a_run_stopped_by_a_bad_source_starts_over_in_place_and_a_busy_folder_is_refused(tmp_path, teacher, frames):
+    """Unreadable footage is found while sampling, after the run folder was made: the user fixes the source and
+    runs again into the same --out, which starts over (nothing was labelled); a folder another distillation
+    holds is refused; a run that got further is never started over."""
+    from fastdpt.training.run import run_lock
+
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for i in range(4):
+        (broken / f"{i:04d}.png").write_bytes(b"not a png at all " * 40)
+    out = tmp_path / "d"
+
+    def cfg(src):
+        return DistillConfig(teacher=str(teacher), student=STUDENT, frames=(str(src),), out=str(out), steps=1,
+                             batch_size=2, max_frames=16, data_workers=0, progress=False, bench_runs=1,
+                             flicker_frames=0, warm_start=False, teacher_backend="torch")
+
+    with pytest.raises(fastdpt.FastDPTError, match="no frame left to label"):
+        distill(cfg(broken), log=lambda m: None)
+    assert (out / "distill.json").is_file() and LabelSet(out / "labels").manifest()["planned"] is False
+    with run_lock(out, "distillation"):  # another run holds the folder: refused, nothing removed
+        with pytest.raises(fastdpt.FastDPTError, match="in use by another distillation"):
+            distill(cfg(frames), log=lambda m: None)
+    assert (out / "distill.json").is_file() and (out / "labels" / "manifest.json").is_file()
+    said = []
+    report = distill(cfg(frames), log=said.append)
+    assert any("starting over" in m for m in said), said
+    m = LabelSet(out / "labels").manifest()
+    assert m["planned"] and m["options"]["sources"] == [str(frames.resolve())]
+    assert not any("broken" in s["source"] for s in m["sequences"].values())
+    assert report["training"]["global_step"] == 1 and (out / "student.safetensors").is_file()
+    with pytest.raises(DistillError, match="already holds a distillation"):  # a finished run stays as it is
+        distill(cfg(broken), log=lambda m: None)
+    assert (out / "student.safetensors").is_file()
 
 
 def test_relative_labels_are_depth_like_and_invert_to_the_teacher():

@@ -36,9 +36,13 @@ def check_pair(teacher: Teacher, student: str) -> str:
     return "silog" if teacher.kind == "metric" and s.output_kind == "metric" else "ssi"
 
 
-def _check_out(out: Path, cfg: DistillConfig, resume: bool) -> None:
+LOCK = ".lock"  # held for the whole run (training.run.run_lock); left behind, it is no content
+
+
+def _check_out(out: Path, cfg: DistillConfig, resume: bool) -> bool:
     """Refuse, before anything is written: a file, an unrelated folder, a second run without --resume,
-    a resume with other options."""
+    a resume with other options. True: a new run may start over in ``out``, whose earlier run stopped
+    before its frames were planned (a bad source found while sampling), with nothing labelled or trained."""
     if out.exists() and not out.is_dir():
         raise DistillError(f"--out {out} is a file; choose a folder")
     record = out / "distill.json"
@@ -48,16 +52,36 @@ def _check_out(out: Path, cfg: DistillConfig, resume: bool) -> None:
         except (ValueError, KeyError) as e:
             raise DistillError(f"{record} cannot be read ({e}); choose another --out") from None
         if not resume:
+            if _unplanned(out):
+                return True
             raise DistillError(f"{out} already holds a distillation; pass --resume to continue it or choose another --out")
         given = cfg.as_dict()
         diff = [f"{k} {stored.get(k)!r} (run) vs {given[k]!r} (given)" for k in given
                 if k not in RESUME_MAY_CHANGE and stored.get(k) != given[k]]
         if diff:
             raise DistillError("--resume with other options than the run was started with: " + "; ".join(diff[:3]))
-    elif out.exists() and any(out.iterdir()):
+    elif out.exists() and any(p.name != LOCK for p in out.iterdir()):
         raise DistillError(f"{out} is not empty and holds no distillation; choose another --out")
     elif resume:
         raise DistillError(f"nothing to resume: {record} does not exist")
+    return False
+
+
+def _unplanned(out: Path) -> bool:
+    """``out`` holds a run that stopped while sampling: its label folder is absent, empty or a fastdpt
+    manifest not yet planned (frames copied, no label of the teacher's), and nothing was trained."""
+    from ..errors import LabelError
+
+    if any((out / n).exists() for n in ("train", "student.safetensors", "report.json")):
+        return False
+    labels = LabelSet(out / "labels")
+    try:
+        m = labels.manifest()
+    except LabelError:
+        return False
+    if m is None:
+        return not labels.root.exists() or not any(labels.root.iterdir())
+    return not m.get("planned")
 
 
 def _record(out: Path, cfg: DistillConfig, teacher: Teacher, times: dict) -> None:
@@ -149,11 +173,8 @@ def distill(cfg: DistillConfig, resume: bool = False, log: Callable[[str], None]
     ``resume``: continue an interrupted run (labels already written are kept, training continues from
     its ``resume.ckpt``); the options must be the run's, except those in ``RESUME_MAY_CHANGE``.
     """
-    import torch
-
     from ..presets import get_config
-    from ..training import train
-    from ..training.run import stored_config
+    from ..training.run import run_lock
 
     out = Path(cfg.out)
     get_config(cfg.student)  # a bad name fails before anything is loaded
@@ -164,16 +185,42 @@ def distill(cfg: DistillConfig, resume: bool = False, log: Callable[[str], None]
         if held is None or held != get_config(cfg.student):
             raise DistillError(f"--student-init {cfg.student_init}: not a fastdpt checkpoint of the student "
                                f"{get_config(cfg.student).name}" + (f" (it holds {held.name})" if held else ""))
-    _check_out(out, cfg, resume)
+    start_over = _check_out(out, cfg, resume)
     if not cfg.frames:
         raise DistillError("no frames given: pass --frames with video files, image folders or a KITTI raw root")
     for src in (*cfg.frames, *cfg.val_frames):
         if not Path(src).exists():
             raise DistillError(f"frames source not found: {src}")
-    if cfg.labelled_root is not None and not (out / "distill.json").is_file():
+    if cfg.labelled_root is not None and (start_over or not (out / "distill.json").is_file()):
         labelled_frames(cfg.labelled_root, cfg.labelled_split)  # a wrong path fails before anything is written
     teacher = resolve_teacher(cfg.teacher, cfg.teacher_weights)
     loss = check_pair(teacher, cfg.student)
+    out.mkdir(parents=True, exist_ok=True)
+    with run_lock(out, "distillation"):  # two runs into one folder would label and train over each other
+        if start_over:
+            _start_over(out, log)
+        return _run(cfg, teacher, loss, resume, log, label_progress)
+
+
+def _start_over(out: Path, log: Callable[[str], None]) -> None:
+    """Remove what a run that stopped while sampling left: its record and its sampled frames."""
+    import shutil
+
+    log(f"{out}: the earlier run stopped before its frames were planned (nothing labelled): starting over")
+    shutil.rmtree(out / "labels", ignore_errors=True)
+    (out / "distill.json").unlink(missing_ok=True)
+
+
+def _run(cfg: DistillConfig, teacher: Teacher, loss: str, resume: bool, log: Callable[[str], None],
+         label_progress: Callable[[int, int, float, float], None] | None) -> dict:
+    """``distill`` once the run folder is checked and held."""
+    import torch
+
+    from ..presets import get_config
+    from ..training import train
+    from ..training.run import stored_config
+
+    out = Path(cfg.out)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     times = _times(out) if resume else {}

@@ -84,8 +84,8 @@ RESUME_MAY_CHANGE = {"epochs", "max_steps", "max_time_s", "progress", "workers",
 
 
 @contextmanager
-def run_lock(run: Path):
-    """Hold ``<run>/.lock`` for the whole run: a second training into the same folder fails at once."""
+def run_lock(run: Path, what: str = "training"):
+    """Hold ``<run>/.lock`` for the whole run: a second ``what`` into the same folder fails at once."""
     import fcntl
 
     run.mkdir(parents=True, exist_ok=True)
@@ -95,7 +95,7 @@ def run_lock(run: Path):
     except BlockingIOError:
         holder = os.read(fd, 32).decode(errors="replace").strip() or "?"
         os.close(fd)
-        raise TrainingError(f"{run} is in use by another training (pid {holder}); wait for it or choose another --out") from None
+        raise TrainingError(f"{run} is in use by another {what} (pid {holder}); wait for it or choose another --out") from None
     os.ftruncate(fd, 0)
     os.write(fd, str(os.getpid()).encode())
     try:
