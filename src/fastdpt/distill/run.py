@@ -21,6 +21,7 @@ from typing import Callable
 
 from ..errors import DistillError
 from ..io import atomic_write
+from ..training.run import LOCK
 from .config import RESUME_MAY_CHANGE, DistillConfig, stored_options
 from .labels import LabelSet, Teacher, label, labelled_frames, prepare, resolve_teacher
 
@@ -34,9 +35,6 @@ def check_pair(teacher: Teacher, student: str) -> str:
                            "depth, which has no scale to learn: choose a relative student (its name without the "
                            ".kitti/.nyu head) or a metric teacher (dpt-hybrid-kitti)")
     return "silog" if teacher.kind == "metric" and s.output_kind == "metric" else "ssi"
-
-
-LOCK = ".lock"  # held for the whole run (training.run.run_lock); left behind, it is no content
 
 
 def _check_out(out: Path, cfg: DistillConfig, resume: bool) -> bool:
@@ -60,7 +58,7 @@ def _check_out(out: Path, cfg: DistillConfig, resume: bool) -> bool:
                 if k not in RESUME_MAY_CHANGE and stored.get(k) != given[k]]
         if diff:
             raise DistillError("--resume with other options than the run was started with: " + "; ".join(diff[:3]))
-    elif out.exists() and any(p.name != LOCK for p in out.iterdir()):
+    elif out.exists() and any(p.name != LOCK for p in out.iterdir()):  # LOCK: a run that stopped early held it
         raise DistillError(f"{out} is not empty and holds no distillation; choose another --out")
     elif resume:
         raise DistillError(f"nothing to resume: {record} does not exist")

@@ -83,13 +83,16 @@ RESUME_MAY_CHANGE = {"epochs", "max_steps", "max_time_s", "progress", "workers",
                      "limit_val_batches", "tracking_uri", "accelerator", "devices"}
 
 
+LOCK = ".lock"  # the file run_lock holds (left behind after the run: it is no content)
+
+
 @contextmanager
 def run_lock(run: Path, what: str = "training"):
     """Hold ``<run>/.lock`` for the whole run: a second ``what`` into the same folder fails at once."""
     import fcntl
 
     run.mkdir(parents=True, exist_ok=True)
-    fd = os.open(run / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    fd = os.open(run / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
