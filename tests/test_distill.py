@@ -122,12 +122,19 @@ def test_labelling_resumes_without_relabelling_and_refuses_a_second_teacher(tmp_
     assert all(labels.dense(r).stat().st_mtime_ns == stamp[r] for r in stamp)
     assert all(labels.done(r) for r in planned)
     # the labels are the teacher's depth (through the runtime that labelled: torch, bf16 on a CPU that
-    # runs it natively), as metres and as KITTI 16-bit PNGs
+    # runs it natively), as metres and as KITTI 16-bit PNGs. Frames are labelled LABEL_BATCH at a time: in
+    # fp32 a batch gives each frame's depth to 1e-4; in bf16 a batch takes other kernels than one frame, so
+    # the label is the frame's depth within bf16's rounding (8-bit mantissa through a dozen layers)
     pred = teacher_predictor(t, backend="torch")
     rel = planned[7]
     expected = pred.predict(read_image(labels.frame(rel))).depth
-    np.testing.assert_allclose(labels.read_label(rel), expected, rtol=1e-4, atol=1e-4)
-    np.testing.assert_allclose(read_depth_png(labels.annotation(rel)), expected, atol=1 / 256 + 1e-3)
+    got = labels.read_label(rel)
+    if pred.choice.precision == "bf16":
+        err = np.abs(got - expected) / expected
+        assert np.median(err) < 1e-2 and err.max() < 5e-2, (np.median(err), err.max())
+    else:
+        np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(read_depth_png(labels.annotation(rel)), got, atol=1 / 256 + 1e-3)
     # a second teacher is refused in the same folder, and a plain re-run without --resume too
     other = tmp_path / "other.safetensors"
     fastdpt.save_checkpoint(fastdpt.create_model(TRAIN_MODEL), other)

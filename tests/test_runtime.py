@@ -172,6 +172,25 @@ def test_openvino_batches_run_as_requests_in_flight_together_with_the_same_depth
         assert config["INFERENCE_NUM_THREADS"] == 2
     finally:
         pred.close()
+    # batches first (distillation's labelling): only the throughput model is made, from the graph converted
+    # for it, and a lone frame after them (the last one labelled) runs on it instead of compiling another
+    pred = fastdpt.Predictor(model, backend="openvino", threads=2)
+    compiled, converted = [], []
+    real = pred.backend._compile
+    pred.backend._compile = lambda om, throughput=False: compiled.append(throughput) or real(om, throughput)
+    import fastdpt.runtime.openvino as ovb
+
+    real_convert = ovb.convert
+    try:
+        ovb.convert = lambda *a: converted.append(1) or real_convert(*a)
+        many = pred.predict_batch(frames).numpy()
+        last = pred.predict(frames[0]).depth
+        assert compiled == [True] and len(converted) == 1
+        np.testing.assert_allclose(many, one, rtol=1e-5)
+        np.testing.assert_allclose(last, one[0], rtol=1e-5)
+    finally:
+        ovb.convert = real_convert
+        pred.close()
 
 
 def _compile_config(backend, om, throughput: bool = False) -> dict:

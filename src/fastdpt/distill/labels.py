@@ -131,13 +131,18 @@ def read_is_checkpoint(path: str) -> bool:
     return path.endswith(".safetensors") and read_checkpoint_config(path) is not None
 
 
-def teacher_depth(predictor, frame: np.ndarray, hflip: bool = False) -> np.ndarray:
-    """The teacher's output for one frame (metres, or relative inverse depth); with ``hflip`` the
-    mean of the frame's and its mirror image's outputs (mirrored back)."""
+LABEL_BATCH = 4  # frames the teacher takes at once: requests in flight together on OpenVINO, a batch on a GPU
+
+
+def teacher_depths(predictor, frames: list[np.ndarray], hflip: bool = False) -> list[np.ndarray]:
+    """The teacher's output for each frame (metres, or relative inverse depth), the frames run together
+    (``Predictor.predict_many``: OpenVINO's throughput-mode requests, a batch on a GPU); with ``hflip`` each
+    the mean of the frame's and its mirror image's outputs (mirrored back)."""
     if not hflip:
-        return predictor.predict(frame).depth
-    a, b = predictor.predict_many([frame, np.ascontiguousarray(frame[:, ::-1])])
-    return 0.5 * (a.depth + b.depth[:, ::-1])
+        return [r.depth for r in predictor.predict_many(frames)]
+    images = [im for f in frames for im in (f, np.ascontiguousarray(f[:, ::-1]))]
+    out = predictor.predict_many(images)
+    return [0.5 * (a.depth + b.depth[:, ::-1]) for a, b in zip(out[::2], out[1::2])]
 
 
 def to_label(output: np.ndarray, kind: str) -> np.ndarray:
@@ -497,7 +502,8 @@ class Labeller:
                 pass
             else:
                 raise RuntimeError("injected labelling failure")
-        return [to_label(teacher_depth(self.predictor, decode_image(b, label="frame"), hflip), self.kind) for b in frames]
+        images = [decode_image(b, label="frame") for b in frames]
+        return [to_label(d, self.kind) for d in teacher_depths(self.predictor, images, hflip)]
 
 
 def label(labels: LabelSet, teacher: Teacher, hflip: bool = False, workers: int = 1, address: str | None = None,
@@ -549,11 +555,12 @@ def _label_here(labels, teacher, todo, hflip, threads, stats, done, backend) -> 
 
     predictor = teacher_predictor(teacher, "cuda" if torch.cuda.is_available() else "cpu", threads, backend)
     try:
-        for rel in todo:
-            lab = to_label(teacher_depth(predictor, read_image(labels.frame(rel)), hflip), teacher.kind)
-            stats.teacher_frames += 1
-            _write(labels, rel, lab, stats)
-            done(1)
+        for i in range(0, len(todo), LABEL_BATCH):  # an interruption loses at most these frames' labels
+            rels = todo[i:i + LABEL_BATCH]
+            for rel, depth in zip(rels, teacher_depths(predictor, [read_image(labels.frame(r)) for r in rels], hflip)):
+                stats.teacher_frames += 1
+                _write(labels, rel, to_label(depth, teacher.kind), stats)
+                done(1)
     finally:
         predictor.close()
 

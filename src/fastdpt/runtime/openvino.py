@@ -249,19 +249,26 @@ class OpenVinoBackend(Backend):
     def _run_fn(self, om, again):
         """One frame: the latency-mode request. A batch (``stream --batch``, ``predict_many``): its frames
         as requests of the throughput-mode model, in flight together (graphs take batch 1); the same
-        depth. That model is compiled on the first batch, from ``again()`` (the graph read or converted
-        once more: holding the float graph for it would keep a second copy of the weights in memory)."""
-        request = self._compile(om).create_infer_request()
-        queue = None  # the throughput model's requests, once built
+        depth. Each model is compiled when first needed: the first from ``om``, the other from ``again()``
+        (the graph read or converted once more: holding the float graph for it would keep a second copy
+        of the weights in memory). A single frame after batches only (a batch's remainder, the last
+        frames labelled) takes a throughput-mode request rather than a conversion and compile of its own."""
+        graph = [om]  # the graph made for the first compile, dropped by it
+        request = queue = None  # the latency-mode request and the throughput model's requests, once built
+
+        def source():
+            return graph.pop() if graph else again()
 
         def run(x: torch.Tensor) -> torch.Tensor:
-            nonlocal queue
+            nonlocal request, queue
             xs = x.detach().cpu().numpy().astype(np.float32)
-            if len(xs) == 1 or self.streams() == 1:
+            if (len(xs) == 1 and (request is not None or queue is None)) or self.streams() == 1:
+                if request is None:
+                    request = self._compile(source()).create_infer_request()
                 return torch.from_numpy(np.concatenate([np.array(request.infer({0: xs[i:i + 1]})[0])
                                                         for i in range(len(xs))]))
             if queue is None:
-                compiled = self._compile(again(), throughput=True)
+                compiled = self._compile(source(), throughput=True)
                 queue = self.ov.AsyncInferQueue(compiled, int(compiled.get_property("NUM_STREAMS")))
             outs = [None] * len(xs)
             queue.set_callback(lambda req, i: outs.__setitem__(i, np.array(req.get_output_tensor(0).data)))
