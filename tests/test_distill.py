@@ -289,9 +289,14 @@ def test_colour_jitter_reaches_the_student_and_runs_from_before_it_resume_withou
     stored = {k: v for k, v in DistillConfig(teacher=str(teacher), frames=(str(frames),), out=str(old)).as_dict().items()
               if k not in ("lr_schedule", "warmup_steps", "color_jitter")}
     (old / "distill.json").write_text(json.dumps({"config": stored}))
-    _check_out(old, DistillConfig(**{**stored, "out": str(old)}), resume=True)
-    with pytest.raises(DistillError, match="color_jitter False \\(run\\) vs True"):
-        _check_out(old, DistillConfig(**{**stored, "out": str(old), "color_jitter": True}), resume=True)
+    _check_out(old, DistillConfig(**{**stored, "out": str(old), "color_jitter": False}), resume=True)
+    with pytest.raises(DistillError, match="color_jitter False \\(run\\) vs True"):  # today's default: jitter on
+        _check_out(old, DistillConfig(**{**stored, "out": str(old)}), resume=True)
+    from fastdpt.distill.config import resume_values
+
+    # `fastdpt distill --teacher T --out OLD --resume` takes the run's own: no jitter
+    assert resume_values({**DistillConfig(teacher=str(teacher), out=str(old)).as_dict()}, {"teacher", "out"})[
+        "color_jitter"] is False
 
 
 def test_resume_takes_the_runs_own_options_for_those_not_passed(tmp_path, teacher, frames, monkeypatch):
@@ -326,7 +331,7 @@ def test_resume_takes_the_runs_own_options_for_those_not_passed(tmp_path, teache
     with pytest.raises(DistillError, match="lr 0.001 \\(run\\) vs 0.002"):
         _check_out(out, seen[-1], resume=True)
     assert runner.invoke(app, base + ["--frames", str(frames)]).exit_code == 130
-    assert seen[-1].color_jitter is False and seen[-1].steps is None  # today's defaults: the run check refuses it
+    assert seen[-1].every == 1 and seen[-1].steps is None  # today's defaults: the run check refuses it
     with pytest.raises(DistillError, match="already holds a distillation"):
         _check_out(out, seen[-1], resume=False)
 

@@ -89,7 +89,7 @@ def _recover(cfg: CompressConfig, pruned: Path, name: str, out: Path, log) -> di
                              student=name, student_init=str(pruned), steps=cfg.steps,
                              batch_size=cfg.batch_size, lr=cfg.lr, threads=cfg.threads, seed=cfg.seed,
                              max_frames=cfg.max_frames, progress=cfg.progress, bench_runs=cfg.bench_runs,
-                             flicker_frames=0)
+                             flicker_frames=0, color_jitter=False)  # recovery as measured (BENCHMARKS, compression)
         report = distill(dcfg, log=log)
         return {"kind": "distill", "path": report["student"]["path"], "run": str(out / "recover"),
                 "agreement_with_teacher": report["agreement"]["student"]}

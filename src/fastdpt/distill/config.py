@@ -44,7 +44,8 @@ class DistillConfig:
     lr_schedule: str = option("constant | cosine (to 0 at the last step, after the warm-up)", "constant")
     warmup_steps: int = option("linear learning-rate warm-up steps", 0)
     color_jitter: bool = option("colour jitter on the student's frames (gamma, brightness, per-channel gain; the "
-                                "labels come from the clean frame)", False, flags=("--color-jitter/--no-color-jitter",))
+                                "labels come from the clean frame; -11 % AbsRel on a new drive, BENCHMARKS.md)", True,
+                                flags=("--color-jitter/--no-color-jitter",))
     trim: float = option("leave out each teacher label's largest-loss pixels (fraction; frames with ground truth keep "
                          "all theirs)", 0.1)
     grad_weight: float = option("gradient-matching weight beside SILog (metric teachers)", 0.5)
