@@ -401,6 +401,30 @@ def test_a_run_stopped_by_a_bad_source_starts_over_in_place_and_a_busy_folder_is
     assert (out / "student.safetensors").is_file()
 
 
+def test_a_teacher_whose_labels_lie_beyond_the_scored_range_is_warned_of_and_still_gets_a_report(tmp_path, frames):
+    """A metric teacher that sees everything at 172.7 m (an untrained KITTI head: DPT's largest depth) gives
+    labels outside the 1e-3..80 m that agreement is scored in: a warning before training, and a report
+    that says agreement was not scored, instead of a crash after the training (IndexError before)."""
+    model = fastdpt.create_model("effb0.h0-1.heads4.softmax.f32.kitti@64x192")
+    with torch.no_grad():
+        model.head[4].weight.zero_()
+        model.head[4].bias.zero_()
+    far = tmp_path / "far.safetensors"
+    fastdpt.save_checkpoint(model, far)
+    said = []
+    cfg = DistillConfig(teacher=str(far), student=STUDENT, frames=(str(frames),), out=str(tmp_path / "d"), steps=1,
+                        batch_size=2, max_frames=16, data_workers=0, progress=False, bench_runs=1, flicker_frames=0,
+                        teacher_backend="torch")
+    report = distill(cfg, log=said.append)
+    assert any("median depth of 172.7 m" in m for m in said), said
+    assert report["agreement"]["student"] is None and report["agreement"]["best_constant"] is None
+    assert "NaN" not in (tmp_path / "d" / "report.json").read_text()
+    assert json.loads((tmp_path / "d" / "report.json").read_text())["agreement"]["best_constant"] is None
+    res = CliRunner().invoke(app, ["distill", "--teacher", str(far), "--student", STUDENT, "--out", str(tmp_path / "d"),
+                                   "--resume", "--no-progress"])
+    assert res.exit_code == 0 and "not scored" in res.output, res.output
+
+
 def test_relative_labels_are_depth_like_and_invert_to_the_teacher():
     inv = np.array([[4.0, 2.0], [1.0, 0.0]], dtype=np.float32)
     lab = to_label(inv, "relative")

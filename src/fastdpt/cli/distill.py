@@ -33,8 +33,10 @@ def _distill(values: dict) -> None:
         console.print(f"interrupted: what was written in {cfg.out} is kept; run the same command with --resume to continue")
         raise typer.Exit(130) from None
     a = report["agreement"]
-    out.print(f"student {report['student']['path']}: held-out AbsRel vs the teacher {a['student']['abs_rel']:.4f} "
-              f"(best constant {a['best_constant']['abs_rel']:.4f}), {report['speedup']}x faster than the teacher; "
+    scored = (f"held-out AbsRel vs the teacher {a['student']['abs_rel']:.4f} (best constant "
+              f"{a['best_constant']['abs_rel']:.4f})" if a["student"] and a["best_constant"] else
+              "agreement with the teacher not scored (its labels have no depth in the scored range)")
+    out.print(f"student {report['student']['path']}: {scored}, {report['speedup']}x faster than the teacher; "
               f"report in {Path(cfg.out) / 'report.md'}")
 
 

@@ -17,7 +17,7 @@ import numpy as np
 
 from ..bench import interleaved_ms
 from ..data.kitti import read_split
-from ..errors import DistillError
+from ..errors import DataError, DistillError
 from ..evaluation.metrics import METRIC_KEYS, Protocol
 from ..evaluation.protocol import best_constant, evaluate
 from ..evaluation.temporal import flicker
@@ -43,8 +43,21 @@ def _flicker(predictor, labels: LabelSet, limit: int) -> float | None:
     return float(np.average(scores, weights=weights)) if scores else None
 
 
-def _metrics(res: dict) -> dict:
+def _metrics(res: dict) -> dict | None:
+    """Rounded metrics; None when no frame could be scored (no depth in the scored range)."""
+    if res.get("images", 1) == 0:
+        return None
     return {k: round(float(res[k]), 5) for k in (*METRIC_KEYS, "images") if k in res}
+
+
+def _constant(entries, gt_root, protocol: Protocol, log) -> dict | None:
+    """The best constant's metrics, or None (said) when the teacher's labels have no depth in the scored
+    range (a teacher that is not a metric model of such scenes): the report is still written."""
+    try:
+        return _metrics(best_constant(entries, gt_root, protocol))
+    except DataError as e:
+        log(f"warning: {e}")
+        return None
 
 
 def build_report(cfg, teacher: Teacher, labels: LabelSet, student_path: Path, stats, train_result: dict,
@@ -74,7 +87,7 @@ def build_report(cfg, teacher: Teacher, labels: LabelSet, student_path: Path, st
         "agreement": {"protocol": "held-out frames, the teacher's labels as ground truth, no crop"
                                   + (", scale and shift fitted per image" if relative else ""),
                       "student": _metrics(evaluate(student, val, raw, label_gt, agree)),
-                      "best_constant": _metrics(best_constant(val, label_gt, Protocol(crop=None)))},
+                      "best_constant": _constant(val, label_gt, Protocol(crop=None), log)},
     }
     if cfg.gt_root and cfg.gt_split:
         entries = read_split(cfg.gt_split)

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..errors import DistillError
+from ..evaluation.metrics import Protocol
 from ..io import atomic_write
 from ..training.run import LOCK
 from .config import RESUME_MAY_CHANGE, DistillConfig, stored_options
@@ -241,6 +242,12 @@ def _run(cfg: DistillConfig, teacher: Teacher, loss: str, resume: bool, log: Cal
     _record(out, cfg, teacher, times)
     log(f"labels: {stats.labelled} written now, {stats.already} already there "
         f"({stats.train} training, {stats.val} held out){f', {stats.fps:.2f} frames/s' if stats.labelled else ''}")
+    median = label_median(labels)
+    scored = Protocol()
+    if teacher.kind == "metric" and median is not None and not scored.min_depth < median < scored.max_depth:
+        log(f"warning: the teacher's labels have a median depth of {median:.4g} m, outside the "
+            f"{scored.min_depth:g}..{scored.max_depth:g} m that agreement and the KITTI metrics score: is the teacher "
+            "a trained metric model of such scenes?")
 
     tcfg = train_config(cfg, loss, teacher, labels)
     if tcfg.random_crop:

@@ -118,6 +118,9 @@ def best_constant(entries: list[SplitEntry], gt_root: str | os.PathLike, protoco
     if not gts:
         raise DataError(f"no annotated frame under {gt_root}")
     values = np.concatenate([g[(g > protocol.min_depth) & (g < protocol.max_depth)] for g in gts])
+    if not values.size:
+        raise DataError(f"no depth within {protocol.min_depth:g}..{protocol.max_depth:g} m in the {len(gts)} annotated "
+                        f"frames under {gt_root}: nothing to score against")
     best = None
     for c in np.quantile(values, np.linspace(0.01, 0.99, candidates)):
         avg = MetricAverager()
