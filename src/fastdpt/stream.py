@@ -551,8 +551,9 @@ class _Worker:
             self.run.put(self.q_out, _END)
 
     def _take(self) -> tuple[list[Frame], bool]:
-        """The next frames (throughput mode: what is waiting, up to the batch size) and whether the
-        source has ended."""
+        """The next frames (throughput mode, offline only: a whole batch, fewer only at the end of the
+        source, so the first call is a batch too and a backend builds its throughput model alone) and
+        whether the source has ended."""
         try:
             item = self.q_in.get(timeout=0.1)
         except queue.Empty:
@@ -562,9 +563,11 @@ class _Worker:
         items = [item]
         while len(items) < self.batch_size:
             try:
-                more = self.q_in.get_nowait()
+                more = self.q_in.get(timeout=0.1)
             except queue.Empty:
-                break
+                if self.run.stop.is_set():
+                    break
+                continue
             if more is _END:
                 return items, True
             items.append(more)
