@@ -134,3 +134,30 @@ def test_videos_are_h264_when_pyav_is_there(tmp_path):
         with av.open(str(out)) as c:
             assert c.streams.video[0].codec_context.name == name
             assert sum(1 for _ in c.decode(video=0)) == 5
+
+
+def test_fastdpt_video_runs_openvino_frames_together_by_default_and_alone_when_asked(tmp_path):
+    """Offline video on OpenVINO takes as many frames at a time as the backend runs together (2 threads:
+    2), says so, and writes the same frames; --batch 1 and --realtime keep one frame at a time."""
+    from typer.testing import CliRunner
+
+    from fastdpt.cli import app
+    from fastdpt.runtime import REGISTRY
+
+    if REGISTRY["openvino"].missing("cpu"):
+        pytest.skip("OpenVINO not installed")
+    clip = tmp_path / "clip.mp4"
+    w = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*"mp4v"), 10, (64, 40))
+    for i in range(5):
+        w.write(np.full((40, 64, 3), 40 * i, np.uint8))
+    w.release()
+    ckpt = tmp_path / "m.safetensors"
+    fastdpt.save_checkpoint(fastdpt.create_model(TINY), ckpt)
+    runner = CliRunner()
+    for extra, together in (([], True), (["--batch", "1"], False), (["--realtime"], False)):
+        out = tmp_path / f"out{len(extra)}{extra[:1]}.mp4"
+        res = runner.invoke(app, ["video", str(clip), "-o", str(out), "-m", str(ckpt), "--backend", "openvino",
+                                  "--threads", "2", *extra])
+        assert res.exit_code == 0, res.output
+        assert ("throughput mode: 2 frames at a time" in res.output) == together, res.output
+        assert "5 frames out of 5" in res.output and out.is_file()

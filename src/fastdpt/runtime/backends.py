@@ -68,6 +68,11 @@ class Backend:
     def key(self, shape: torch.Size) -> Hashable:
         return tuple(shape)
 
+    def streams(self) -> int:
+        """Frames this backend runs together to better its throughput (1: a batch gains nothing measured
+        over frames in turn); offline video takes this many at a time unless told (``--batch``)."""
+        return 1
+
     def build(self, shape: torch.Size) -> Callable[[torch.Tensor], torch.Tensor]:
         raise NotImplementedError
 
