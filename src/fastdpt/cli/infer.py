@@ -76,7 +76,7 @@ def predict(
         raise typer.Exit(1)
 
 
-AUTO_BATCH_MAX = 4  # offline batches by default up to this many (measured on 2 cores: 1.1x; beyond, untested)
+AUTO_BATCH_MAX = 4  # offline batches by default up to this many (measured on 2 cores: 1.03-1.09x; beyond, untested)
 
 
 def _run_stream(source_factory, output, model, weights, backend, precision, device, threads, realtime,

@@ -434,6 +434,7 @@ def _import_ground_truth(labels: LabelSet, root, split, held_out: set[Path], tak
     ds = labelled_frames(root, split)
     names: dict[tuple[str, str], str] = {}
     seqs: dict[str, dict] = {}
+    seen: set[tuple[str, int]] = set()  # (sequence, frame) already copied: a frame listed twice counts once
     copied = 0
     for i, (entry, _) in enumerate(ds.items):
         image = (ds.raw_root / entry.rgb).resolve()
@@ -448,8 +449,9 @@ def _import_ground_truth(labels: LabelSet, root, split, held_out: set[Path], tak
         index = int(stem) if stem.isdigit() else i
         seq = seqs.setdefault(name, {"source": str(root.resolve()), "kind": GROUND_TRUTH, "focal": None,
                                      "focal_known": True, "train": [], "val": [], "gap": []})
-        if index in seq["train"]:
+        if (name, index) in seen:
             continue
+        seen.add((name, index))
         rel = labels.rel(name, index)
         item = ds[i]
         if seq["focal"] is None:

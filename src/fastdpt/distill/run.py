@@ -19,7 +19,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
 
-from ..errors import DistillError
+from ..errors import DistillError, LabelError
 from ..evaluation.metrics import Protocol
 from ..io import atomic_write
 from ..training.run import LOCK
@@ -69,8 +69,6 @@ def _check_out(out: Path, cfg: DistillConfig, resume: bool) -> bool:
 def _unplanned(out: Path) -> bool:
     """``out`` holds a run that stopped while sampling: its label folder is absent, empty or a fastdpt
     manifest not yet planned (frames copied, no label of the teacher's), and nothing was trained."""
-    from ..errors import LabelError
-
     if any((out / n).exists() for n in ("train", "student.safetensors", "report.json")):
         return False
     labels = LabelSet(out / "labels")
@@ -194,8 +192,7 @@ def distill(cfg: DistillConfig, resume: bool = False, log: Callable[[str], None]
         labelled_frames(cfg.labelled_root, cfg.labelled_split)  # a wrong path fails before anything is written
     teacher = resolve_teacher(cfg.teacher, cfg.teacher_weights)
     loss = check_pair(teacher, cfg.student)
-    out.mkdir(parents=True, exist_ok=True)
-    with run_lock(out, "distillation"):  # two runs into one folder would label and train over each other
+    with run_lock(out, "distillation"):  # makes out; two runs into one folder would label and train over each other
         if start_over:
             _start_over(out, log)
         return _run(cfg, teacher, loss, resume, log, label_progress)
