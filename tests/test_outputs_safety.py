@@ -181,3 +181,27 @@ def test_data_synth_warm_start_and_export_never_overwrite_silently(tmp_path, ckp
     onnx_out.write_bytes(b"precious")
     r = runner.invoke(app, ["export", str(ckpt), "-o", str(onnx_out)])
     assert r.exit_code == 2 and "--overwrite" in r.output and onnx_out.read_bytes() == b"precious"
+
+
+def test_outputs_get_the_umask_without_the_process_umask_ever_changing(tmp_path, monkeypatch):
+    """Atomic writes and the video sink leave files as 0o666 less the umask, as open() would, without
+    setting the process umask to 0 (another thread creating files in that window made them world-writable)."""
+    from fastdpt.io import write_text
+    from fastdpt.stream import VideoSink
+
+    calls = []
+    real = os.umask
+    old = real(0o027)  # a umask that differs from the usual, so the expected modes are not an accident
+    try:
+        monkeypatch.setattr(os, "umask", lambda mask: calls.append(mask) or real(mask))
+        write_text(tmp_path / "a.json", "{}")
+        sink = VideoSink(tmp_path / "v.mp4", 10.0, side_by_side=False, codec="mp4v")
+        sink.write(np.zeros((16, 16, 3), np.uint8), np.zeros((16, 16, 3), np.uint8))
+        sink.close()
+    finally:
+        monkeypatch.undo()
+        real(old)
+    assert calls == []
+    assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o640
+    assert (tmp_path / "v.mp4").stat().st_mode & 0o777 == 0o640
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json", "v.mp4"]  # no temporary left behind

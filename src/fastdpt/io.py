@@ -11,9 +11,9 @@ from __future__ import annotations
 import errno
 import glob
 import os
+import secrets
 import shutil
 from io import BytesIO
-import tempfile
 from pathlib import Path
 from typing import Callable
 
@@ -34,17 +34,27 @@ FORMATS = ("color", "png16", "npy", "pfm", "ply")
 
 
 # -- atomic writes -----------------------------------------------------------------------------------
+def new_temp_file(folder: str | os.PathLike, prefix: str, suffix: str = "") -> Path:
+    """An empty new file in ``folder`` under a random name, created exclusively (a planted file or
+    symlink is never followed) with the permissions every output gets: 0o666 less the process's umask,
+    applied by the kernel. The umask is never changed (another thread may be creating files)."""
+    for _ in range(100):
+        path = Path(folder) / f"{prefix}{secrets.token_hex(4)}{suffix}"
+        try:
+            os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY | getattr(os, "O_NOFOLLOW", 0), 0o666))
+            return path
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temporary name in {folder}")
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
     """Call ``write(tmp)`` on a new temporary file beside ``path`` (same suffix, created exclusively,
     so a planted symlink is never followed), then rename it to ``path``. On failure nothing is left."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part" + path.suffix, dir=path.parent)
-    os.close(fd)
+    tmp = new_temp_file(path.parent, f".{path.name}.", ".part" + path.suffix)
     try:
-        write(Path(tmp))
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
+        write(tmp)
         os.replace(tmp, path)
     except OSError as e:
         if is_disk_full(e):

@@ -26,7 +26,6 @@ import json
 import os
 import queue
 import signal
-import tempfile
 import threading
 import time
 from collections import Counter
@@ -38,8 +37,8 @@ import cv2
 import numpy as np
 
 from .errors import FastDPTError, ImageError, ImageTooLargeError, StreamError
-from .io import (IMAGE_EXTS, MAX_PIXELS, atomic_write, check_output_dir, check_size, looks_like_video, read_image,
-                 same_file)
+from .io import (IMAGE_EXTS, MAX_PIXELS, atomic_write, check_output_dir, check_size, looks_like_video, new_temp_file,
+                 read_image, same_file)
 from .predict import Predictor
 from .viz import beside
 
@@ -263,11 +262,9 @@ class VideoSink:
         out = beside(frame, vis) if self.side_by_side else vis
         if self.writer is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{self.path.stem}.", suffix=self.path.suffix, dir=self.path.parent)
-            os.close(fd)
-            self.tmp = Path(tmp)
+            self.tmp = tmp = new_temp_file(self.path.parent, f".{self.path.stem}.", self.path.suffix)
             self.size = (out.shape[1], out.shape[0])
-            self.writer = (_H264Writer if self.codec == "h264" else _Mp4vWriter)(tmp, self.fps, self.size)
+            self.writer = (_H264Writer if self.codec == "h264" else _Mp4vWriter)(str(tmp), self.fps, self.size)
         if (out.shape[1], out.shape[0]) != self.size:
             out = cv2.resize(out, self.size, interpolation=cv2.INTER_AREA)
             self.resized += 1
@@ -283,9 +280,6 @@ class VideoSink:
             self.writer.close()
             self.writer = None
             target = self.partial_path if partial else self.path
-            umask = os.umask(0)
-            os.umask(umask)
-            os.chmod(self.tmp, 0o666 & ~umask)  # as every other output (mkstemp made it private)
             os.replace(self.tmp, target)
         return target
 
