@@ -227,6 +227,19 @@ def test_the_auto_choice_table_follows_the_cpu_flags(flags, available, calibrati
     assert choose("cuda:0", flags, available).backend == "cudagraph"
 
 
+@pytest.mark.parametrize("flags", [AMX, VNNI, AVX2])
+@pytest.mark.parametrize("calibration", [False, True])
+def test_a_given_backend_with_auto_precision_follows_the_same_policy_as_auto(flags, calibration):
+    """``--backend openvino --precision auto`` and ``--backend auto`` agree on OpenVINO's precision
+    (best_precision ignored the calibration frames: never int8 on a VNNI-only CPU)."""
+    from fastdpt.runtime import best_precision
+
+    both = choose("cpu", flags, {"torch", "onnxruntime", "openvino"}, calibration)
+    assert best_precision("openvino", "cpu", calibration, flags=flags) == both.precision
+    assert best_precision("torch", "cpu", calibration, flags=flags) == ("bf16" if native_bf16(flags) else "fp32")
+    assert best_precision("onnxruntime", "cpu", calibration, flags=flags) == "fp32"
+
+
 def test_auto_picks_a_backend_this_machine_has(model, reference):
     pred = fastdpt.Predictor(model, backend="auto", precision="auto", threads=2)
     assert pred.options.backend in available_backends("cpu") and pred.options.precision in ("fp32", "bf16")

@@ -8,7 +8,7 @@ from dataclasses import dataclass, replace
 
 from ..errors import ConfigError
 from .backends import PRECISIONS, REGISTRY, available_backends
-from .cpu import Choice, choose, native_bf16
+from .cpu import Choice, choose
 
 AUTO = "auto"
 
@@ -60,13 +60,14 @@ class RuntimeOptions:
         return replace(self, precision=precision), Choice(self.backend, precision, "the best this backend runs natively here")
 
 
-def best_precision(backend: str, device: str = "cpu", calibration: bool = False) -> str:
-    """The fastest precision that keeps accuracy for a given backend on this machine."""
+def best_precision(backend: str, device: str = "cpu", calibration: bool = False, flags=None) -> str:
+    """The precision ``auto`` gives a chosen backend on this machine: the row of :func:`.cpu.choose`'s
+    table for that backend alone (one policy with ``--backend auto``: int8 on OpenVINO where only int8 is
+    native and calibration frames are at hand, bf16 where it is native, else fp32)."""
     if device.startswith("cuda"):
         return "bf16" if "bf16" in REGISTRY[backend].precisions else "fp32"
-    if native_bf16() and "bf16" in REGISTRY[backend].precisions:
-        return "bf16"
-    return "fp32"
+    best = choose(device, flags=flags, available={backend}, calibration=calibration)
+    return best.precision if best.precision in REGISTRY[backend].precisions else "fp32"
 
 
 def backend_names() -> tuple[str, ...]:
