@@ -283,6 +283,21 @@ def test_the_study_settings_are_declared_once_and_an_unknown_one_is_refused(data
         StudySettings.new("s", "g", parent_run_id="x")
 
 
+def test_a_study_folder_from_another_version_loads_with_its_unknown_settings_named(tmp_path):
+    from fastdpt.study.trial import StudySettings
+
+    StudySettings.new(tmp_path / "s", "g", bench_runs=3).save()
+    stored = json.loads((tmp_path / "s" / "study.json").read_text())
+    stored["cache_limit_gb"] = 40  # a setting a newer fastdpt writes
+    (tmp_path / "s" / "study.json").write_text(json.dumps(stored))
+    with pytest.warns(UserWarning, match="cache_limit_gb"):
+        s = StudySettings.load(tmp_path / "s")
+    assert s.bench_runs == 3 and s.out == stored["out"]
+    del stored["bench_runs"], stored["cache_limit_gb"]  # an older one: a missing setting takes its default
+    (tmp_path / "s" / "study.json").write_text(json.dumps(stored))
+    assert StudySettings.load(tmp_path / "s").bench_runs == StudySettings("x").bench_runs
+
+
 def test_attention_benchmark_and_its_crossover(tmp_path):
     r = CliRunner().invoke(app, ["bench", "attention", "--runs", "1", "--warmup", "0", "--threads", "2",
                                  "--json", str(tmp_path / "a.json")])

@@ -141,6 +141,12 @@ class Predictor:
         """Release the backend's cached graphs and sessions (and their temporary files)."""
         self.backend.close()
 
+    def __enter__(self) -> "Predictor":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
 
 class DepthStream:
     """Frames of one video, in order: ``predict(frame)`` returns the stabilised depth; ``reset()``

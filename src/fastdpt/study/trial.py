@@ -83,6 +83,14 @@ class StudySettings:
         if not path.is_file():
             raise FastDPTError(f"{study} is not a study folder (no study.json)")
         data = json.loads(path.read_text())
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:  # written by another fastdpt version: what this one knows is read, the rest named once
+            import warnings
+
+            warnings.warn(f"{path}: ignoring settings this fastdpt does not know ({', '.join(unknown)}); "
+                          "the study was made by another version", stacklevel=2)
+            data = {k: v for k, v in data.items() if k in known}
         data["bench_frame"] = tuple(data.get("bench_frame", (352, 1216)))
         data["bench_sizes"] = [tuple(s) for s in data.get("bench_sizes", [])]
         return cls(**data)
@@ -227,8 +235,10 @@ def _trained_row(spec: TrialSpec, settings: StudySettings, reporter, resumed: bo
     metrics = {k: float("nan") for k in METRIC_KEYS}
     stability = {}
     if model is not None:
-        metrics = evaluate(Predictor(model, device=device), test, paths.raw_root, paths.gt_root, protocol)
-        stability = temporal_columns(settings, Predictor(model, device=device), test)
+        with Predictor(model, device=device) as predictor:
+            metrics = evaluate(predictor, test, paths.raw_root, paths.gt_root, protocol)
+        with Predictor(model, device=device) as predictor:  # a fresh one: no state from the scoring
+            stability = temporal_columns(settings, predictor, test)
     cfg = get_config(spec.model)
     sizes = [tuple(s) for s in settings.bench_sizes] or [cfg.input_size]
     if cfg.input_size not in sizes:
@@ -307,10 +317,10 @@ def compressed_row(spec: TrialSpec, level: str, trained: dict, settings: StudySe
         weights = folder / "model.safetensors"
         int8 = folder / "model-int8.xml" if opts.get("qat") else None
         device = "cpu" if int8 else ("cuda" if torch.cuda.is_available() else "cpu")
-        predictor = Predictor(str(int8), backend="openvino") if int8 else Predictor(load(weights), device=device)
         protocol, test = _protocol(settings)
-        metrics = evaluate(predictor, test, paths.raw_root, paths.gt_root, protocol)
-        stability = temporal_columns(settings, predictor, test)
+        with (Predictor(str(int8), backend="openvino") if int8 else Predictor(load(weights), device=device)) as predictor:
+            metrics = evaluate(predictor, test, paths.raw_root, paths.gt_root, protocol)
+            stability = temporal_columns(settings, predictor, test)
         b = bench_row({"model": spec.model, "compress": level, "weights": str(weights),
                        "checkpoint": str(int8 or weights)}, settings, device)
     except Exception as e:  # noqa: BLE001 - recorded in the row (a library's own errors too), not retried
@@ -382,7 +392,8 @@ def fill_temporal(study: str | os.PathLike) -> int:
     for row in read_rows(study):
         if row.get("status") in ("ok", "baseline") and "flicker" not in row and row.get("checkpoint") \
                 and str(row["checkpoint"]).endswith(".safetensors") and Path(row["checkpoint"]).is_file():
-            row.update(temporal_columns(settings, Predictor(load(row["checkpoint"])), test))
+            with Predictor(load(row["checkpoint"])) as predictor:
+                row.update(temporal_columns(settings, predictor, test))
             write_row(study, row)
             n += 1
     return n
