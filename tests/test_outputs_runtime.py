@@ -87,11 +87,29 @@ def test_cli_predict_all_formats_and_bad_inputs(tmp_path):
         np.testing.assert_array_equal(read_pfm(out / f"{i}.pfm"), np.load(out / f"{i}.npy"))
 
 
-def test_predictor_is_thread_safe():
+def test_predictor_runs_one_thread_at_a_time_and_closes_its_backend():
+    """Threads sharing one Predictor: every result is the one-thread result, and the network is never
+    entered by two threads at once (a slow forward widens the window; without the lock the count rises);
+    ``with Predictor(...)`` closes the backend."""
     pred = Predictor(fastdpt.create_model(TINY).eval())
     images = [np.random.default_rng(i).integers(0, 256, (50, 80, 3), dtype=np.uint8) for i in range(4)]
     ref = [pred.predict(im).depth for im in images]
-    out, errors = {}, []
+    inside, most, errors, out = [0], [0], [], {}
+    count = threading.Lock()
+    forward = pred.backend.__class__.__call__
+
+    def slow(backend, x):
+        with count:
+            inside[0] += 1
+            most[0] = max(most[0], inside[0])
+        try:
+            threading.Event().wait(0.02)
+            return forward(backend, x)
+        finally:
+            with count:
+                inside[0] -= 1
+
+    pred.backend.__class__ = type("Slow", (pred.backend.__class__,), {"__call__": slow})
 
     def work(i):
         try:
@@ -104,6 +122,11 @@ def test_predictor_is_thread_safe():
     [t.start() for t in ts]
     [t.join() for t in ts]
     assert not errors and all(np.array_equal(out[i], ref[i]) for i in range(4))
+    assert most[0] == 1
+    closed = []
+    with Predictor(fastdpt.create_model(TINY).eval()) as p:
+        p.backend.close = lambda: closed.append(True)
+    assert closed == [True]
 
 
 def test_onnx_export_matches_pytorch_and_runs(tmp_path):
@@ -185,3 +208,26 @@ def test_int8_without_calibration_is_a_clear_error():
     pytest.importorskip("onnxruntime")
     with pytest.raises(fastdpt.FastDPTError, match="calibration"):
         Predictor(fastdpt.create_model(METRIC), backend="onnxruntime", precision="int8")
+
+
+def test_the_default_colour_map_needs_no_matplotlib_and_equals_its_table(monkeypatch):
+    """Spectral(_r) is built from ColorBrewer's 11 colours: the same uint8 table as matplotlib's map, and
+    there without matplotlib installed (it is the study extra's, not the core's)."""
+    import sys
+
+    from fastdpt.errors import ImageError
+    from fastdpt.viz import lookup_table
+
+    colormaps = pytest.importorskip("matplotlib").colormaps
+    ref = {name: (colormaps[name].resampled(256)(np.arange(256))[:, :3] * 255).astype(np.uint8)
+           for name in ("Spectral_r", "Spectral")}
+    for name in ref:
+        np.testing.assert_array_equal(lookup_table(name), ref[name])
+    lookup_table.cache_clear()
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if not installed: importing it raises
+    try:
+        np.testing.assert_array_equal(lookup_table("Spectral_r"), ref["Spectral_r"])
+        with pytest.raises(ImageError, match="needs matplotlib"):
+            lookup_table("cividis")
+    finally:
+        lookup_table.cache_clear()

@@ -17,6 +17,23 @@ from .errors import ImageError
 CMAPS_CV2 = {"inferno": cv2.COLORMAP_INFERNO, "magma": cv2.COLORMAP_MAGMA, "turbo": cv2.COLORMAP_TURBO,
              "viridis": cv2.COLORMAP_VIRIDIS}
 CMAPS = ("Spectral_r", "gray", *CMAPS_CV2)
+# ColorBrewer's 11-class "Spectral" scheme (Cynthia Brewer, colorbrewer2.org), red to blue: the default
+# map is these colours interpolated linearly to 256 entries, matplotlib's rule, so no plotting library is
+# needed to colour depth (tests/test_outputs_runtime.py checks the table against matplotlib's)
+SPECTRAL = ("9e0142", "d53e4f", "f46d43", "fdae61", "fee08b", "ffffbf", "e6f598", "abdda4", "66c2a5", "3288bd",
+            "5e4fa2")
+
+
+def _segmented(colors: np.ndarray, reverse: bool, n: int = 256) -> np.ndarray:
+    """(n, 3) float table of ``colors`` (k x 3 in [0, 1]) spread evenly over [0, 1] and interpolated
+    linearly, with matplotlib's ``LinearSegmentedColormap`` arithmetic (the same uint8 table)."""
+    x = np.linspace(0, 1, len(colors))
+    if reverse:
+        x, colors = 1.0 - x[::-1], colors[::-1]
+    xi = np.linspace(0, 1, n)
+    ind = np.searchsorted(x, xi)[1:-1]
+    t = ((xi[1:-1] - x[ind - 1]) / (x[ind] - x[ind - 1]))[:, None]
+    return np.clip(np.concatenate([colors[:1], t * (colors[ind] - colors[ind - 1]) + colors[ind - 1], colors[-1:]]), 0, 1)
 
 
 @lru_cache(maxsize=None)
@@ -26,10 +43,14 @@ def lookup_table(cmap: str) -> np.ndarray:
         return np.repeat(np.arange(256, dtype=np.uint8)[:, None], 3, axis=1)
     if cmap in CMAPS_CV2:
         return cv2.applyColorMap(np.arange(256, dtype=np.uint8)[:, None], CMAPS_CV2[cmap])[:, 0, ::-1].copy()
+    if cmap in ("Spectral", "Spectral_r"):
+        colors = np.array([[int(h[i:i + 2], 16) for i in (0, 2, 4)] for h in SPECTRAL], dtype=np.float64) / 255
+        return (_segmented(colors, cmap.endswith("_r")) * 255).astype(np.uint8)
     try:
         from matplotlib import colormaps
     except ImportError:
-        raise ImageError(f"colour map {cmap!r} needs matplotlib; built in: gray, {', '.join(CMAPS_CV2)}") from None
+        raise ImageError(f"colour map {cmap!r} needs matplotlib (pip install matplotlib); built in: "
+                         f"{', '.join(CMAPS)}") from None
     if cmap not in colormaps:
         raise ImageError(f"unknown colour map {cmap!r}; choose one of {', '.join(CMAPS)} or a matplotlib map")
     return (colormaps[cmap].resampled(256)(np.arange(256))[:, :3] * 255).astype(np.uint8)
