@@ -11,19 +11,45 @@ from fastdpt.training.config import TrainConfig
 runner = CliRunner()
 
 
-def test_every_training_option_is_a_flag_with_the_library_default():
-    cmd = typer.main.get_command(app).commands["train"]
-    params = {p.name: p for p in cmd.params}
+def _other_value(f):
+    """A valid value of a TrainConfig field other than its default, and the words that pass it."""
+    flag = f.metadata.get("flags", ("--" + f.name.replace("_", "-"),))[0]
+    special = {"model": "fast-effb0-f64-128x416", "lr_schedule": "cosine", "loss": "ssi", "precision": "bf16",
+               "monitor": "rmse", "eval_crop": "eigen", "accelerator": "cpu", "devices": "2",
+               "betas": (0.8, 0.99), "random_crop": (64, 96), "trim": 0.2, "hflip": 0.25, "clip_value": 0.75,
+               "limit_train_batches": 0.5, "limit_val_batches": 3.0, "max_time_s": 90.0}
+    if f.default is True or f.default is False:  # a switch: the other side of it
+        on, _, off = flag.partition("/")
+        return (not f.default), [on if not f.default else off]
+    if f.name in special:
+        value = special[f.name]
+    else:
+        value = f"/x/{f.name}" if f.default is None or isinstance(f.default, str) else f.default + 3
+    if isinstance(value, tuple):
+        return value, [flag, ("x" if isinstance(value[0], int) else ",").join(str(v) for v in value)]
+    return value, [flag, str(value)]
+
+
+def test_every_training_option_reaches_the_library_from_the_command_line(monkeypatch):
+    """``fastdpt train`` with every option set to something other than its default hands ``train`` the
+    TrainConfig built from those values in Python: no flag dropped, renamed onto another field, or
+    converted wrongly (tuples from text, switches, numbers); an option left out keeps the library's default."""
+    import fastdpt.training
+
+    seen = []
+    monkeypatch.setattr(fastdpt.training, "train", lambda cfg, **kw: seen.append((cfg, kw)) or {})
+    values, argv = {}, ["train"]
     for f in fields(TrainConfig):
-        assert f.name in params, f"TrainConfig.{f.name} has no command-line option"
-        if f.name == "out":
-            assert params[f.name].required
-            continue
-        default = params[f.name].default
-        if isinstance(f.default, tuple):
-            default = tuple(type(f.default[0])(v) for v in default.replace("x", ",").split(","))
-        assert default == f.default, (f.name, default, f.default)
-    assert "resume" in params and "overwrite" in params
+        values[f.name], words = _other_value(f)
+        argv += words
+    r = runner.invoke(app, argv)
+    assert r.exit_code == 0, r.output
+    (cfg, kw), = seen
+    assert cfg == TrainConfig(**values) and kw == {"resume": False, "overwrite": False}
+    assert all(getattr(cfg, f.name) != f.default for f in fields(TrainConfig) if f.name != "out")
+    seen.clear()
+    assert runner.invoke(app, ["train", "-m", "fast-effb0-f64-128x416", "--out", "/x/run"]).exit_code == 0
+    assert seen[0][0] == TrainConfig(model="fast-effb0-f64-128x416", out="/x/run")
 
 
 def test_train_options_are_validated_before_any_work(tmp_path):

@@ -69,7 +69,14 @@ def test_eval_refuses_relative_models(tree, tmp_path):
     assert r.exit_code == 2 and "relative depth" in r.output
 
 
-def test_crop_flags_are_exclusive(tree):
-    r = runner.invoke(app, ["eval-pngs", "--pred-dir", ".", "--gt-root", ".", "--split-file", "x", "--garg-crop",
-                            "--eigen-crop"])
-    assert r.exit_code != 0
+def test_crop_flags_are_exclusive(tree, tmp_path):
+    # everything else valid (the same command with one crop flag scores), so only the two flags can refuse it
+    d = tree / "synth"
+    ckpt = save_checkpoint(fastdpt.create_model(METRIC), tmp_path / "m.safetensors")
+    r = runner.invoke(app, ["eval", "--weights", str(ckpt), "--data-root", str(d), "--save-png", str(tmp_path / "p")])
+    assert r.exit_code == 0, r.output
+    args = ["eval-pngs", "--pred-dir", str(tmp_path / "p"), "--gt-root", str(d / "data_depth_annotated"),
+            "--split-file", str(d / "splits" / "test_files_with_gt.txt"), "--garg-crop"]
+    assert runner.invoke(app, args).exit_code == 0
+    r = runner.invoke(app, [*args, "--eigen-crop"])
+    assert r.exit_code == 2 and "choose one of --garg-crop, --eigen-crop and --no-crop" in r.output

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import SPLITS_DIR
+from conftest import SPLITS_DIR, needs_splits
 from fastdpt.data.augment import Augment
 from fastdpt.data.kitti import (SPLITS, KittiDepthDataset, SplitEntry, calib_focal, check_split, find_gt, parse_split_line,
                                 read_focal, read_split, split_path, write_split)
@@ -14,6 +14,7 @@ from fastdpt.errors import DataError
 from fastdpt.io import read_depth_png, write_depth_png
 
 
+@needs_splits
 def test_split_files_parse_in_both_formats():
     md2 = read_split(SPLITS_DIR / "eigen_test_files.txt")
     bts = read_split(SPLITS_DIR / "kitti_eigen_test_files_with_gt.txt")
@@ -36,6 +37,7 @@ def test_monodepth2_line_to_paths():
         parse_split_line("what is this")
 
 
+@needs_splits
 def test_named_splits_come_from_a_verified_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("FASTDPT_OFFLINE", "1")
     with pytest.raises(DataError, match="not cached"):
@@ -68,6 +70,7 @@ def _fake_tree(root, entries, size=(375, 1242), gt_folder="train", seed=0):
             "P_rect_03: 7.0e+02 0 6.0e+02 0 0 7.0e+02 1.7e+02 0 0 0 1 0\n")
 
 
+@needs_splits
 def test_split_check_counts_missing_files(tmp_path):
     entries = read_split(SPLITS_DIR / "eigen_test_files.txt")[:30]
     _fake_tree(tmp_path, entries, size=(40, 60))
