@@ -119,8 +119,10 @@ def _open_rgb(source, max_pixels: int, label: str, failure: str, detail: bool) -
         raise
     except UnidentifiedImageError:
         raise ImageError(f"{failure}: not a {'/'.join(IMAGE_FORMATS)} image") from None
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-        raise ImageError(f"{failure}: {e if detail else type(e).__name__}") from None
+    except Image.DecompressionBombError:  # Pillow's own limit, checked in open() before ours could be
+        raise ImageTooLargeError(f"{label}: larger than the limit of {max_pixels} pixels") from None
+    except (OSError, ValueError, SyntaxError) as e:  # an HTTP client is told what, never an exception's name
+        raise ImageError(f"{failure}: {e if detail else 'the data is truncated or corrupt'}") from None
 
 
 def check_size(width: int, height: int, max_pixels: int = MAX_PIXELS, label: str = "image") -> None:
