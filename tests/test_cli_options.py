@@ -2,7 +2,6 @@
 
 from dataclasses import fields
 
-import typer
 from typer.testing import CliRunner
 
 from fastdpt.cli import app

@@ -7,6 +7,7 @@ for a video and for the image folder of the same frames."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -512,3 +513,23 @@ def test_frames_with_ground_truth_join_the_training_split_and_mixed_sizes_train(
     rel = l3.frames(ground_truth=True)[0]
     np.testing.assert_array_equal(l3.read_label(rel), read_depth_png(find_gt(data / "data_depth_annotated", drive1[0].gt)))
     assert (l3.read_label(rel) == 0).mean() > 0.5
+
+
+def test_unusable_teacher_weights_and_an_unwritable_out_are_one_line_before_any_work(tmp_path, teacher, frames):
+    """Weights that do not fit the teacher's variant are refused before a frame is sampled or --out made (the
+    mended command then runs into the same --out); an --out the file system refuses is one line, no traceback."""
+    from fastdpt.weights import read_checkpoint_config, save_checkpoint
+
+    name = read_checkpoint_config(teacher).name
+    wrong = save_checkpoint(fastdpt.create_model(STUDENT), tmp_path / "other.safetensors")
+    out = tmp_path / "d"
+    r = CliRunner().invoke(app, ["distill", "--teacher", name, "--teacher-weights", str(wrong), "--frames", str(frames),
+                                 "--student", STUDENT, "--out", str(out), "--steps", "1", "--no-progress"])
+    assert r.exit_code == 2 and "error:" in r.output and "Traceback" not in r.output, r.output
+    assert not out.exists()
+    if os.access("/sys", os.W_OK) and not os.path.ismount("/sys"):
+        pytest.skip("/sys is writable here: no read-only folder to try")
+    r = CliRunner().invoke(app, ["distill", "--teacher", str(teacher), "--frames", str(frames), "--student", STUDENT,
+                                 "--out", "/sys/fastdpt-test/d", "--steps", "1", "--no-progress"])
+    assert r.exit_code == 2 and "/sys/fastdpt-test" in r.output, r.output
+    assert len(r.output.strip().splitlines()) == 1 and r.exception is None or isinstance(r.exception, SystemExit)

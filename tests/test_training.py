@@ -198,3 +198,26 @@ def test_killed_run_resumes(data, tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     res = json.loads((run / "result.json").read_text())
     assert res["global_step"] == 40 and res["epochs"] == 2
+
+
+def test_sigterm_to_the_process_group_stops_a_training_like_ctrl_c(data, tmp_path):
+    """What ``timeout``, ``docker stop`` and systemd send, to the command and its data-loader processes:
+    one line saying what was kept and how to resume, exit 130, no traceback; the resume state is whole."""
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "fastdpt.cli", "train", "--model", MODEL, "--data-root", str(data), "--out", str(run),
+           "--epochs", "2", "--batch-size", "4", "--lr", "1e-3", "--workers", "2", "--no-kb-crop",
+           "--checkpoint-every", "2", "--no-progress"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None and not (run / "resume.ckpt").is_file():
+        time.sleep(0.2)
+    assert proc.poll() is None, "training finished before it could be stopped"
+    os.killpg(proc.pid, signal.SIGTERM)
+    output, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130, output
+    assert "Traceback" not in output and "killed by signal" not in output, output
+    assert output.strip().splitlines()[-1] == (f"interrupted: the run in {run} is kept; continue it with "
+                                               f"`fastdpt train --out {run} --resume`")
+    assert torch.load(run / "resume.ckpt", map_location="cpu", weights_only=False)["global_step"] >= 2
+    assert not (run / "result.json").exists()

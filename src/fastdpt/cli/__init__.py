@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import sys
 
 import typer
@@ -36,11 +37,26 @@ app.add_typer(data_app, name="data")
 app.add_typer(study_app, name="study")
 
 
+def _terminated(signum, frame) -> None:
+    # the data loader's processes got the same SIGTERM (a process group's signal) and die of it: their
+    # deaths are expected now, so torch's SIGCHLD handler must not raise them over the interrupt
+    signal.signal(signal.SIGCHLD, _expected)  # (not SIG_DFL: a SIGCHLD already pending would raise OSError)
+    raise KeyboardInterrupt
+
+
+def _expected(signum, frame) -> None:
+    pass
+
+
 def main() -> None:
-    """The command (the ``fastdpt`` script and ``python -m fastdpt.cli``). After Ctrl-C (exit 130), once
-    the command has kept what it wrote and said where, the process ends at once: tearing down the
-    interpreter (torch, OpenVINO, a worker thread left in the middle of an inference) took 4-5 s more
-    with a DPT-Hybrid model (README: about a second)."""
+    """The command (the ``fastdpt`` script and ``python -m fastdpt.cli``). SIGTERM (what ``timeout``,
+    ``docker stop`` and systemd send) takes Ctrl-C's path: the command keeps what it wrote and says so in
+    one line (data-loader processes, which inherit the handler, end quietly as they do on Ctrl-C). After
+    Ctrl-C (exit 130), once the command has kept what it wrote and said where, the process ends at once:
+    tearing down the interpreter (torch, OpenVINO, a worker thread left in the middle of an inference)
+    took 4-5 s more with a DPT-Hybrid model (README: about a second)."""
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _terminated)
     try:
         app()
     except SystemExit as e:

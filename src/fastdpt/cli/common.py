@@ -3,6 +3,7 @@ builder, and options derived from a dataclass (so the command line never copies 
 
 from __future__ import annotations
 
+import errno
 import functools
 import inspect
 import os
@@ -72,8 +73,14 @@ def fail(e: Exception) -> typing.NoReturn:
     raise typer.Exit(2)
 
 
+# permission denied, not permitted, a read-only file system, a file where a folder must be (or the reverse)
+USER_FS_ERRORS = (errno.EACCES, errno.EPERM, errno.EROFS, errno.EEXIST, errno.ENOTDIR, errno.EISDIR)
+
+
 def one_line_errors(fn: Callable) -> Callable:
-    """Turn a :class:`FastDPTError` raised anywhere in a command into one line and exit code 2."""
+    """Turn a :class:`FastDPTError` raised anywhere in a command into one line and exit code 2; a
+    file-system refusal (permission denied, a file where a folder must be) too, naming the path; Ctrl-C
+    or SIGTERM not handled by the command itself into one line and exit code 130."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -81,8 +88,22 @@ def one_line_errors(fn: Callable) -> Callable:
             return fn(*args, **kwargs)
         except FastDPTError as e:
             fail(e)
+        except OSError as e:  # a file-system refusal the user can mend (never a bug's traceback hidden)
+            if e.errno not in USER_FS_ERRORS or not e.filename:
+                raise
+            fail(f"{e.strerror}: {e.filename}")
+        except KeyboardInterrupt:
+            console.print("interrupted")
+            raise typer.Exit(130) from None
 
     return wrapper
+
+
+def interrupted(what: str) -> typing.NoReturn:
+    """The one line after Ctrl-C / SIGTERM in a command that keeps its work: ``what`` says what was kept
+    and how to go on."""
+    console.print(f"interrupted: {what}", highlight=False, soft_wrap=True)
+    raise typer.Exit(130)
 
 
 def parse_size(text: str) -> tuple[int, int]:

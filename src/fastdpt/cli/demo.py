@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from .common import ThreadsOpt, one_line_errors, out, set_threads
+from .common import ThreadsOpt, interrupted, one_line_errors, out, set_threads
 
 
 @one_line_errors
@@ -31,4 +31,7 @@ def demo(
     for name in ("lightning.pytorch", "lightning.fabric", "mlflow"):  # the demo prints its own progress
         logging.getLogger(name).setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", module="lightning")
-    run_demo(out_dir, steps, preset, drives, frames, force=force, say=lambda m: out.print(m, highlight=False))
+    try:
+        run_demo(out_dir, steps, preset, drives, frames, force=force, say=lambda m: out.print(m, highlight=False))
+    except KeyboardInterrupt:
+        interrupted(f"what was written in {out_dir} is kept; run the demo again with --force to start over")

@@ -9,7 +9,7 @@ from typing import Annotated, List, Optional
 import typer
 
 from ..distill.config import DistillConfig, resume_values
-from .common import console, dataclass_command, given_options, one_line_errors, out
+from .common import console, dataclass_command, given_options, interrupted, one_line_errors, out
 
 
 def _progress(done: int, total: int, fps: float, eta: float) -> None:
@@ -30,8 +30,7 @@ def _distill(values: dict) -> None:
     try:
         report = distill(cfg, resume=resume, log=log, label_progress=_progress if cfg.progress else None)
     except KeyboardInterrupt:
-        console.print(f"interrupted: what was written in {cfg.out} is kept; run the same command with --resume to continue")
-        raise typer.Exit(130) from None
+        interrupted(f"what was written in {cfg.out} is kept; run the same command with --resume to continue")
     a = report["agreement"]
     scored = (f"held-out AbsRel vs the teacher {a['student']['abs_rel']:.4f} (best constant "
               f"{a['best_constant']['abs_rel']:.4f})" if a["student"] and a["best_constant"] else

@@ -12,8 +12,8 @@ from rich.table import Table
 
 from ..errors import ConfigError
 from ..training.config import TrainConfig
-from .common import (DeviceOpt, ThreadsOpt, console, dataclass_command, given_options, one_line_errors, out,
-                     set_threads)
+from .common import (DeviceOpt, ThreadsOpt, console, dataclass_command, given_options, interrupted, one_line_errors,
+                     out, set_threads)
 
 
 def _train(values: dict) -> None:
@@ -26,7 +26,13 @@ def _train(values: dict) -> None:
         cfg = resume_config(values["out"], **given_options(ctx, values))
     else:
         cfg = TrainConfig(**values)
-    res = train(cfg, resume=resume, overwrite=overwrite)
+    try:
+        res = train(cfg, resume=resume, overwrite=overwrite)
+    except KeyboardInterrupt:
+        state = Path(cfg.out) / "resume.ckpt"
+        interrupted(f"the run in {cfg.out} is kept; continue it with `fastdpt train --out {cfg.out} --resume`"
+                    if state.is_file() else f"{cfg.out} had no resume state yet (one is saved at each epoch end "
+                    "and every --checkpoint-every steps); start again with --overwrite")
     out.print(json.dumps(res, indent=1))
 
 

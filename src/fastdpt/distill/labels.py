@@ -125,6 +125,19 @@ def teacher_predictor(t: Teacher, device: str = "cpu", threads: int | None = Non
     return Predictor(t.source, t.weights, options=options)
 
 
+def check_teacher(t: Teacher) -> None:
+    """Load the teacher's weights once (then drop them), so that a file that does not fit the variant is
+    refused in one line before a frame is sampled or a folder made (an ONNX teacher was opened already)."""
+    if t.onnx:
+        return
+    from ..api import load
+
+    if Path(t.source).is_file():  # a checkpoint: its own variant
+        load(t.weights)
+    else:  # a name: the weights must be that variant's (a checkpoint of another is refused, not run instead)
+        load(t.source, t.weights, allow_download=False)
+
+
 def read_is_checkpoint(path: str) -> bool:
     from ..weights import read_checkpoint_config
 

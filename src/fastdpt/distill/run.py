@@ -24,7 +24,7 @@ from ..evaluation.metrics import Protocol
 from ..io import atomic_write
 from ..training.run import LOCK
 from .config import RESUME_MAY_CHANGE, DistillConfig, stored_options
-from .labels import LabelSet, Teacher, label, labelled_frames, prepare, resolve_teacher
+from .labels import LabelSet, Teacher, check_teacher, label, labelled_frames, prepare, resolve_teacher
 
 def check_pair(teacher: Teacher, student: str) -> str:
     """The loss the student learns with, or a refusal when its head cannot learn from the teacher."""
@@ -192,6 +192,8 @@ def distill(cfg: DistillConfig, resume: bool = False, log: Callable[[str], None]
         labelled_frames(cfg.labelled_root, cfg.labelled_split)  # a wrong path fails before anything is written
     teacher = resolve_teacher(cfg.teacher, cfg.teacher_weights)
     loss = check_pair(teacher, cfg.student)
+    if start_over or not (out / "distill.json").is_file():  # a new run: unusable weights fail before any work
+        check_teacher(teacher)
     with run_lock(out, "distillation"):  # makes out; two runs into one folder would label and train over each other
         if start_over:
             _start_over(out, log)

@@ -15,7 +15,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import sys
+import threading
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -234,7 +236,17 @@ def _fit(L, cfg: TrainConfig, run: Path, resume: bool, callbacks, logger, module
     )
     if logger and not resume:
         logger.log_hyperparams({**cfg.as_dict(), "canonical_name": get_config(cfg.model).name})
-    trainer.fit(module, datamodule=data, ckpt_path=str(resume_path) if resume else None, weights_only=True)
+    try:
+        with _stop_on_sigterm():
+            trainer.fit(module, datamodule=data, ckpt_path=str(resume_path) if resume else None, weights_only=True)
+    except KeyboardInterrupt:
+        raise
+    except BaseException as e:  # Ctrl-C: Lightning ends with exit(1); SIGTERM: it stops at the batch's end with
+        # its SIGTERMException, or a data-loader process killed by the same signal raises: the caller is told
+        # KeyboardInterrupt, says what was kept and how to resume
+        if trainer.received_sigterm or _while_interrupted(e) or (isinstance(e, SystemExit) and trainer.interrupted):
+            raise KeyboardInterrupt from None
+        raise
     result = {"metrics": {k: float(v) for k, v in trainer.callback_metrics.items()},
               "best_metrics": saver.best_metrics, "best_epoch": saver.best_epoch,
               "last": str(run / "last.safetensors"), "best": str(run / "best.safetensors"),
@@ -247,6 +259,37 @@ def _fit(L, cfg: TrainConfig, run: Path, resume: bool, callbacks, logger, module
             result["resume_dropped"] = True
         write_text(run / "result.json", json.dumps(result, indent=1))
     return result
+
+
+@contextmanager
+def _stop_on_sigterm():
+    """While Lightning trains (in the main thread): SIGTERM is left to Lightning, which stops at the end of
+    the batch (nothing raised in the middle of a step, or of a garbage collector's callback), and the deaths
+    of the data-loader processes that the same signal ends are expected, not raised by torch's SIGCHLD
+    handler over the stop. Both handlers are put back afterwards."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGCHLD)}
+
+    def stopping(signum, frame):
+        signal.signal(signal.SIGCHLD, lambda *a: None)  # (not SIG_DFL: a pending SIGCHLD would raise OSError)
+
+    signal.signal(signal.SIGTERM, stopping)
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+
+
+def _while_interrupted(e: BaseException) -> bool:
+    """``e`` was raised while a KeyboardInterrupt (Ctrl-C, or SIGTERM in the CLI) was being handled."""
+    while e is not None:
+        if isinstance(e, KeyboardInterrupt):
+            return True
+        e = e.__context__
+    return False
 
 
 def _log_artifacts(logger, run: Path, module, val_ds, copy_checkpoints: bool = False) -> None:
