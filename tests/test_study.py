@@ -334,3 +334,55 @@ def test_report_summary_and_wall_time_follow_the_rows():
     assert any("At >= 2x" in s and "`r50.h0-1.heads12.softmax@192x640`" in s for s in lines)
     head, body = full_table(rows)
     assert body[1][head.index("wall s")] == "60" and body[2][head.index("wall s")] == "-"
+
+
+@pytest.mark.ray
+def test_a_local_ray_session_lives_in_a_private_folder_that_goes_with_it():
+    """Ray started here keeps its session (logs, sockets; 0777 folders inside) under a 0700 folder of its
+    own, removed when the session ends (they were left under /tmp/ray, open to every user, for good)."""
+    from fastdpt.cluster import ray_session
+
+    with ray_session(num_cpus=1, verbose=0) as ray:
+        session = Path(ray._private.worker._global_node.get_session_dir_path())
+        private = session.parent.parent if session.parent.name == "ray" else session.parent
+        assert session.is_dir() and private.name.startswith("fastdpt-ray-"), session
+        assert private.stat().st_mode & 0o777 == 0o700
+    assert not private.exists()
+
+
+def test_study_out_must_be_a_folder_of_its_own_before_ray_starts(data, tmp_path, monkeypatch):
+    import fastdpt.cluster
+
+    monkeypatch.setattr(fastdpt.cluster, "ray_module", lambda: pytest.fail("Ray was started"))
+    (tmp_path / "file").write_text("keep")
+    (tmp_path / "dataset").mkdir()
+    (tmp_path / "dataset" / "splits.txt").write_text("keep")
+    for out, words in [(tmp_path / "file", "is a file"), (tmp_path / "dataset", "holds no study")]:
+        r = CliRunner().invoke(app, ["study", "run", "r50.h0-1.heads12.softmax.f32.m0.01_0.0125@64x192", "--data-root",
+                                     str(data), "--out", str(out)])
+        assert r.exit_code == 2 and words in r.output and "Traceback" not in r.output, r.output
+    assert (tmp_path / "file").read_text() == "keep" and os.listdir(tmp_path / "dataset") == ["splits.txt"]
+
+
+def test_a_study_stopped_by_ctrl_c_says_how_to_resume(tmp_path, monkeypatch):
+    """Ray Tune stops its trials on Ctrl-C and returns: unfinished trials are 'stopped, --resume', not 'no trial
+    succeeded (0 of 1 failed)'; a KeyboardInterrupt out of the study says the same."""
+    import fastdpt.study.sweep as sweep
+    from fastdpt.study.trial import StudySettings
+
+    def stopped(grid, out, *a, **k):
+        StudySettings.new(out, "g").save()
+        (Path(out) / "trials.json").write_text(json.dumps([{"id": "t1", "model": "fast-effb0-f64-128x416"}]))
+        return []
+
+    monkeypatch.setattr(sweep, "run_study", stopped)
+    r = CliRunner().invoke(app, ["study", "run", "fast-effb0-f64-128x416", "--out", str(tmp_path / "s")])
+    assert r.exit_code == 130 and "no trial succeeded" not in r.output, r.output
+    assert r.output.strip().splitlines()[-1].startswith("interrupted: 1 trial(s) of the study") and "--resume" in r.output
+
+    def ctrl_c(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(sweep, "run_study", ctrl_c)
+    r = CliRunner().invoke(app, ["study", "run", "fast-effb0-f64-128x416", "--out", str(tmp_path / "t")])
+    assert r.exit_code == 130 and "--resume" in r.output and "Traceback" not in r.output, r.output

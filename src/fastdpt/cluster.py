@@ -16,6 +16,8 @@ without authentication ignores it).
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import time
 from contextlib import contextmanager
 from typing import Iterator
@@ -72,7 +74,8 @@ def ray_session(address: str | None = None, num_cpus: int | None = None, num_gpu
     if address:
         _check_reachable(address)
         _send_ray_token_if_any()
-    try:
+    private = None if address else tempfile.mkdtemp(prefix="fastdpt-ray-")  # 0700: Ray's session folders
+    try:                                                                      # (0777 inside) reachable by us only
         if address:
             for attempt in range(3):  # a head that just started (or a loaded machine) may answer late
                 try:
@@ -88,8 +91,11 @@ def ray_session(address: str | None = None, num_cpus: int | None = None, num_gpu
             ray.init(address="local", num_cpus=num_cpus or os.cpu_count(),
                      num_gpus=torch.cuda.device_count() if num_gpus is None else num_gpus,
                      include_dashboard=False, object_store_memory=256 * 2**20, log_to_driver=verbose > 0,
-                     _node_ip_address="127.0.0.1", logging_level="ERROR")
+                     _node_ip_address="127.0.0.1", logging_level="ERROR",
+                     _temp_dir=os.path.join(private, "ray"))  # Ray makes its own folder 0777: one level down
     except (ConnectionError, RuntimeError, TimeoutError, ValueError) as e:
+        if private:
+            shutil.rmtree(private, ignore_errors=True)
         reason = " ".join(str(e).split())[:200]
         if address:
             raise ClusterError(f"cannot reach the Ray cluster at {address!r} ({reason}); check that `ray start --head` "
@@ -100,3 +106,5 @@ def ray_session(address: str | None = None, num_cpus: int | None = None, num_gpu
         yield ray
     finally:
         ray.shutdown()
+        if private:  # the session's logs and sockets go with it (they were left under /tmp/ray for good)
+            shutil.rmtree(private, ignore_errors=True)

@@ -10,7 +10,7 @@ import typer
 
 from ..errors import ConfigError
 from ..study.grid import MAX_TRIALS
-from .common import console, one_line_errors, out, parse_size, print_table
+from .common import console, interrupted, one_line_errors, out, parse_size, print_table
 
 study_app = typer.Typer(no_args_is_help=True, help="The study: a grid of variants trained, scored and timed on Ray Tune.")
 
@@ -52,14 +52,21 @@ def run(
         return str(p) if p else None
 
     # the study's settings by their own names (StudySettings' fields); run_study resolves them once
-    rows = run_study(grid if len(grid) > 1 else grid[0], out_dir, data_root, address=address, resources=resources,
-                     max_failures=max_failures, resume=resume, max_trials=max_trials, timing_rounds=timing_rounds,
-                     epochs=epochs, max_steps=max_steps, init=path(init), backbone_weights=backbone_weights,
-                     baseline=baseline, train_baseline=train_baseline, tracking_uri=tracking_uri,
-                     bench_sizes=[parse_size(s) for s in bench_sizes or []], bench_runs=bench_runs,
-                     raw_root=path(raw_root), gt_root=path(gt_root), train_split=path(train_split),
-                     val_split=path(val_split), test_split=path(test_split))
-    _print_status(out_dir)
+    resume_line = "continue it with the same command and --resume (finished trials are kept)"
+    try:
+        rows = run_study(grid if len(grid) > 1 else grid[0], out_dir, data_root, address=address, resources=resources,
+                         max_failures=max_failures, resume=resume, max_trials=max_trials, timing_rounds=timing_rounds,
+                         epochs=epochs, max_steps=max_steps, init=path(init), backbone_weights=backbone_weights,
+                         baseline=baseline, train_baseline=train_baseline, tracking_uri=tracking_uri,
+                         bench_sizes=[parse_size(s) for s in bench_sizes or []], bench_runs=bench_runs,
+                         raw_root=path(raw_root), gt_root=path(gt_root), train_split=path(train_split),
+                         val_split=path(val_split), test_split=path(test_split))
+    except KeyboardInterrupt:
+        interrupted(f"the study in {out_dir} stopped; {resume_line}")
+    st = _print_status(out_dir)
+    unfinished = len(st["running"]) + len(st["waiting"])
+    if unfinished:  # Ray Tune stops its trials on Ctrl-C and returns: the study did not end, it was stopped
+        interrupted(f"{unfinished} trial(s) of the study in {out_dir} unfinished; {resume_line}")
     out.print(f"results: {Path(out_dir) / 'results.json'} ({len(rows)} rows); report: fastdpt study report {out_dir} -o DIR",
               highlight=False)
     trained = [r for r in rows if not str(r.get("name", "")).endswith("~baseline")]

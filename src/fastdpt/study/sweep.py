@@ -128,6 +128,11 @@ def run_study(grid, out: str | os.PathLike, data_root: str | os.PathLike | None 
         raise FastDPTError(f"nothing to resume: {out} holds no study")
     if not resume and (out / "study.json").exists():
         raise FastDPTError(f"{out} already holds a study: pass --resume to continue it or choose another --out")
+    if out.exists() and not out.is_dir():
+        raise FastDPTError(f"--out {out} is a file: a study needs a folder of its own")
+    if not resume and out.is_dir() and any(out.iterdir()):  # a distillation, a dataset, anything else: not ours
+        raise FastDPTError(f"--out {out} is a non-empty folder that holds no study: choose a new or empty folder "
+                           "(a study writes trials, rows and Ray's state there)")
     if isinstance(resources, str) and resources:
         resources = parse_resources(resources)  # a malformed --resources: before Ray starts
     with ray_session(address, verbose=verbose) as ray:  # Ray is up (or refused) before anything is written
