@@ -250,6 +250,23 @@ def test_bad_pruning_and_compression_options_are_one_line(tmp_path, monkeypatch)
         qat_module.qat_int8(_model(), [], tmp_path / "q.xml")
 
 
+def test_compress_names_its_own_way_out_and_caps_threads(tmp_path, monkeypatch):
+    """A file that is no fastdpt checkpoint: the message names a command that converts it, not flags compress
+    lacks (--model/--weights); --threads above the CPU count is lowered to it, said once."""
+    import os
+
+    official = tmp_path / "official.pt"
+    torch.save({"a": torch.zeros(2)}, official)
+    r = CliRunner().invoke(app, ["compress", str(official), "--out", str(tmp_path / "o"), "--prune", "mlp=0.3"])
+    assert r.exit_code == 2 and "fastdpt warm-start VARIANT --init" in r.output, r.output
+    assert "--model" not in r.output and "--weights" not in r.output and not (tmp_path / "o").exists()
+    cpus = os.cpu_count()
+    with pytest.warns(UserWarning, match=f"--threads 999 is more than this machine's {cpus} CPUs: using {cpus}"):
+        cfg = CompressConfig(checkpoint="x.safetensors", out=str(tmp_path / "o"), prune="mlp=0.3", threads=999)
+    assert cfg.threads == cpus
+    assert CompressConfig(checkpoint="x.safetensors", out=str(tmp_path / "o"), prune="mlp=0.3", threads=1).threads == 1
+
+
 @pytest.fixture(scope="module")
 def tiny_ckpt(tmp_path_factory):
     return save_checkpoint(_model(), tmp_path_factory.mktemp("ckpt") / "tiny.safetensors")

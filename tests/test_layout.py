@@ -17,7 +17,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "fastdpt"
 # lower layers first; a unit imports only from layers below its own
 LAYERS = [
     ["errors", "_lazy"],
-    ["config"],
+    ["config", "options"],
     ["presets", "hub", "viz", "losses", "cluster"],
     ["models", "io", "transforms"],
     ["weights", "data"],

@@ -3,6 +3,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import torch
 import pytest
 from PIL import Image
 from typer.testing import CliRunner
@@ -182,6 +183,11 @@ def test_backend_errors():
     if not native_bf16():  # emulated bf16 is refused, with the CPU features named
         with pytest.raises(fastdpt.FastDPTError, match="emulated and far slower.*--precision auto"):
             Predictor(fastdpt.create_model(TINY), precision="bf16")
+    # fp16 on a CPU is refused as a GPU precision on every CPU (it blamed a missing AVX512-BF16 and then
+    # listed avx512_bf16 among the features on CPUs that have it)
+    with pytest.raises(fastdpt.FastDPTError, match="fp16 is a GPU precision") as e:
+        Predictor(fastdpt.create_model(TINY), precision="fp16")
+    assert "AVX512-BF16;" not in str(e.value) and "lacks" not in str(e.value)
 
 
 def test_onnx_exports_live_in_a_private_folder_removed_with_the_predictor():
@@ -231,3 +237,17 @@ def test_the_default_colour_map_needs_no_matplotlib_and_equals_its_table(monkeyp
             lookup_table("cividis")
     finally:
         lookup_table.cache_clear()
+
+
+def test_exporting_for_a_runtime_says_nothing_of_tracing(tmp_path):
+    """Each network size is traced once for ONNX / OpenVINO: the model's size checks are constants of that
+    size by design, and the tracer's warnings about them were printed by every predict, video and serve."""
+    import warnings
+
+    pytest.importorskip("onnx")
+    from fastdpt.runtime import export_onnx
+
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        export_onnx(fastdpt.create_model(METRIC).eval(), tmp_path / "m.onnx")
+    assert not [w for w in seen if issubclass(w.category, torch.jit.TracerWarning)], [str(w.message) for w in seen]

@@ -146,10 +146,12 @@ def fetch_pinned(url: str, target: Path, sha256: str, error: type[FastDPTError],
 
 
 def resolve_weights(preset: str, weights: str | os.PathLike | None = None, cache: str | os.PathLike | None = None,
-                    allow_download: bool = True, progress: Callable[[int, int], None] | None = None) -> Path:
+                    allow_download: bool = True, progress: Callable[[int, int], None] | None = None,
+                    flag: str = "--weights") -> Path:
     """The local file of a preset's official weights: the given path, the cache, or a download.
 
-    Raises :class:`WeightsNotFoundError` with exact instructions when none works.
+    Raises :class:`WeightsNotFoundError` with exact instructions when none works; ``flag`` is the option
+    of the command in use that takes a weights file (``--teacher-weights`` for ``distill``).
     """
     if weights is not None:
         p = Path(weights).expanduser()
@@ -159,12 +161,12 @@ def resolve_weights(preset: str, weights: str | os.PathLike | None = None, cache
     src = OFFICIAL_WEIGHTS.get(preset)
     if src is None:
         raise WeightsNotFoundError(
-            f"{preset!r} has no published weights: pass a checkpoint trained for it (--weights FILE), "
+            f"{preset!r} has no published weights: pass a checkpoint trained for it ({flag} FILE), "
             "or build it untrained with fastdpt.create_model() / warm-start it with fastdpt.warm_start()"
         )
     target = cache_dir(cache) / src.file
     how = (f"download {src.url} into {target.parent}/ (e.g. `curl -L -o {target} {src.url}`), "
-           f"or pass --weights PATH / weights=PATH")
+           f"or pass {flag} PATH / weights=PATH")
     return fetch_pinned(src.url, target, src.sha256_prefix, WeightsNotFoundError, f"weights for {preset!r}",
                         allow_download, progress, how)
 

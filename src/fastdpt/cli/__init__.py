@@ -20,6 +20,7 @@ from . import distill as _distill
 from . import infer as _infer
 from . import models as _models
 from . import train as _train
+from .common import quiet_libraries, show_warnings_on_one_line
 from .data import data_app
 from .study import study_app
 
@@ -33,6 +34,16 @@ for _name, _fn in [("models", _models.models), ("predict", _infer.predict), ("be
                    ("eval", _train.evaluate), ("eval-pngs", _train.eval_pngs),
                    ("distill", _distill.distill), ("compress", _compress.compress)]:
     app.command(_name)(_fn)
+
+
+@app.callback()
+def _everywhere(verbose: bool = typer.Option(False, "--verbose", help="also show the libraries' own logs "
+                                             "(Lightning, MLflow, Ray): fastdpt --verbose COMMAND ...")) -> None:
+    show_warnings_on_one_line()
+    if not verbose:
+        quiet_libraries()
+
+
 app.add_typer(data_app, name="data")
 app.add_typer(study_app, name="study")
 

@@ -6,10 +6,12 @@ from __future__ import annotations
 import errno
 import functools
 import inspect
+import logging
 import os
 import sys
 import types
 import typing
+import warnings
 from dataclasses import MISSING, fields
 from pathlib import Path
 from typing import Annotated, Callable, Optional
@@ -68,6 +70,33 @@ CmapOpt = Annotated[str, typer.Option("--cmap", help="Spectral_r | inferno | mag
 StatsOpt = Annotated[Optional[Path], typer.Option("--stats", help="write latency/FPS/drops as JSON")]
 
 
+# warnings of the libraries' that are chatter, behind --verbose: Lightning's MLflow logger announces at WARNING
+# that it creates the experiment it was told to use ("Experiment ... not found. Creating it.")
+CHATTY = {"lightning.pytorch.loggers.mlflow": logging.ERROR}
+
+
+def quiet_libraries() -> None:
+    """Quiet the libraries fastdpt drives (a CLI process owns its logging; the library itself never
+    touches it). They set their own levels and handlers when imported (later, on first use), so records
+    at INFO and below are switched off for the process (fastdpt prints its own progress, never through
+    logging), and the few warnings in CHATTY that are not the user's to act on go too; their deprecation
+    notices are not the user's either."""
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    logging.disable(logging.INFO)
+    for name, level in CHATTY.items():
+        logging.getLogger(name).setLevel(level)
+    for category in (DeprecationWarning, FutureWarning):
+        warnings.filterwarnings("ignore", category=category)
+
+
+def show_warnings_on_one_line() -> None:
+    """Library warnings (``warnings.warn``) in the CLI as ``warning: message``, not file:line and source."""
+    def show(message, category, filename, lineno, file=None, line=None):
+        console.print(f"[yellow]warning:[/yellow] {message}", markup=True, highlight=False, soft_wrap=True)
+
+    warnings.showwarning = show
+
+
 def fail(e: Exception) -> typing.NoReturn:
     console.print(f"[red]error:[/red] {e}", markup=True, highlight=False, soft_wrap=True)
     raise typer.Exit(2)
@@ -116,12 +145,16 @@ def parse_size(text: str) -> tuple[int, int]:
         raise typer.BadParameter(f"expected HxW, e.g. 352x1216, got {text!r}") from None
 
 
-def set_threads(threads: int | None) -> None:
-    """The command's torch thread count (a CLI process owns its threads)."""
+def set_threads(threads: int | None) -> int | None:
+    """The command's torch thread count (a CLI process owns its threads), at most the CPU count; returns it."""
+    from ..options import usable_threads
+
+    threads = usable_threads(threads)
     if threads:
         import torch
 
         torch.set_num_threads(threads)
+    return threads
 
 
 def check_model(model: str, weights=None) -> None:
@@ -147,7 +180,7 @@ def build_predictor(model, weights, device, backend, precision, threads):
     from ..runtime import RuntimeOptions
     from ..runtime.exported import is_exported
 
-    set_threads(threads)
+    threads = set_threads(threads)
     options = RuntimeOptions(backend, precision, device, threads)
     from ..runtime.quantize import calibration_for
 

@@ -20,17 +20,12 @@ def demo(
     force: bool = typer.Option(False, "--force", help="replace an earlier demo run in --out"),
 ) -> None:
     """Offline end to end: render synthetic drives, train the fastest preset, run it online on a held-out drive."""
-    import logging
     import warnings
 
     from ..demo import run_demo
 
     set_threads(threads)
-    import mlflow  # noqa: F401 - configures its loggers on import; quiet them after that
-
-    for name in ("lightning.pytorch", "lightning.fabric", "mlflow"):  # the demo prints its own progress
-        logging.getLogger(name).setLevel(logging.WARNING)
-    warnings.filterwarnings("ignore", module="lightning")
+    warnings.filterwarnings("ignore", module="lightning")  # the demo prints its own progress
     try:
         run_demo(out_dir, steps, preset, drives, frames, force=force, say=lambda m: out.print(m, highlight=False))
     except KeyboardInterrupt:

@@ -35,8 +35,13 @@ def _distill(values: dict) -> None:
     scored = (f"held-out AbsRel vs the teacher {a['student']['abs_rel']:.4f} (best constant "
               f"{a['best_constant']['abs_rel']:.4f})" if a["student"] and a["best_constant"] else
               "agreement with the teacher not scored (its labels have no depth in the scored range)")
-    out.print(f"student {report['student']['path']}: {scored}, {report['speedup']}x faster than the teacher; "
+    out.print(f"student {report['student']['path']}: {scored}, {_speed(report['speedup'])} than the teacher; "
               f"report in {Path(cfg.out) / 'report.md'}")
+
+
+def _speed(speedup: float) -> str:
+    """A speed-up in words: below 1 the student is slower, and says so."""
+    return f"{speedup}x faster" if speedup >= 1 else f"{round(1 / speedup, 2)}x slower"
 
 
 def _param(name: str, annotation) -> inspect.Parameter:

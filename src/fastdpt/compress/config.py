@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from ..errors import ConfigError
-from ..training.config import option
+from ..options import at_least, option, positive, usable_threads
 
 RECOVERY = ("none", "distill", "train")
 
@@ -67,14 +67,9 @@ class CompressConfig:
             raise ConfigError("--recover train needs labelled data: pass --data-root")
         if self.importance == "taylor" and not self.frames:
             raise ConfigError("--importance taylor measures gradients on frames: pass --frames")
-        for name in ("steps", "batch_size", "bench_runs", "max_frames", "qat_steps"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
-        if self.threads is not None and self.threads < 1:
-            raise ConfigError(f"--threads must be at least 1, got {self.threads}")
-        for name in ("lr", "qat_lr"):
-            if not getattr(self, name) > 0:
-                raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+        at_least(self, "steps", "batch_size", "bench_runs", "max_frames", "qat_steps", "threads")
+        self.threads = usable_threads(self.threads)
+        positive(self, "lr", "qat_lr")
         self.frame_hw()
 
     def frame_hw(self) -> tuple[int, int]:

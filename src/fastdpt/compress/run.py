@@ -110,6 +110,20 @@ def _recover(cfg: CompressConfig, pruned: Path, name: str, out: Path, log) -> di
     return {"kind": "train", "path": path, "run": str(out / "recover"), "best_metrics": result["best_metrics"]}
 
 
+def _load_checkpoint(checkpoint: str):
+    """The model to compress: a fastdpt checkpoint, or a preset with its official weights cached. Another
+    kind of file (an official or Hugging Face one) is refused naming the command that converts it."""
+    from ..api import load
+    from ..weights import read_checkpoint_config
+
+    path = Path(checkpoint)
+    if path.is_file() and path.suffix != ".safetensors" or (path.suffix == ".safetensors" and path.is_file()
+                                                              and read_checkpoint_config(path) is None):
+        raise CompressError(f"{path} is not a fastdpt checkpoint (an official or Hugging Face file?): make one first "
+                            f"with `fastdpt warm-start VARIANT --init {path} -o model.safetensors`, then compress that")
+    return load(checkpoint)
+
+
 def compress(cfg: CompressConfig, log: Callable[[str], None] = print) -> dict:
     """Compress ``cfg.checkpoint`` as ``cfg`` says; returns the report (also ``OUT/report.json``)."""
     import torch
@@ -134,7 +148,7 @@ def compress(cfg: CompressConfig, log: Callable[[str], None] = print) -> dict:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
-    original = load(cfg.checkpoint)
+    original = _load_checkpoint(cfg.checkpoint)
     if spec is not None:
         check_spec(original, spec)  # before any slow work
     out.mkdir(parents=True, exist_ok=True)

@@ -6,7 +6,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 
 from ..errors import ConfigError
-from ..training.config import check_schedule, option
+from ..options import at_least, fraction, option, positive, usable_threads
+from ..training.config import check_schedule
 
 DEFAULT_STUDENT = "fast-effb0-f64-192x640"
 
@@ -69,25 +70,17 @@ class DistillConfig:
             raise ConfigError("a distillation needs a teacher (--teacher) and a run folder (--out)")
         self.frames = tuple(str(f) for f in (self.frames or ()))
         self.val_frames = tuple(str(f) for f in (self.val_frames or ()))
-        for name in ("every", "batch_size", "workers", "bench_runs"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
-        for name in ("steps", "epochs", "max_frames", "threads"):
-            v = getattr(self, name)
-            if v is not None and v < 1:
-                raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {v}")
+        at_least(self, "every", "batch_size", "workers", "bench_runs", "steps", "epochs", "max_frames", "threads")
+        self.threads = usable_threads(self.threads)
         if self.steps is not None and self.epochs is not None:
             raise ConfigError("give --steps or --epochs, not both")
-        if not 0 < self.val_fraction < 1:
-            raise ConfigError(f"--val-fraction must be in (0, 1), got {self.val_fraction}")
-        if not 0 <= self.trim < 1:
-            raise ConfigError(f"--trim must be in [0, 1), got {self.trim}")
+        fraction(self, "val_fraction", low_open=True)
+        fraction(self, "trim")
         if self.labelled_split is not None and self.labelled_root is None:
             raise ConfigError("--labelled-split needs --labelled-root")
         if (self.gt_root is None) != (self.gt_split is None):
             raise ConfigError("--gt-root and --gt-split go together")
-        if not self.lr > 0:
-            raise ConfigError(f"--lr must be positive, got {self.lr}")
+        positive(self, "lr")
         check_schedule(self.lr_schedule, self.warmup_steps)
 
     def as_dict(self) -> dict:

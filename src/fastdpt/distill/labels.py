@@ -100,7 +100,7 @@ def resolve_teacher(teacher: str | os.PathLike, weights: str | os.PathLike | Non
         preset = text if text in PRESETS else preset_with_weights(cfg)
         if weights is None and preset is None:
             raise WeightsNotFoundError(f"teacher {cfg.name} has no published weights: pass a checkpoint trained for it")
-        file = resolve_weights(preset or text, weights, allow_download=allow_download)
+        file = resolve_weights(preset or text, weights, allow_download=allow_download, flag="--teacher-weights")
     return Teacher(text, str(Path(file).resolve()), cfg.name, cfg.output_kind, sha256_file(file))
 
 
@@ -125,17 +125,19 @@ def teacher_predictor(t: Teacher, device: str = "cpu", threads: int | None = Non
     return Predictor(t.source, t.weights, options=options)
 
 
-def check_teacher(t: Teacher) -> None:
+def check_teacher(t: Teacher) -> int | None:
     """Load the teacher's weights once (then drop them), so that a file that does not fit the variant is
-    refused in one line before a frame is sampled or a folder made (an ONNX teacher was opened already)."""
+    refused in one line before a frame is sampled or a folder made (an ONNX teacher was opened already);
+    returns its parameter count (None for ONNX)."""
     if t.onnx:
-        return
+        return None
     from ..api import load
 
     if Path(t.source).is_file():  # a checkpoint: its own variant
-        load(t.weights)
+        model = load(t.weights)
     else:  # a name: the weights must be that variant's (a checkpoint of another is refused, not run instead)
-        load(t.source, t.weights, allow_download=False)
+        model = load(t.source, t.weights, allow_download=False)
+    return sum(p.numel() for p in model.parameters())
 
 
 def read_is_checkpoint(path: str) -> bool:

@@ -187,7 +187,8 @@ def to_markdown(r: dict) -> str:
         lines.append(f"| {k} | {params} | {m[k]['gmacs']} | {m[k]['net_size']} | {m[k]['median_ms']} "
                      f"({m[k]['min_ms']}-{m[k]['max_ms']}) | {f'{f:.4f}' if f is not None else '-'} |")
     lab, t = r["labels"], r["times"]
-    lines += ["", f"**Speed-up of the student: {r['speedup']}x** (both through torch fp32, like for like)."]
+    lines += ["", f"**Speed-up of the student: {r['speedup']}x** (both through torch fp32, like for like)"
+              + (": the student is slower than the teacher." if r["speedup"] < 1 else ".")]
     d = r.get("default_runtime")
     if d:
         lines += ["", f"On this machine's default runtime (`--backend auto --precision auto`, what `fastdpt video` runs): "

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
 from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
@@ -193,11 +194,26 @@ def distill(cfg: DistillConfig, resume: bool = False, log: Callable[[str], None]
     teacher = resolve_teacher(cfg.teacher, cfg.teacher_weights)
     loss = check_pair(teacher, cfg.student)
     if start_over or not (out / "distill.json").is_file():  # a new run: unusable weights fail before any work
-        check_teacher(teacher)
+        teacher_params = check_teacher(teacher)
+        student_params = _params(cfg.student)
+        if teacher_params and student_params >= teacher_params:  # said before minutes of labelling and training
+            warnings.warn(f"the student {get_config(cfg.student).name} has {student_params / 1e6:.1f} M parameters, "
+                          f"the teacher {teacher_params / 1e6:.1f} M: it will hardly be faster; pick a smaller "
+                          "--student (fastdpt models)", stacklevel=2)
     with run_lock(out, "distillation"):  # makes out; two runs into one folder would label and train over each other
         if start_over:
             _start_over(out, log)
         return _run(cfg, teacher, loss, resume, log, label_progress)
+
+
+def _params(name: str) -> int:
+    """Parameters of a variant (built on the meta device: no memory, no time)."""
+    import torch
+
+    from ..api import create_model
+
+    with torch.device("meta"):
+        return sum(p.numel() for p in create_model(name).parameters())
 
 
 def _start_over(out: Path, log: Callable[[str], None]) -> None:
@@ -244,14 +260,14 @@ def _run(cfg: DistillConfig, teacher: Teacher, loss: str, resume: bool, log: Cal
     median = label_median(labels)
     scored = Protocol()
     if teacher.kind == "metric" and median is not None and not scored.min_depth < median < scored.max_depth:
-        log(f"warning: the teacher's labels have a median depth of {median:.4g} m, outside the "
-            f"{scored.min_depth:g}..{scored.max_depth:g} m that agreement and the KITTI metrics score: is the teacher "
-            "a trained metric model of such scenes?")
+        warnings.warn(f"the teacher's labels have a median depth of {median:.4g} m, outside the "
+                      f"{scored.min_depth:g}..{scored.max_depth:g} m that agreement and the KITTI metrics score: is the "
+                      "teacher a trained metric model of such scenes?", stacklevel=2)
 
     tcfg = train_config(cfg, loss, teacher, labels)
     if tcfg.random_crop:
-        log(f"the training frames differ in size: the student trains on random {tcfg.random_crop[0]}x"
-            f"{tcfg.random_crop[1]} crops of them")
+        warnings.warn(f"the training frames differ in size: the student trains on random {tcfg.random_crop[0]}x"
+                      f"{tcfg.random_crop[1]} crops of them", stacklevel=2)
     run = Path(tcfg.out)
     t1 = time.perf_counter()
     if (run / "result.json").is_file() and resume:

@@ -122,9 +122,12 @@ def prepare(model: torch.nn.Module, device: torch.device, precision: str, channe
     if precision == "int8":
         raise ConfigError("int8 runs through OpenVINO or ONNX Runtime: --backend openvino (or onnxruntime) "
                           "--precision int8")
-    if device.type == "cpu" and (precision in ("fp16", "tf32") or (precision == "bf16" and not native_bf16())):
+    if device.type == "cpu" and precision in ("fp16", "tf32"):
+        raise ConfigError(f"{precision} is a GPU precision: torch on a CPU has no fast {precision} path; use "
+                          "--precision auto, bf16 (on a CPU with AMX or AVX512-BF16) or fp32")
+    if device.type == "cpu" and precision == "bf16" and not native_bf16():
         have = ", ".join(matrix_features()) or "none"
-        raise ConfigError(f"{precision} on this CPU is emulated and far slower than fp32 (it lacks AMX / AVX512-BF16; "
+        raise ConfigError(f"bf16 on this CPU is emulated and far slower than fp32 (it lacks AMX / AVX512-BF16; "
                           f"matrix features: {have}); use --precision auto or fp32")
     model = model.to(device).eval()
     dtype = HALF.get(precision, torch.float32)

@@ -4,6 +4,7 @@ export against PyTorch."""
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +33,10 @@ def export_onnx(model: torch.nn.Module, path: str | os.PathLike, size: tuple[int
     x = torch.zeros(1, 3, *size, device=device)
     tmp = path.with_name(f".{path.name}.part")
     try:
-        with torch.inference_mode(False), torch.no_grad():
+        with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
+            # the graph is traced for one input size (each size gets its own): the model's size checks are
+            # constants of that size by design, which the tracer warns of on every export
+            warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
             torch.onnx.export(model, (x,), str(tmp), input_names=["image"], output_names=["depth"],
                               opset_version=opset, dynamo=False)
         proto = onnx.load(str(tmp))

@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from ..errors import ConfigError
+from ..options import at_least, usable_threads
 from .backends import PRECISIONS, REGISTRY, available_backends
 from .cpu import Choice, choose
 
@@ -33,8 +34,8 @@ class RuntimeOptions:
             raise ConfigError(f"backend must be one of {', '.join(backend_names())}, got {self.backend!r}")
         if self.precision != AUTO and self.precision not in PRECISIONS:
             raise ConfigError(f"precision must be one of {', '.join((*PRECISIONS, AUTO))}, got {self.precision!r}")
-        if self.threads is not None and self.threads < 1:
-            raise ConfigError(f"threads must be at least 1, got {self.threads}")
+        at_least(self, "threads", prefix="")
+        object.__setattr__(self, "threads", usable_threads(self.threads))
 
     @property
     def is_auto(self) -> bool:

@@ -6,23 +6,15 @@ these fields, so the command line and the library cannot drift apart.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from typing import TYPE_CHECKING
 
 from ..errors import ConfigError
+from ..options import at_least, fraction, option, positive
 from ..evaluation.metrics import METRIC_KEYS, Protocol
 
 if TYPE_CHECKING:  # the data module imports torch; options are checked without it
     from ..data.kitti import DataPaths
-
-
-def option(help: str, default=None, flags: tuple[str, ...] | None = None, required: bool = False):
-    """A dataclass field with its command-line help, flags (default ``--field-name``) and whether it is
-    required; ``cli.common.dataclass_command`` derives a command's options from such fields."""
-    meta = {"help": help, "required": required}
-    if flags:
-        meta["flags"] = flags
-    return field(default=default, metadata=meta)
 
 
 LR_SCHEDULES = ("constant", "cosine")
@@ -110,15 +102,11 @@ class TrainConfig:
             raise ConfigError(f"--monitor must be one of {', '.join(METRIC_KEYS)}, got {self.monitor!r}")
         if self.precision not in ("fp32", "fp16", "bf16"):
             raise ConfigError(f"--precision must be fp32, fp16 or bf16, got {self.precision!r}")
-        for name in ("epochs", "batch_size", "accumulate", "val_every"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
-        if not 0 <= self.trim < 1:
-            raise ConfigError(f"--trim must be in [0, 1), got {self.trim}")
+        at_least(self, "epochs", "batch_size", "accumulate", "val_every")
+        fraction(self, "trim")
         if self.grad_weight < 0:
             raise ConfigError(f"--grad-weight must not be negative, got {self.grad_weight}")
-        if not self.lr > 0:
-            raise ConfigError(f"--lr must be positive, got {self.lr}")
+        positive(self, "lr")
         check_schedule(self.lr_schedule, self.warmup_steps)
         if self.clip_value is not None and self.clip_value <= 0:
             self.clip_value = None
