@@ -375,7 +375,7 @@ def test_quantisation_aware_int8_is_no_worse_than_post_training_int8_on_held_out
     import openvino as ov
 
     from fastdpt.compress.qat import CALIBRATION_FRAMES
-    from fastdpt.compress.run import AGREEMENT_FRAMES, QAT_FRAMES, _agreement, _frames
+    from fastdpt.compress.run import AGREEMENT_FRAMES, QAT_FRAMES, _agreement, _frames, split_frames
     from fastdpt.data.kitti import read_split
     from fastdpt.evaluation import Protocol, evaluate
     from fastdpt.predict import Predictor
@@ -400,7 +400,7 @@ def test_quantisation_aware_int8_is_no_worse_than_post_training_int8_on_held_out
     # the same frames as compress took, split the same way: calibration from the first, held-out the last
     every = _frames(CompressConfig(checkpoint=str(ckpt), out="x", qat="int8", frames=(str(frames),)),
                     AGREEMENT_FRAMES + QAT_FRAMES)
-    seen, held_out = every[:-AGREEMENT_FRAMES], every[-AGREEMENT_FRAMES:]
+    seen, held_out = split_frames(every)
     qat = Predictor(xml, backend="openvino")
     assert qat.config.name == fastdpt.load(ckpt).config.name
     ptq = Predictor(ckpt, backend="openvino", precision="int8", calibration=seen[:CALIBRATION_FRAMES])
@@ -421,3 +421,16 @@ def test_quantisation_aware_int8_is_no_worse_than_post_training_int8_on_held_out
     scores = {k: evaluate(p, test, data / "raw", data / "data_depth_annotated", protocol)["abs_rel"]
               for k, p in (("qat", qat), ("ptq", ptq), ("fp32", fp32))}
     assert abs(scores["qat"] - scores["fp32"]) <= abs(scores["ptq"] - scores["fp32"]) + 1e-4, scores
+
+
+def test_the_agreement_frames_are_never_the_frames_fitted_on():
+    """With 8 frames or fewer the agreement check scored the frames pruning and QAT were fitted on."""
+    from fastdpt.compress.run import AGREEMENT_FRAMES, split_frames
+
+    for n in (2, 3, 8, 9, 16, 40):
+        frames = [object() for _ in range(n)]
+        seen, held = split_frames(frames)
+        assert held and seen and not {id(f) for f in held} & {id(f) for f in seen}, n
+        assert len(held) == min(AGREEMENT_FRAMES, n // 2) and seen + held == frames
+    one = [object()]
+    assert split_frames(one) == (one, one) and split_frames([]) == ([], [])

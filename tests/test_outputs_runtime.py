@@ -251,3 +251,24 @@ def test_exporting_for_a_runtime_says_nothing_of_tracing(tmp_path):
         warnings.simplefilter("always")
         export_onnx(fastdpt.create_model(METRIC).eval(), tmp_path / "m.onnx")
     assert not [w for w in seen if issubclass(w.category, torch.jit.TracerWarning)], [str(w.message) for w in seen]
+
+
+def test_an_onnx_file_whose_weights_changed_is_refused(tmp_path):
+    """Exports (float and int8) record a digest of their weights; a flipped weight byte is one line when the
+    file is opened, instead of running silently with other depths."""
+    pytest.importorskip("onnxruntime")
+    import onnx
+
+    from fastdpt.runtime import export_onnx
+
+    path = export_onnx(fastdpt.create_model(METRIC).eval(), tmp_path / "m.onnx")
+    image = np.random.default_rng(0).integers(0, 256, (50, 80, 3), dtype=np.uint8)
+    Predictor(str(path), backend="onnxruntime").predict(image)  # opens as exported
+    proto = onnx.load(str(path))
+    big = max(proto.graph.initializer, key=lambda t: len(t.raw_data))
+    raw = bytearray(big.raw_data)
+    raw[len(raw) // 2] ^= 0x40  # one bit of one weight
+    big.raw_data = bytes(raw)
+    onnx.save(proto, str(tmp_path / "bad.onnx"))
+    with pytest.raises(fastdpt.FastDPTError, match="not the ones it was exported with"):
+        Predictor(str(tmp_path / "bad.onnx"), backend="onnxruntime")

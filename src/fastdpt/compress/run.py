@@ -57,7 +57,17 @@ def _stats(model, net: tuple[int, int], path: Path | None) -> dict:
             "file_bytes": path.stat().st_size if path is not None and path.is_file() else None}
 
 
-def _agreement(original, compressed, frames: list[np.ndarray]) -> dict | None:
+def split_frames(frames: list) -> tuple[list, list]:
+    """Frames for fitting (Taylor gradients, QAT, calibration) and frames held out for the agreement check:
+    the last ``AGREEMENT_FRAMES``, at most half of them, never the same frames (with 8 or fewer, the check
+    used to score the frames the model was fitted on); a single frame is both, and the report says so."""
+    if len(frames) < 2:
+        return frames, frames
+    k = min(AGREEMENT_FRAMES, len(frames) // 2)
+    return frames[:-k], frames[-k:]
+
+
+def _agreement(original, compressed, frames: list[np.ndarray], in_sample: bool = False) -> dict | None:
     """How far the compressed model's output is from the uncompressed one's on the same frames: AbsRel
     of the compressed output scored against the original's as if it were ground truth, and the median
     per-pixel relative difference. Relative (inverse-depth) models are compared after a least-squares
@@ -75,7 +85,7 @@ def _agreement(original, compressed, frames: list[np.ndarray]) -> dict | None:
             b = s * b + t
         rel.append(np.abs(b[ok] - a[ok]) / np.abs(a[ok]))
     r = np.concatenate(rel)
-    return {"frames": len(frames), "abs_rel_vs_original": round(float(r.mean()), 5),
+    return {"frames": len(frames), "held_out": not in_sample, "abs_rel_vs_original": round(float(r.mean()), 5),
             "median_rel_diff": round(float(np.median(r)), 5), "scale_shift_aligned": relative}
 
 
@@ -159,8 +169,7 @@ def compress(cfg: CompressConfig, log: Callable[[str], None] = print) -> dict:
                     "before": _stats(original, net, src_path), "times": {}}
     model = copy.deepcopy(original).train(False)
     frames = _frames(cfg, AGREEMENT_FRAMES + (QAT_FRAMES if cfg.qat else TAYLOR_FRAMES))
-    held_out = frames[-AGREEMENT_FRAMES:] if len(frames) > AGREEMENT_FRAMES else frames
-    seen = frames[:-AGREEMENT_FRAMES] if len(frames) > AGREEMENT_FRAMES else frames
+    seen, held_out = split_frames(frames)
     t0 = time.perf_counter()
     if spec is not None:
         from ..transforms import Transforms
@@ -223,12 +232,14 @@ def compress(cfg: CompressConfig, log: Callable[[str], None] = print) -> dict:
                                torch.get_num_threads(), "frame": cfg.frame_size,
                                **interleaved_ms(preds, frame, cfg.bench_runs)}
             report["speedup"] = round(report["speed"]["before"]["median_ms"] / report["speed"]["after"]["median_ms"], 3)
-        report["agreement"] = _agreement(preds["before"], preds["after"], held_out)
+        in_sample = bool(held_out) and held_out[0] is seen[0]  # one frame only: scored on what was fitted on
+        report["agreement"] = _agreement(preds["before"], preds["after"], held_out, in_sample)
         if cfg.qat:  # the int8 models against the float32 model they were quantised from
             reference = Predictor(model, options=RuntimeOptions("torch", "fp32", "cpu", cfg.threads))
             try:
                 for key in (k for k in ("after int8 qat", "after int8 ptq") if k in preds):
-                    report["qat"]["agreement " + key.split()[-1]] = _agreement(reference, preds[key], held_out)
+                    report["qat"]["agreement " + key.split()[-1]] = _agreement(reference, preds[key], held_out,
+                                                                               in_sample)
             finally:
                 reference.close()
     finally:

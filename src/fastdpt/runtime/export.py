@@ -43,9 +43,7 @@ def export_onnx(model: torch.nn.Module, path: str | os.PathLike, size: tuple[int
         meta = {CONFIG_KEY: cfg.name, INPUT_SIZE_KEY: f"{size[0]}x{size[1]}"}
         if structure := getattr(model, "structure", None):  # a pruned model: its shapes, for the record
             meta[STRUCTURE_KEY] = dump_structure(structure)
-        for key, value in meta.items():
-            entry = proto.metadata_props.add()
-            entry.key, entry.value = key, value
+        stamp(proto, meta)
         onnx.save(proto, str(tmp))
         os.replace(tmp, path)
     except OSError as e:
@@ -55,6 +53,45 @@ def export_onnx(model: torch.nn.Module, path: str | os.PathLike, size: tuple[int
             tmp.unlink()
         model.train(was_training)
     return path
+
+
+WEIGHTS_KEY = "fastdpt.weights_sha256"  # metadata: a digest of the graph's weights, checked when the file is opened
+
+
+def weights_digest(proto) -> str:
+    """sha256 of an ONNX graph's weights (every initializer: name, type, shape, bytes, in name order)."""
+    import hashlib
+
+    from onnx import numpy_helper
+
+    h = hashlib.sha256()
+    for t in sorted(proto.graph.initializer, key=lambda t: t.name):
+        h.update(f"{t.name}|{t.data_type}|{tuple(t.dims)}|".encode())
+        h.update(t.raw_data if t.raw_data else numpy_helper.to_array(t).tobytes())
+    return h.hexdigest()
+
+
+def stamp(proto, meta: dict[str, str]) -> None:
+    """Replace an ONNX model's metadata with ``meta`` and the digest of its weights as they are now."""
+    del proto.metadata_props[:]
+    for key, value in {**meta, WEIGHTS_KEY: weights_digest(proto)}.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+
+
+def check_weights(path: str | os.PathLike) -> None:
+    """Refuse an ONNX file whose weights are not the ones it was exported with (a flipped byte ran silently
+    with other depths). A file exported before digests were recorded is taken as it is."""
+    import onnx
+
+    try:
+        proto = onnx.load(str(path))
+    except Exception as e:  # noqa: BLE001 - onnx raises DecodeError and others
+        raise WeightsError(f"cannot read ONNX model {path}: {e}") from None
+    recorded = {p.key: p.value for p in proto.metadata_props}.get(WEIGHTS_KEY)
+    if recorded is not None and recorded != weights_digest(proto):
+        raise WeightsError(f"{path}: its weights are not the ones it was exported with (damaged or changed since); "
+                           "export it again with `fastdpt export`")
 
 
 def onnx_metadata(path: str | os.PathLike) -> dict[str, str]:

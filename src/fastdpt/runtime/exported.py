@@ -51,6 +51,10 @@ def open_exported(path: str | os.PathLike, options: RuntimeOptions) -> tuple[Mod
     :func:`exported_options`). A graph whose fixed input size is not the one its metadata's variant
     preprocesses to is refused here, not by skipping every frame later."""
     cfg = ir_config(path)
+    if Path(path).suffix == ".onnx":
+        from .export import check_weights
+
+        check_weights(path)
     backend = (OpenVinoBackend(None, options.precision, path=path, threads=options.threads)
                if options.backend == "openvino" else
                OrtBackend(None, torch.device(options.device), options.precision, onnx_path=path, threads=options.threads))

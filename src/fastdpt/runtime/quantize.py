@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ConfigError
+from .export import stamp
 
 CALIBRATION_FRAMES = 8
 
@@ -71,10 +72,7 @@ def quantize_int8(src: str | os.PathLike, dst: str | os.PathLike, method: str = 
             quantize_static(str(pre), str(tmp), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
         out = onnx.load(str(tmp))
-        del out.metadata_props[:]
-        for k, v in {**meta, "fastdpt.int8": method}.items():
-            e = out.metadata_props.add()
-            e.key, e.value = k, v
+        stamp(out, {**meta, "fastdpt.int8": method})  # the digest of the int8 weights, not the float file's
         onnx.save(out, str(tmp))
         os.replace(tmp, dst)
     finally:
