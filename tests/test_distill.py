@@ -73,11 +73,13 @@ def test_sources_sampling_and_near_duplicates(tmp_path, data):
         cv2.imwrite(str(folder / f"{i:04d}.png"), cv2.cvtColor(noisy, cv2.COLOR_RGB2BGR))
     cv2.imwrite(str(folder / "0006.png"), cv2.cvtColor(moving, cv2.COLOR_RGB2BGR))
     (folder / "0007.png").write_bytes(b"not an image")
+    cv2.imwrite(str(folder / "0008.png"), moving[:1, :1])  # a 1x1 image: no frame of footage (it became a
+    cv2.imwrite(str(folder / "0009.png"), moving[:31])      # whole held-out set, timed for the speed-up)
     seqs = discover([folder])
     kept = []
     counts = sample(seqs, on_frame=lambda s: kept.append(s.index))
     assert kept == [0, 6]  # 5 near-duplicates skipped, the moved view kept
-    assert (counts.duplicates, counts.unreadable, counts.seen) == (5, 1, 8)
+    assert (counts.duplicates, counts.unreadable, counts.too_small, counts.seen) == (5, 1, 2, 10)
     assert [s.index for s in _sampled(seqs, every=2)] == [0, 6]
     assert len(_sampled(seqs, duplicate_level=0)) == 7
     # a KITTI raw root: one sequence a drive, frame numbers kept, focal from the calibration

@@ -404,7 +404,8 @@ def prepare(labels: LabelSet, teacher: Teacher, sources: list, val_sources: list
     m["sequences"] = {n: {"source": str(by_name[n].path), "kind": by_name[n].kind, "focal": focal[n],
                           "focal_known": by_name[n].focal is not None, **plan[n]} for n in plan}
     m["counts"] = {"seen": counts.seen, "kept": counts.kept, "duplicates": counts.duplicates,
-                   "unreadable": counts.unreadable, "gap": sum(len(p["gap"]) for p in plan.values())}
+                   "unreadable": counts.unreadable, "too_small": counts.too_small,
+                   "gap": sum(len(p["gap"]) for p in plan.values())}
     if labelled_root is not None:
         held_out = {f.resolve() for s in seqs if plan.get(s.name, {}).get("val") for f in s.files}
         given = _import_ground_truth(labels, labelled_root, labelled_split, held_out, set(m["sequences"]), progress)

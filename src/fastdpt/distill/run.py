@@ -25,6 +25,7 @@ from ..evaluation.metrics import Protocol
 from ..io import atomic_write
 from ..training.run import LOCK
 from .config import RESUME_MAY_CHANGE, DistillConfig, stored_options
+from .sources import MIN_SIDE
 from .labels import LabelSet, Teacher, check_teacher, label, labelled_frames, prepare, resolve_teacher
 
 def check_pair(teacher: Teacher, student: str) -> str:
@@ -248,7 +249,8 @@ def _run(cfg: DistillConfig, teacher: Teacher, loss: str, resume: bool, log: Cal
                 labelled_root=cfg.labelled_root, labelled_split=cfg.labelled_split)
     c = m["counts"]
     log(f"frames: {c['kept']} kept of {c['seen']} sampled ({c['duplicates']} near-duplicates skipped, "
-        f"{c['unreadable']} unreadable, {c['gap']} left out between training and held-out frames)"
+        f"{c['unreadable']} unreadable, {c.get('too_small', 0)} under {MIN_SIDE} pixels a side, {c['gap']} left "
+        "out between training and held-out frames)"
         + (f"; {c['ground_truth']} frames with ground truth from {cfg.labelled_root}" if c.get("ground_truth") else ""))
     stats = label(labels, teacher, cfg.hflip, cfg.workers, cfg.address, cfg.threads, progress=label_progress,
                   backend=cfg.teacher_backend)

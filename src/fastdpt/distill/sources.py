@@ -139,12 +139,17 @@ class Sampled:
     frame: np.ndarray
 
 
+MIN_SIDE = 32  # frames with a shorter side are skipped (a 1x1 image became the whole held-out set, and the
+               # report's speed-up was timed on it)
+
+
 @dataclass
 class SampleCounts:
     seen: int = 0
     kept: int = 0
     duplicates: int = 0
     unreadable: int = 0
+    too_small: int = 0
     per_sequence: dict = field(default_factory=dict)
 
 
@@ -169,6 +174,9 @@ def sample(sequences: list[Sequence], every: int = 1, max_frames: int | None = N
             c.seen += 1
             if frame is None:
                 c.unreadable += 1
+                continue
+            if min(frame.shape[:2]) < MIN_SIDE:  # a thumbnail or an icon is no frame of footage
+                c.too_small += 1
                 continue
             sig = _signature(frame)
             if last is not None and duplicate_level > 0 and sig.shape == last.shape \
