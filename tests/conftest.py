@@ -21,7 +21,7 @@ SPLITS_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "kitti_sp
 # tests that read them skip, saying where they looked, in a clone with no shared/ beside it
 needs_splits = pytest.mark.skipif(not (SPLITS_DIR / "SHA256SUMS").is_file(),
                                   reason=f"the KITTI split lists are not at {SPLITS_DIR} (shared/data/kitti_splits "
-                                         "beside the checkout); see README 'Tests'")
+                                         "beside the checkout); see docs/tests.md")
 
 TINY = ModelConfig(hooks=(0, 1), heads=12, features=32, input_size=(64, 96))
 TINY_EFF = ModelConfig(backbone="effb0", hooks=(0, 1), heads=4, features=32, input_size=(64, 96),
