@@ -397,3 +397,58 @@ def test_an_onnx_graph_whose_external_data_escapes_its_folder_is_one_line(tmp_pa
     with pytest.raises(WeightsError, match=r"ONNX Runtime cannot load .*evil\.onnx: .*escapes") as e:
         fastdpt.Predictor(path, backend="onnxruntime")
     assert "\n" not in str(e.value)
+
+
+def test_a_backend_is_its_class_alone(tmp_path, monkeypatch, model, reference):
+    """A toy backend registered here, nothing else touched: the Predictor runs it by name, ``auto`` with a
+    given precision finds it by its preference, ``bench --backend all`` times it and ``bench`` reads its
+    batching from it, and it is named the reader of files with its suffix (exported suffixes themselves are
+    config.EXPORTED_SUFFIXES: a new file format is a second file)."""
+    import numpy as np
+
+    from fastdpt.bench import all_runtimes, bench_variant
+    from fastdpt.runtime.backends import Backend, by_preference, readers
+
+    calls = []
+
+    class Toy(Backend):
+        name = "toy"
+        precisions = ("fp32",)
+        batches = False
+        reads = (".toy",)
+        preference = -1  # ahead of every other
+
+        @classmethod
+        def create(cls, model, options, calibration=None):
+            return cls(model, torch.device(options.device))
+
+        @classmethod
+        def open(cls, path, options):
+            calls.append(("open", str(path)))
+            return cls(fastdpt.create_model(TINY_EFF).eval(), torch.device(options.device))
+
+        def __init__(self, model, device):
+            super().__init__(device)
+            self.model = model
+
+        def build(self, shape):
+            calls.append(tuple(shape))
+
+            def run(x):
+                with torch.no_grad():
+                    return self.model(x)
+
+            return run
+
+    monkeypatch.setitem(REGISTRY, "toy", Toy)
+    pred = fastdpt.Predictor(model, backend="toy")
+    np.testing.assert_array_equal(pred.predict(FRAMES[0]).depth, reference[0])
+    assert by_preference()[0] == "toy"
+    opts, why = RuntimeOptions("auto", "fp32").resolve()
+    assert opts.backend in (choose("cpu", available=available_backends("cpu")).backend, "toy")
+    assert ("toy", "fp32") in all_runtimes("cpu") and "toy" in backend_names()
+    row = bench_variant(TINY_EFF.name, (64, 96), batch_size=4, backend="toy", runs=1, warmup=0)
+    assert row.backend == "toy" and row.batch_size == 1  # it said it runs one frame a call
+    exported = tmp_path / "m.toy"
+    exported.write_text("")
+    assert readers(exported) == ("toy",)

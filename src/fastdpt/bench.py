@@ -36,7 +36,7 @@ from .models import DPT
 from .models.structure import apply_structure
 from .predict import Predictor
 from .presets import get_config, resolve_names
-from .runtime import AUTO, RuntimeOptions, matrix_features
+from .runtime import AUTO, REGISTRY, RuntimeOptions, matrix_features
 from .runtime.exported import is_exported, readers
 from .transforms import network_size
 
@@ -229,7 +229,8 @@ def _bench(name: str, input_size, batch_size: int, options: RuntimeOptions, runs
         net_times = _timed(lambda: predictor.backend(x), dev, 0, runs)
         med = statistics.median(lat)
         p90 = float(np.percentile(lat, 90))
-        if batch_size == 1 or backend in ("onnxruntime", "openvino"):  # exported graphs take batch 1
+        batched = batch_size if REGISTRY[backend].batches else 1  # a backend that runs one frame a call: 1
+        if batched == 1:
             throughput = 1000.0 / med
         else:
             xb = torch.randn(batch_size, 3, *net, device=dev)
@@ -243,7 +244,7 @@ def _bench(name: str, input_size, batch_size: int, options: RuntimeOptions, runs
         params=count_params(model), macs=count_macs(cfg, net, structure=getattr(model, "structure", None)),
         file_mb=_file_mb(str(source) if source else getattr(model, "weights_path", None)), latency_ms_median=round(med, 2),
         latency_ms_p90=round(p90, 2), fps=round(1000.0 / med, 3), throughput=round(throughput, 3),
-        batch_size=batch_size if backend not in ("onnxruntime", "openvino") else 1, threads=torch.get_num_threads(),
+        batch_size=batched, threads=torch.get_num_threads(),
         device=str(dev), precision=precision, backend=backend, peak_mem_mb=round(peak, 1), runs=runs,
         net_ms_median=round(statistics.median(net_times), 3), channels_last=options.channels_last,
         cpu_features=" ".join(matrix_features()) if dev.type == "cpu" else "",
@@ -314,11 +315,11 @@ def bench_stages(name: str, input_size: tuple[int, int] = (375, 1242), options: 
 
 def all_runtimes(device: str = "cpu") -> list[tuple[str, str]]:
     """Every (backend, precision) this machine runs natively (``bench --backend all``)."""
-    from .runtime import REGISTRY, available_backends, native_bf16
+    from .runtime import available_backends, native_bf16
 
     out = []
     for name in available_backends(device):
-        if name == "compile":  # compiling takes minutes a variant on a CPU; ask for it by name
+        if not REGISTRY[name].in_bench_all:  # compile: minutes a variant on a CPU; asked for by name
             continue
         for p in REGISTRY[name].precisions:
             if p in ("tf32", "fp16") and device == "cpu":

@@ -1,10 +1,14 @@
 """Backends in one registry: torch eager, torch.compile, CUDA graphs, ONNX Runtime (fp32 / int8) and
 OpenVINO (fp32 / bf16 / int8, :mod:`.openvino`), sharing one per-shape cache.
 
-A backend is one class here (or in its own module) decorated with :func:`register`: its ``name``,
-the ``precisions`` it runs, the pip extra it needs, :meth:`Backend.missing` (what this machine lacks
-to run it) and :meth:`Backend.create` (from a model and :class:`~.options.RuntimeOptions`). The
-command line, ``bench`` and ``auto`` read the registry; nothing else lists backends."""
+A backend is one class here (or in its own module) decorated with :func:`register`, declaring what it
+can do: its ``name``, the ``precisions`` it runs, the pip ``extra`` it needs, whether it runs a batch of
+frames as one call (``batches``), the exported files it opens as they are (``reads``, with
+:meth:`Backend.open`), its place when ``auto`` looks for a backend that runs a given precision
+(``preference``), whether ``bench --backend all`` times it (``in_bench_all``), :meth:`Backend.missing`
+(what this machine lacks to run it) and :meth:`Backend.create` (from a model and
+:class:`~.options.RuntimeOptions`). ``options``, ``exported``, ``bench`` and ``auto`` read these; adding a
+backend is its class and its test (``tests/test_runtime.py`` registers a toy one)."""
 
 from __future__ import annotations
 
@@ -36,6 +40,18 @@ def available_backends(device: str = "cpu") -> set[str]:
     """Registered backends whose libraries are installed and that can run on ``device``."""
     return {name for name, cls in REGISTRY.items() if cls.missing(device) is None}
 
+
+def by_preference() -> list[str]:
+    """The backends ``auto`` may pick, most preferred first (each class's ``preference``)."""
+    return sorted((n for n, c in REGISTRY.items() if c.preference is not None), key=lambda n: REGISTRY[n].preference)
+
+
+def readers(path: str | os.PathLike) -> tuple[str, ...]:
+    """The backends that open an exported file as it is (by its suffix), most preferred first."""
+    suffix = Path(str(path)).suffix
+    return tuple(n for n in by_preference() + [n for n in REGISTRY if REGISTRY[n].preference is None]
+                 if suffix in REGISTRY[n].reads)
+
 # calibration for int8: network size (h, w) -> normalised inputs (1, 3, h, w) at that size
 Calibration = Callable[[tuple[int, int]], list[torch.Tensor]]
 
@@ -50,6 +66,15 @@ class Backend:
     name = "?"
     precisions: tuple[str, ...] = ("fp32",)
     extra: str | None = None  # the pip extra that installs what it needs
+    batches = True  # runs a batch of frames as one call (bench's throughput at --batch-size; else batch 1)
+    reads: tuple[str, ...] = ()  # exported file suffixes it opens as they are (see :meth:`open`)
+    preference: int | None = None  # place when auto looks for a backend running a precision (lower first; None: never)
+    in_bench_all = True  # timed by ``bench --backend all``
+
+    @classmethod
+    def open(cls, path: str | os.PathLike, options) -> "Backend":
+        """A backend running an exported file (one of ``reads``) as it is."""
+        raise ConfigError(f"the {cls.name} backend does not open exported files")
 
     @classmethod
     def missing(cls, device: str = "cpu") -> str | None:
@@ -148,6 +173,7 @@ class TorchBackend(Backend):
 
     name = "torch"
     precisions = ("fp32", "tf32", "fp16", "bf16")
+    preference = 2
 
     @classmethod
     def create(cls, model, options, calibration=None):
@@ -180,6 +206,8 @@ class CompileBackend(TorchBackend):
     """``torch.compile``: one compiled graph per input shape."""
 
     name = "compile"
+    preference = None  # compiling takes minutes a variant on a CPU: asked for by name only
+    in_bench_all = False
 
 
 @register
@@ -191,6 +219,7 @@ class CudaGraphBackend(Backend):
 
     name = "cudagraph"
     precisions = ("fp32", "tf32", "fp16", "bf16")
+    preference = 3
 
     @classmethod
     def missing(cls, device: str = "cpu") -> str | None:
@@ -240,6 +269,13 @@ class OrtBackend(Backend):
     name = "onnxruntime"
     precisions = ("fp32", "int8")
     extra = "onnx"
+    batches = False  # its graphs are exported for one frame
+    reads = (".onnx",)
+    preference = 1
+
+    @classmethod
+    def open(cls, path, options):
+        return cls(None, torch.device(options.device), options.precision, onnx_path=path, threads=options.threads)
 
     @classmethod
     def missing(cls, device: str = "cpu") -> str | None:

@@ -7,12 +7,10 @@ import os
 from dataclasses import replace
 from pathlib import Path
 
-import torch
-
 from ..config import EXPORTED_SUFFIXES, ModelConfig
 from ..errors import ConfigError
-from .backends import Backend, OrtBackend, available_backends
-from .openvino import OpenVinoBackend, ir_config, ir_quantised
+from .backends import REGISTRY, Backend, available_backends, readers
+from .openvino import ir_config, ir_quantised  # (importing it registers the openvino backend)
 from .options import AUTO, RuntimeOptions
 
 SUFFIXES = EXPORTED_SUFFIXES
@@ -22,9 +20,6 @@ def is_exported(path: str | os.PathLike | None) -> bool:
     return path is not None and str(path).endswith(SUFFIXES)
 
 
-def readers(path: str | os.PathLike) -> tuple[str, ...]:
-    """The backends that read an exported file: OpenVINO reads both kinds, ONNX Runtime only ``.onnx``."""
-    return ("openvino",) if str(path).endswith(".xml") else ("openvino", "onnxruntime")
 
 
 def exported_options(path: str | os.PathLike, options: RuntimeOptions) -> RuntimeOptions:
@@ -32,9 +27,9 @@ def exported_options(path: str | os.PathLike, options: RuntimeOptions) -> Runtim
     Runtime; the precision the file was exported in (fp32; an int8 file is already quantised). A
     backend that cannot read the file is refused."""
     path = str(path)
-    if options.backend == AUTO:
+    if options.backend == AUTO:  # the most preferred reader installed here (else the first: it says what is missing)
         have = available_backends(options.device)
-        options = replace(options, backend="openvino" if "openvino" in have or path.endswith(".xml") else "onnxruntime")
+        options = replace(options, backend=next((b for b in readers(path) if b in have), readers(path)[0]))
     if options.precision == AUTO:
         options = replace(options, precision="fp32")
     if options.backend not in readers(path):
@@ -55,9 +50,10 @@ def open_exported(path: str | os.PathLike, options: RuntimeOptions) -> tuple[Mod
         from .export import check_weights
 
         check_weights(path)
-    backend = (OpenVinoBackend(None, options.precision, path=path, threads=options.threads)
-               if options.backend == "openvino" else
-               OrtBackend(None, torch.device(options.device), options.precision, onnx_path=path, threads=options.threads))
+    cls = REGISTRY[options.backend]
+    if (lack := cls.missing(options.device)) is not None:
+        raise ConfigError(f"{Path(path).name} runs with the {cls.name} backend, which needs {lack}")
+    backend = cls.open(path, options)
     if not cfg.keep_aspect and backend.fixed_size is not None and backend.fixed_size != tuple(cfg.input_size):
         h, w = backend.fixed_size
         raise ConfigError(f"{Path(path).name}: its graph takes {h}x{w} input but its metadata names {cfg.name}, which "

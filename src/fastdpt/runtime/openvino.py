@@ -160,6 +160,13 @@ class OpenVinoBackend(Backend):
     name = "openvino"
     precisions = ("fp32", "bf16", "int8")
     extra = "openvino"
+    batches = True  # a batch runs as requests in flight on a throughput-mode model
+    reads = (".onnx", ".xml")
+    preference = 0
+
+    @classmethod
+    def open(cls, path, options):
+        return cls(None, options.precision, path=path, threads=options.threads)
 
     @classmethod
     def missing(cls, device: str = "cpu") -> str | None:

@@ -8,7 +8,7 @@ from dataclasses import dataclass, replace
 
 from ..errors import ConfigError
 from ..options import at_least, usable_threads
-from .backends import PRECISIONS, REGISTRY, available_backends
+from .backends import PRECISIONS, REGISTRY, available_backends, by_preference
 from .cpu import Choice, choose
 
 AUTO = "auto"
@@ -51,7 +51,7 @@ class RuntimeOptions:
         if self.backend == AUTO and self.precision == AUTO:
             return replace(self, backend=best.backend, precision=best.precision), best
         if self.backend == AUTO:  # the precision is given: the first backend in order of preference that runs it
-            order = [best.backend, "openvino", "onnxruntime", "torch", "cudagraph"]
+            order = [best.backend, *by_preference()]
             name = next((n for n in order if n in available and self.precision in REGISTRY[n].precisions), None)
             if name is None:
                 raise ConfigError(f"no installed backend runs {self.precision} on {self.device}")
