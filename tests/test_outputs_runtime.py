@@ -1,3 +1,4 @@
+import io
 import threading
 from pathlib import Path
 
@@ -272,3 +273,38 @@ def test_an_onnx_file_whose_weights_changed_is_refused(tmp_path):
     onnx.save(proto, str(tmp_path / "bad.onnx"))
     with pytest.raises(fastdpt.FastDPTError, match="not the ones it was exported with"):
         Predictor(str(tmp_path / "bad.onnx"), backend="onnxruntime")
+
+
+def test_an_output_format_is_one_registration(tmp_path, monkeypatch):
+    """A toy format registered here, nothing else touched: predict writes it (and checks what it needs first),
+    and the HTTP service answers ?format= with it."""
+    pytest.importorskip("fastapi")
+    import httpx
+
+    from conftest import running
+    from fastdpt.io import OUTPUTS, Output, check_formats, formats
+    from fastdpt.serve import create_app
+
+    def csv(depth, kind, **_):
+        return "\n".join(",".join(f"{v:.3f}" for v in row) for row in depth).encode()
+
+    monkeypatch.setitem(OUTPUTS, "csv", Output("csv", ".csv", "text/csv", csv, metric_only=True, what="depth as CSV"))
+    assert "csv" in formats()
+    model = fastdpt.create_model(METRIC).eval()
+    ckpt = save_checkpoint(model, tmp_path / "m.safetensors")
+    image = np.random.default_rng(0).integers(0, 256, (40, 60, 3), dtype=np.uint8)
+    Image.fromarray(image).save(tmp_path / "a.png")
+    r = runner.invoke(app, ["predict", str(tmp_path / "a.png"), "-m", str(ckpt), "-o", str(tmp_path / "o"), "-f", "csv"])
+    assert r.exit_code == 0, r.output
+    depth = Predictor(model).predict(image).depth
+    rows = (tmp_path / "o" / "a.csv").read_text().splitlines()
+    assert len(rows) == 40 and float(rows[3].split(",")[7]) == pytest.approx(depth[3, 7], abs=1e-3)
+    with pytest.raises(fastdpt.FastDPTError, match="csv .depth as CSV. needs metric depth"):
+        check_formats(("csv",), kind="relative")
+    with running(create_app(Predictor(model))) as port:
+        buf = io.BytesIO()
+        Image.fromarray(image).save(buf, "PNG")
+        got = httpx.post(f"http://127.0.0.1:{port}/v1/depth?format=csv", content=buf.getvalue(),
+                         headers={"Content-Type": "image/png"}, timeout=60)
+    assert got.status_code == 200 and got.headers["content-type"].startswith("text/csv")
+    assert got.text.splitlines()[3] == rows[3]

@@ -15,6 +15,7 @@ import secrets
 import shutil
 from io import BytesIO
 from pathlib import Path
+from dataclasses import dataclass
 from typing import Callable
 
 import cv2
@@ -30,7 +31,6 @@ IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm"}
 # decoders allowed, recognised by content (never by name or Content-Type): EPS, SVG and the other
 # formats Pillow knows are refused, so no external program (Ghostscript) ever runs on an input
 IMAGE_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "TIFF", "PPM")
-FORMATS = ("color", "png16", "npy", "pfm", "ply")
 
 
 # -- atomic writes -----------------------------------------------------------------------------------
@@ -262,12 +262,14 @@ def write_depth_png(path: str | os.PathLike, depth: np.ndarray) -> Path:
     return write_png(path, depth_to_png16(depth, "metric"))
 
 
-def write_pfm(path: str | os.PathLike, data: np.ndarray) -> None:
+def pfm_bytes(data: np.ndarray) -> bytes:
     """Single-channel little-endian PFM (rows stored bottom to top)."""
     data = np.asarray(data, dtype="<f4")
-    with open(path, "wb") as f:
-        f.write(f"Pf\n{data.shape[1]} {data.shape[0]}\n-1\n".encode())
-        f.write(np.ascontiguousarray(data[::-1]).tobytes())
+    return f"Pf\n{data.shape[1]} {data.shape[0]}\n-1\n".encode() + np.ascontiguousarray(data[::-1]).tobytes()
+
+
+def write_pfm(path: str | os.PathLike, data: np.ndarray) -> None:
+    Path(path).write_bytes(pfm_bytes(data))
 
 
 def read_pfm(path: str | os.PathLike) -> np.ndarray:
@@ -287,6 +289,14 @@ def write_ply(path: str | os.PathLike, depth: np.ndarray, image: np.ndarray, foc
               center: tuple[float, float] | None = None, max_depth: float = 80.0) -> int:
     """Binary coloured point cloud from metric depth and a pinhole focal length (pixels); the
     principal point defaults to the image centre. Returns the number of points."""
+    data, n = ply_bytes(depth, image, focal, center, max_depth)
+    Path(path).write_bytes(data)
+    return n
+
+
+def ply_bytes(depth: np.ndarray, image: np.ndarray, focal: float, center: tuple[float, float] | None = None,
+              max_depth: float = 80.0) -> tuple[bytes, int]:
+    """The bytes of :func:`write_ply`'s file, and the number of points."""
     h, w = depth.shape
     cx, cy = center if center is not None else ((w - 1) / 2, (h - 1) / 2)
     v, u = np.mgrid[0:h, 0:w]
@@ -300,29 +310,84 @@ def write_ply(path: str | os.PathLike, depth: np.ndarray, image: np.ndarray, foc
     header = ("ply\nformat binary_little_endian 1.0\n"
               f"element vertex {len(rec)}\nproperty float x\nproperty float y\nproperty float z\n"
               "property uchar red\nproperty uchar green\nproperty uchar blue\nend_header\n")
-    with open(path, "wb") as f:
-        f.write(header.encode())
-        f.write(rec.tobytes())
-    return len(rec)
+    return header.encode() + rec.tobytes(), len(rec)
+
+
+# -- output formats: one registry for files (predict) and HTTP responses (serve) ---------------------------
+@dataclass(frozen=True)
+class Output:
+    """One depth output format. ``encode(depth, kind, image, cmap, side_by_side, focal)`` gives its bytes;
+    ``suffix`` follows the input's stem in file names; ``media_type`` is its HTTP type; ``metric_only`` /
+    ``needs_focal`` / ``needs_image`` say what it cannot do without; ``served``: the HTTP service offers it.
+    A new format is one :func:`register_output` call (``tests/test_outputs_runtime.py`` adds a toy one)."""
+
+    name: str
+    suffix: str
+    media_type: str
+    encode: Callable[..., bytes]
+    metric_only: bool = False
+    needs_focal: bool = False
+    needs_image: bool = False
+    served: bool = True
+    what: str = ""  # how the option's help and error messages name it
+
+
+OUTPUTS: dict[str, Output] = {}
+
+
+def register_output(output: Output) -> Output:
+    OUTPUTS[output.name] = output
+    return output
+
+
+def _color(depth, kind, image=None, cmap="Spectral_r", side_by_side=True, focal=None) -> bytes:
+    vis = colorize(depth, kind, cmap)
+    if side_by_side and image is not None:
+        vis = beside(image, vis)
+    buf = BytesIO()
+    Image.fromarray(vis).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _npy(depth, kind, **_) -> bytes:
+    buf = BytesIO()
+    np.save(buf, np.asarray(depth, np.float32))
+    return buf.getvalue()
+
+
+register_output(Output("color", ".png", "image/png", _color, what="colour map (beside the input unless --pred-only)"))
+register_output(Output("png16", "_depth16.png", "image/png", lambda depth, kind, **_: encode_png(depth_to_png16(depth, kind)),
+                       what="16-bit PNG (metric: metres x 256, KITTI's convention; relative: min-max)"))
+register_output(Output("npy", ".npy", "application/octet-stream", _npy, what="float32 NumPy array"))
+register_output(Output("pfm", ".pfm", "application/x-pfm", lambda depth, kind, **_: pfm_bytes(depth), served=False,
+                       what="float32 PFM"))
+register_output(Output("ply", ".ply", "application/x-ply",
+                       lambda depth, kind, image=None, focal=None, **_: ply_bytes(depth, image, focal)[0],
+                       metric_only=True, needs_focal=True, needs_image=True, served=False,
+                       what="coloured point cloud"))
+
+
+def formats() -> tuple[str, ...]:
+    """The output formats, in registration order (``--format`` takes these)."""
+    return tuple(OUTPUTS)
 
 
 def output_paths(stem: str, outdir: str | os.PathLike, formats: tuple[str, ...]) -> dict[str, Path]:
     """Where :func:`write_outputs` puts each format."""
-    names = {"color": f"{stem}.png", "png16": f"{stem}_depth16.png", "npy": f"{stem}.npy", "pfm": f"{stem}.pfm",
-             "ply": f"{stem}.ply"}
-    return {fmt: Path(outdir) / names[fmt] for fmt in formats}
+    return {fmt: Path(outdir) / f"{stem}{OUTPUTS[fmt].suffix}" for fmt in formats}
 
 
 def check_formats(formats: tuple[str, ...], kind: str | None = None, focal: float | None = None) -> None:
-    """Reject unknown formats, and ``ply`` without metric depth or a focal length, before any work."""
-    unknown = [f for f in formats if f not in FORMATS]
+    """Reject unknown formats, and one that needs metric depth or a focal length without it, before any work."""
+    unknown = [f for f in formats if f not in OUTPUTS]
     if unknown:
-        raise ImageError(f"unknown output formats {unknown}; choose from {', '.join(FORMATS)}")
-    if "ply" in formats:
-        if kind is not None and kind != "metric":
-            raise ImageError("a .ply point cloud needs metric depth (a model with a metric head)")
-        if focal is None:
-            raise ImageError("a .ply point cloud needs a focal length (--focal or --calib)")
+        raise ImageError(f"unknown output formats {unknown}; choose from {', '.join(OUTPUTS)}")
+    for fmt in formats:
+        out = OUTPUTS[fmt]
+        if out.metric_only and kind is not None and kind != "metric":
+            raise ImageError(f"{fmt} ({out.what}) needs metric depth (a model with a metric head)")
+        if out.needs_focal and focal is None:
+            raise ImageError(f"{fmt} ({out.what}) needs a focal length (--focal or --calib)")
 
 
 def write_outputs(result, stem: str, outdir: str | os.PathLike, save_npy: bool = False,
@@ -337,25 +402,15 @@ def write_outputs(result, stem: str, outdir: str | os.PathLike, save_npy: bool =
     depth, kind = result.depth, result.kind
     formats = tuple(dict.fromkeys(tuple(formats) + (("npy",) if save_npy else ())))
     check_formats(formats, kind, focal)
-    if "ply" in formats and image is None:
-        raise ImageError("a .ply point cloud needs the image for its colours")
+    for fmt in formats:
+        if OUTPUTS[fmt].needs_image and image is None:
+            raise ImageError(f"{fmt} ({OUTPUTS[fmt].what}) needs the image")
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
     written = []
     for fmt, path in output_paths(stem, outdir, formats).items():
-        if fmt == "color":
-            vis = colorize(depth, kind, cmap)
-            if side_by_side and image is not None:
-                vis = beside(image, vis)
-            atomic_write(path, lambda p, vis=vis: Image.fromarray(vis).save(p, format="PNG"))
-        elif fmt == "png16":
-            write_png(path, depth_to_png16(depth, kind))
-        elif fmt == "npy":
-            atomic_write(path, lambda p: np.save(p, np.asarray(depth, np.float32)))
-        elif fmt == "pfm":
-            atomic_write(path, lambda p: write_pfm(p, depth))
-        else:
-            atomic_write(path, lambda p: write_ply(p, depth, image, focal))
+        data = OUTPUTS[fmt].encode(depth, kind, image=image, cmap=cmap, side_by_side=side_by_side, focal=focal)
+        atomic_write(path, lambda p, data=data: p.write_bytes(data))
         written.append(path)
     return written
 

@@ -32,7 +32,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import hmac
-import io
 import logging
 import os
 import re
@@ -53,11 +52,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from .errors import ConfigError, FastDPTError, ImageError, ImageTooLargeError
-from .io import MAX_PIXELS, decode_image, depth_to_png16, encode_png
+from .io import MAX_PIXELS, OUTPUTS, decode_image
 from .predict import Predictor
 from .presets import list_models
 from .stabilize import MODES
-from .viz import colorize
 
 log = logging.getLogger("fastdpt.serve")
 
@@ -65,7 +63,10 @@ MAX_BYTES = 20 * 2**20
 MULTIPART_OVERHEAD = 64 * 1024  # boundaries and part headers allowed on top of the image's bytes
 BODY_TYPES = ("image/png", "image/jpeg", "image/webp", "image/bmp", "image/tiff", "image/x-portable-pixmap",
               "application/octet-stream")
-FORMATS = ("png16", "npy", "color", "json")
+def served_formats() -> tuple[str, ...]:
+    """What ``?format=`` takes: the output formats the service offers (fastdpt.io's registry), and json."""
+    return (*(name for name, out in OUTPUTS.items() if out.served), "json")
+
 PUBLIC = ("/healthz", "/")
 
 
@@ -213,15 +214,11 @@ class DepthService:
         return self.encode(d, result.kind, fmt, values, color, t0)
 
     def encode(self, d: np.ndarray, kind: str, fmt: str, values: bool, color: bool, t0: float):
-        """(body, media type or None for JSON, kind)."""
-        if fmt == "png16":
-            return encode_png(depth_to_png16(d, kind)), "image/png", kind
-        if fmt == "npy":
-            buf = io.BytesIO()
-            np.save(buf, d.astype(np.float32, copy=False))
-            return buf.getvalue(), "application/octet-stream", kind
-        if fmt == "color":
-            return encode_png(colorize(d, kind)), "image/png", kind
+        """(body, media type or None for JSON, kind): a served output format of :data:`fastdpt.io.OUTPUTS`
+        (the colour map alone), or JSON."""
+        if fmt != "json":
+            out = OUTPUTS[fmt]
+            return out.encode(d, kind, side_by_side=False), out.media_type, kind
         payload = {"shape": list(d.shape), "kind": kind, "model": self.predictor.config.name,
                    "unit": "m" if kind == "metric" else "relative inverse depth",
                    "min": float(np.nanmin(d)), "max": float(np.nanmax(d)), "mean": float(np.nanmean(d)),
@@ -229,7 +226,7 @@ class DepthService:
         if values:
             payload["values_f32_base64"] = base64.b64encode(d.astype("<f4", copy=False).tobytes()).decode()
         if color:
-            payload["color_png_base64"] = base64.b64encode(encode_png(colorize(d, kind))).decode()
+            payload["color_png_base64"] = base64.b64encode(OUTPUTS["color"].encode(d, kind, side_by_side=False)).decode()
         return payload, None, kind
 
     # -- the routes' logic --
@@ -245,8 +242,8 @@ class DepthService:
 
     async def depth(self, request: Request, fmt: str, values: bool, color: bool, stabilize: str,
                     session: str | None) -> Response:
-        if fmt not in FORMATS:
-            raise ApiError(400, f"format must be one of {', '.join(FORMATS)}")
+        if fmt not in served_formats():
+            raise ApiError(400, f"format must be one of {', '.join(served_formats())}")
         stream = self.session_for(stabilize, session)
         try:  # the body first (within its deadline): a slow upload holds a connection, never an inference slot
             data = await self.read_image_bytes(request)
