@@ -67,3 +67,49 @@ def test_heads_and_kernel_change_no_parameter_count():
     assert len(counts) == 1
     perf = DPT(ModelConfig(hooks=(0, 1), attention="performer", features=32))
     assert "encoder.blocks.0.attn.projection" in perf.state_dict()  # a buffer, saved with the model
+
+
+def test_an_attention_kernel_is_one_registration(monkeypatch):
+    """A toy kernel (ELU+1 linear attention, written out here) registered in the test alone: the name grammar
+    takes it and round-trips it, the model runs it (against the formula), the study's preset grid does not
+    grow, and the report's legend gives it a marker of its own."""
+    import torch.nn.functional as F
+
+    from fastdpt import config as config_module
+    from fastdpt.config import ATTENTIONS, AttentionKind
+    from fastdpt.models import attention as attention_module
+    from fastdpt.presets import list_models
+    from fastdpt.study.report import _marker
+
+    class Linear(attention_module.Kernel):
+        name = "linear"
+
+        def __call__(self, attn, q, k, v):
+            q, k = F.elu(q) + 1, F.elu(k) + 1
+            return (q @ (k.transpose(-2, -1) @ v)) / (q @ k.sum(-2, keepdim=True).transpose(-2, -1))
+
+    monkeypatch.setitem(ATTENTIONS, "linear", AttentionKind("linear", what="ELU+1 linear attention"))
+    monkeypatch.setitem(attention_module.KERNELS, "linear", Linear())
+    config_module._name_re.cache_clear()
+    try:
+        cfg = ModelConfig.from_name("r50.h0-1.heads4.linear.f32@64x96")
+        assert cfg.attention == "linear" and ModelConfig.from_name(cfg.name) == cfg
+        with pytest.raises(Exception, match="random features"):
+            ModelConfig.from_name("r50.h0-1.heads4.linear64.f32@64x96")  # it takes no feature count
+        attn = Attention(64, 4, kernel="linear").eval()
+        x = torch.randn(2, 10, 64)
+        q, k, v = attn.qkv(x).reshape(2, 10, 3, 4, 16).permute(2, 0, 3, 1, 4)
+        qf, kf = F.elu(q) + 1, F.elu(k) + 1
+        weights = (qf @ kf.transpose(-2, -1))
+        expected = attn.proj(((weights / weights.sum(-1, keepdim=True)) @ v).transpose(1, 2).reshape(2, 10, 64))
+        torch.testing.assert_close(attn(x), expected, rtol=1e-4, atol=1e-5)
+        model = DPT(cfg).eval()
+        with torch.no_grad():
+            assert torch.isfinite(model(torch.randn(1, 3, 64, 96))).all()
+        assert len(list_models("study")) == 72
+        assert _marker("linear") not in (_marker("softmax"), _marker("performer"))
+    finally:
+        monkeypatch.undo()
+        config_module._name_re.cache_clear()
+    with pytest.raises(Exception, match="neither a preset nor a variant"):
+        ModelConfig.from_name("r50.h0-1.heads4.linear.f32@64x96")

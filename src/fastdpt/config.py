@@ -22,6 +22,7 @@ their defaults (12 heads, softmax, 256). The canonical name always spells them o
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import re
@@ -30,7 +31,32 @@ from dataclasses import dataclass, replace
 from .errors import ConfigError
 
 BACKBONES = ("r50", "effb0")
-ATTENTIONS = ("softmax", "performer")
+
+
+@dataclass(frozen=True)
+class AttentionKind:
+    """An attention kernel as a variant name knows it: its name field, whether a random-feature count may
+    follow it (``performer128``), and a line for the name's help. Its computation lives beside it in
+    :mod:`fastdpt.models.attention` (``KERNELS``): a new kernel is one file registering both, and the name
+    grammar, validation, the model and the study report's legend follow."""
+
+    name: str
+    takes_features: bool = False
+    what: str = ""
+
+
+ATTENTIONS: dict[str, AttentionKind] = {}
+
+
+def register_attention(kind: AttentionKind) -> AttentionKind:
+    ATTENTIONS[kind.name] = kind
+    if "_name_re" in globals():  # (the built-in kernels register before the pattern is defined)
+        _name_re.cache_clear()
+    return kind
+
+
+register_attention(AttentionKind("softmax", what="exact, through scaled_dot_product_attention"))
+register_attention(AttentionKind("performer", takes_features=True, what="FAVOR+ on the same qkv; performer<M>: M random features"))
 EMBED_DIM = 768
 MAX_INPUT_SIDE = 2048  # network input side; the official KITTI size is 352x1216
 MAX_FEATURES = 1024  # decoder width; DPT's is 256
@@ -158,9 +184,11 @@ class ModelConfig:
         if self.heads < 1 or EMBED_DIM % self.heads:
             raise ConfigError(f"heads must divide {EMBED_DIM}, got {self.heads}")
         if self.attention not in ATTENTIONS:
-            raise ConfigError(f"unknown attention {self.attention!r}; choose one of {ATTENTIONS}")
-        if self.performer_features is not None and (self.attention != "performer" or self.performer_features < 1):
-            raise ConfigError("performer_features must be a positive number and only goes with attention='performer'")
+            raise ConfigError(f"unknown attention {self.attention!r}; choose one of {tuple(ATTENTIONS)}")
+        if self.performer_features is not None and (not ATTENTIONS[self.attention].takes_features
+                                                     or self.performer_features < 1):
+            raise ConfigError("performer_features (random features) must be a positive number and only goes with an "
+                              "attention that takes them: " + ", ".join(n for n, k in ATTENTIONS.items() if k.takes_features))
         if not 2 <= self.features <= MAX_FEATURES:
             raise ConfigError(f"features must be in 2..{MAX_FEATURES}, got {self.features}")
         if self.performer_features is not None and self.performer_features > MAX_FEATURES * 4:
@@ -227,7 +255,7 @@ class ModelConfig:
     def from_name(cls, name: str) -> "ModelConfig":
         """Parse a canonical name (not a preset alias; see :func:`fastdpt.presets.get_config` for both).
         ``heads``, the attention and ``f`` may be omitted and take their defaults."""
-        m = _NAME_RE.fullmatch(name.strip())
+        m = _name_re().fullmatch(name.strip())
         if not m:
             raise ConfigError(f"{name!r} is neither a preset nor a variant name: {diagnose_name(name)}; "
                               "`fastdpt models` lists the presets")
@@ -255,22 +283,36 @@ class ModelConfig:
         )
 
 
-NAME_GRAMMAR = ("<backbone>.h<a>-<b>.heads<n>.<softmax|performer[M]>.f<F>[.<kitti|nyu|m<s>_<t>>][.imagenet]"
+NAME_GRAMMAR = ("<backbone>.h<a>-<b>.heads<n>.<attention[M]>.f<F>[.<kitti|nyu|m<s>_<t>>][.imagenet]"
                 "@<H>x<W>[-keep]")
 _FLOAT = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
-_NAME_RE = re.compile(
-    r"(?P<backbone>[a-z0-9_]+|timm-[a-z0-9_]+)\.h(?P<h0>\d+)-(?P<h1>\d+)(?:\.heads(?P<heads>\d+))?"
-    r"(?:\.(?P<attn>softmax|performer)(?P<m>\d+)?)?(?:\.f(?P<f>\d+))?"
-    rf"(?:\.(?P<out>kitti|nyu|m(?P<ms>{_FLOAT})_(?P<mt>{_FLOAT})))?"
-    r"(?:\.(?P<norm>imagenet))?"
-    r"@(?P<H>\d+)x(?P<W>\d+)(?P<keep>-keep)?"
-)
+
+
+def _attention_pattern() -> str:
+    """The attention field's alternatives, from the registry (longest first)."""
+    return "|".join(re.escape(n) for n in sorted(ATTENTIONS, key=len, reverse=True))
+
+
+@functools.lru_cache(maxsize=1)
+def _name_re() -> re.Pattern:
+    """The canonical-name pattern; rebuilt when an attention kernel is registered."""
+    return re.compile(
+        r"(?P<backbone>[a-z0-9_]+|timm-[a-z0-9_]+)\.h(?P<h0>\d+)-(?P<h1>\d+)(?:\.heads(?P<heads>\d+))?"
+        rf"(?:\.(?P<attn>{_attention_pattern()})(?P<m>\d+)?)?(?:\.f(?P<f>\d+))?"
+        rf"(?:\.(?P<out>kitti|nyu|m(?P<ms>{_FLOAT})_(?P<mt>{_FLOAT})))?"
+        r"(?:\.(?P<norm>imagenet))?"
+        r"@(?P<H>\d+)x(?P<W>\d+)(?P<keep>-keep)?"
+    )
 
 
 # -- saying which field of a name is wrong --------------------------------------------------------------
-_FIELDS = [  # optional fields after the hooks, in grammar order: (what, pattern)
-    ("heads<n>", re.compile(r"heads\d+")),
-    ("softmax|performer[M]", re.compile(r"(softmax|performer)\d*")),
+def _fields() -> list:
+    """Optional fields after the hooks, in grammar order: (what, pattern)."""
+    return [("heads<n>", re.compile(r"heads\d+")),
+            ("|".join(ATTENTIONS) + "[M]", re.compile(rf"({_attention_pattern()})\d*")), *_FIELDS]
+
+
+_FIELDS = [  # the fields after the attention
     ("f<features>", re.compile(r"f\d+")),
     ("kitti|nyu|m<scale>_<shift>", re.compile(rf"(kitti|nyu|m{_FLOAT}_{_FLOAT})")),
     ("imagenet", re.compile(r"imagenet")),
@@ -298,13 +340,14 @@ def diagnose_name(name: str) -> str:
     while pos < len(rest):
         if rest[pos] != ".":
             return f"unexpected {rest[pos:]!r} after {rest[:pos]!r}"
-        for i in range(expected, len(_FIELDS)):
-            fm = _FIELDS[i][1].match(rest, pos + 1)
+        fields_ = _fields()
+        for i in range(expected, len(fields_)):
+            fm = fields_[i][1].match(rest, pos + 1)
             if fm and (fm.end() == len(rest) or rest[fm.end()] == "."):
                 pos, expected = fm.end(), i + 1
                 break
         else:
             token = rest[pos + 1:].split(".")[0]
-            allowed = ", ".join(w for w, _ in _FIELDS[expected:]) or "nothing more"
+            allowed = ", ".join(w for w, _ in fields_[expected:]) or "nothing more"
             return f"unknown or misplaced field {token!r} (after {rest[:pos]!r} come, in order: {allowed})"
     return "its fields are in order but a value is out of range"

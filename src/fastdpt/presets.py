@@ -11,7 +11,7 @@ import difflib
 from fnmatch import fnmatchcase
 from itertools import product
 
-from .config import ATTENTIONS, BACKBONES, METRIC_HEADS, ModelConfig
+from .config import BACKBONES, METRIC_HEADS, ModelConfig
 from .errors import ConfigError
 
 
@@ -29,6 +29,7 @@ class Preset:
 _DPT = ModelConfig()
 STUDY_HOOKS = ((0, 1), (2, 5), (8, 11))
 STUDY_HEADS = (1, 12, 24)
+STUDY_ATTENTIONS = ("softmax", "performer")  # the study's axis: a newly registered kernel does not join it
 STUDY_SIZES = ((352, 1216), (192, 640))
 
 
@@ -57,7 +58,7 @@ def _build_registry() -> dict[str, Preset]:
     ]:
         presets.append(Preset(name, cfg, text, groups=("fast",)))
     for size, backbone, hooks, attention, heads in product(
-        STUDY_SIZES, BACKBONES, STUDY_HOOKS, ATTENTIONS, STUDY_HEADS
+        STUDY_SIZES, BACKBONES, STUDY_HOOKS, STUDY_ATTENTIONS, STUDY_HEADS
     ):
         cfg = ModelConfig(backbone=backbone, hooks=hooks, heads=heads, attention=attention,
                           input_size=size, metric=METRIC_HEADS["kitti"])

@@ -56,13 +56,65 @@ def favor_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, projectio
     return (qf @ kv) / denom
 
 
+class Kernel:
+    """How one attention kernel turns q, k, v (B, heads, tokens, head width) into its output. ``setup``
+    gives the :class:`Attention` module what the kernel keeps (buffers, under names that are part of the
+    state dict); ``__call__`` computes. Registered under the name its :class:`fastdpt.config.AttentionKind`
+    has, with :func:`register_kernel`."""
+
+    name = "?"
+
+    def setup(self, attn: "Attention", nb_features: int | None, seed: int, device) -> None:
+        pass
+
+    def __call__(self, attn: "Attention", q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+
+KERNELS: dict[str, Kernel] = {}
+
+
+def register_kernel(cls: type[Kernel]) -> type[Kernel]:
+    KERNELS[cls.name] = cls()
+    return cls
+
+
+@register_kernel
+class Softmax(Kernel):
+    """Exact attention through PyTorch's ``scaled_dot_product_attention``."""
+
+    name = "softmax"
+
+    def __call__(self, attn, q, k, v):
+        return F.scaled_dot_product_attention(q, k, v)
+
+
+@register_kernel
+class Performer(Kernel):
+    """FAVOR+: positive orthogonal random features (a seeded ``projection`` buffer, m x head width)."""
+
+    name = "performer"
+
+    def setup(self, attn, nb_features, seed, device):
+        d = attn.head_dim
+        m = nb_features or max(1, int(d * math.log(d)) if d > 1 else 1)
+        g = torch.Generator(device="cpu").manual_seed(seed)
+        proj = gaussian_orthogonal_matrix(m, d, g)
+        if device is not None:
+            proj = proj.to(device)
+        attn.register_buffer("projection", proj)
+
+    def __call__(self, attn, q, k, v):  # exp() of random features: float32 whatever the weights' precision
+        return favor_attention(q.float(), k.float(), v.float(), attn.projection.float()).to(q.dtype)
+
+
 class Attention(nn.Module):
     """Replaces the ``attn`` of a timm ``Block``; same parameter names as timm's ``Attention``.
 
     Args:
         dim: token width.
         num_heads: heads; ``dim`` must be divisible by it.
-        kernel: ``softmax`` or ``performer``.
+        kernel: a registered kernel (:data:`KERNELS`): ``softmax``, ``performer`` ...
         nb_features: Performer random features per head (``None``: int(d ln d)).
         seed: seeds the Performer projection buffer (no global RNG is touched).
     """
@@ -87,16 +139,9 @@ class Attention(nn.Module):
         self.kernel = kernel
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias, device=device, dtype=dtype)
         self.proj = nn.Linear(dim, dim, bias=proj_bias, device=device, dtype=dtype)
-        if kernel == "performer":
-            d = self.head_dim
-            m = nb_features or max(1, int(d * math.log(d)) if d > 1 else 1)
-            g = torch.Generator(device="cpu").manual_seed(seed)
-            proj = gaussian_orthogonal_matrix(m, d, g)
-            if device is not None:
-                proj = proj.to(device)
-            self.register_buffer("projection", proj)
-        elif kernel != "softmax":
-            raise ValueError(f"unknown attention kernel {kernel!r}")
+        if kernel not in KERNELS:
+            raise ValueError(f"unknown attention kernel {kernel!r}; registered: {', '.join(KERNELS)}")
+        KERNELS[kernel].setup(self, nb_features, seed, device)
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False) -> torch.Tensor:
         # timm's Block passes these; DPT never masks
@@ -105,9 +150,6 @@ class Attention(nn.Module):
         b, n, _ = x.shape
         qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)
-        if self.kernel == "softmax":
-            out = F.scaled_dot_product_attention(q, k, v)
-        else:  # exp() of random features: float32 whatever the weights' precision
-            out = favor_attention(q.float(), k.float(), v.float(), self.projection.float()).to(q.dtype)
+        out = KERNELS[self.kernel](self, q, k, v)
         # heads x head width: the token width, or less in a model whose heads were pruned
         return self.proj(out.transpose(1, 2).reshape(b, n, self.num_heads * self.head_dim))

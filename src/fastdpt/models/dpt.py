@@ -14,7 +14,7 @@ from timm.layers import trunc_normal_
 from timm.models.vision_transformer import Block
 from torch import nn
 
-from ..config import EMBED_DIM, ModelConfig
+from ..config import ATTENTIONS, EMBED_DIM, ModelConfig
 from ..errors import ImageError
 from .attention import Attention
 from .backbones import build_backbone
@@ -47,7 +47,7 @@ class HybridEncoder(nn.Module):
             blk = Block(EMBED_DIM, config.heads, mlp_ratio=4.0, qkv_bias=True, norm_layer=norm)
             blk.attn = Attention(
                 EMBED_DIM, config.heads, kernel=config.attention,
-                nb_features=config.num_features if config.attention == "performer" else None, seed=i,
+                nb_features=config.num_features if ATTENTIONS[config.attention].takes_features else None, seed=i,
             )
             self.blocks.append(blk)
 

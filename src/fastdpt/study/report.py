@@ -167,6 +167,16 @@ def _plt():
     return plt
 
 
+MARKERS = "o^sDvP*X"  # one a registered attention kernel, in registration order
+
+
+def _marker(kernel: str) -> str:
+    from ..config import ATTENTIONS
+
+    names = list(ATTENTIONS)
+    return MARKERS[names.index(kernel) % len(MARKERS)] if kernel in names else "x"
+
+
 def fig_accuracy_vs_fps(rows: list[dict], path: Path) -> Path:
     plt = _plt()
     ok = [r for r in rows if r.get("status") in ("ok", "baseline") and finite(r.get("abs_rel")) and finite(r.get("fps"))]
@@ -176,7 +186,7 @@ def fig_accuracy_vs_fps(rows: list[dict], path: Path) -> Path:
         f = factors(r)
         c = colours.setdefault(f["backbone"], f"C{len(colours)}")
         hollow = f["compress"] != "none"  # a compressed model: the outline in its backbone's colour
-        ax.scatter(r["fps"], r["abs_rel"], marker="o" if f["attention"] == "softmax" else "^",
+        ax.scatter(r["fps"], r["abs_rel"], marker=_marker(f["attention"]),
                    s=60 if r.get("baseline") else 36, facecolors="none" if hollow else c,
                    edgecolors=c if hollow else ("k" if r.get("baseline") else "none"), label=None)
         if finite(r.get("file_mb")):  # the model's size beside each point
@@ -190,8 +200,8 @@ def fig_accuracy_vs_fps(rows: list[dict], path: Path) -> Path:
                         textcoords="offset points")
     for b, c in colours.items():
         ax.scatter([], [], color=c, label=b)
-    ax.scatter([], [], color="grey", marker="o", label="softmax")
-    ax.scatter([], [], color="grey", marker="^", label="performer")
+    for kernel in dict.fromkeys(factors(r)["attention"] for r in ok):  # the kernels the rows have, in order
+        ax.scatter([], [], color="grey", marker=_marker(kernel), label=kernel)
     if any(factors(r)["compress"] != "none" for r in ok):
         ax.scatter([], [], facecolors="none", edgecolors="grey", marker="o", label="compressed")
     ax.set_xscale("log")
