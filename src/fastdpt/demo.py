@@ -13,6 +13,7 @@ import lightning as L
 import numpy as np
 
 from .errors import FastDPTError
+from .options import DEMO_PRESET
 from .presets import get_config
 
 # the fast presets carry the official KITTI head, which only trains from the official weights; from
@@ -43,7 +44,7 @@ class StepProgress(L.Callback):
             self.say(f"  validation after step {trainer.global_step}: AbsRel {m['abs_rel']:.3f} over {m['images']} frames")
 
 
-def run_demo(out: str | Path = "demo", steps: int = 120, preset: str = "fast-effb0-f64-128x416",
+def run_demo(out: str | Path = "demo", steps: int = 120, preset: str = DEMO_PRESET,
              drives: int = 4, frames: int = 40, seed: int = 0, force: bool = False,
              say: Callable[[str], None] = print, size: tuple[int, int] = (375, 1242), lr: float = 3e-4,
              dense_gt: bool = False) -> dict:

@@ -23,6 +23,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import DataError, DiskFullError, ImageError, ImageTooLargeError
+from .options import DEFAULT_CMAP
 from .viz import beside, colorize
 
 MAX_PIXELS = 25_000_000  # the one decoded-image size limit (predict, streams, the HTTP service)
@@ -340,7 +341,7 @@ def register_output(output: Output) -> Output:
     return output
 
 
-def _color(depth, kind, image=None, cmap="Spectral_r", side_by_side=True, focal=None) -> bytes:
+def _color(depth, kind, image=None, cmap=DEFAULT_CMAP, side_by_side=True, focal=None) -> bytes:
     vis = colorize(depth, kind, cmap)
     if side_by_side and image is not None:
         vis = beside(image, vis)
@@ -391,7 +392,7 @@ def check_formats(formats: tuple[str, ...], kind: str | None = None, focal: floa
 
 
 def write_outputs(result, stem: str, outdir: str | os.PathLike, save_npy: bool = False,
-                  formats: tuple[str, ...] = ("color",), image: np.ndarray | None = None, cmap: str = "Spectral_r",
+                  formats: tuple[str, ...] = ("color",), image: np.ndarray | None = None, cmap: str = DEFAULT_CMAP,
                   side_by_side: bool = True, focal: float | None = None) -> list[Path]:
     """Write ``<outdir>/<stem>.<ext>`` for each format of ``result`` (a depth map with its
     ``.depth`` and ``.kind``, e.g. a :class:`~fastdpt.predict.DepthResult`); each file is written

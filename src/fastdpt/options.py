@@ -13,6 +13,12 @@ from dataclasses import field
 
 from .errors import ConfigError
 
+# defaults and limits more than one place uses, named once (library functions, the CLI's options and the service)
+DEFAULT_CMAP = "Spectral_r"  # the colour map of every depth picture
+DEMO_PRESET = "fast-effb0-f64-128x416"  # the fastest preset: what the demo trains
+MAX_UPLOAD_MB = 20  # the HTTP service's upload limit
+MAX_CONNECTIONS = 64  # the HTTP service's open connections at most
+
 
 def option(help: str, default=None, flags: tuple[str, ...] | None = None, required: bool = False):
     """A dataclass field with its command-line help, flags (default ``--field-name``) and whether it is

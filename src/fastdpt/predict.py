@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from .io import read_image
+from .options import DEFAULT_CMAP
 from .transforms import Transforms, frame_size
 
 if TYPE_CHECKING:
@@ -124,7 +125,7 @@ class Predictor:
             i = j
         return results
 
-    def colorizer(self, cmap: str = "Spectral_r"):
+    def colorizer(self, cmap: str = DEFAULT_CMAP):
         """Colour maps where the depth is: on the predictor's GPU (:class:`fastdpt.viz.DeviceColorizer`:
         only the uint8 image comes back), with NumPy on a CPU (:class:`~fastdpt.viz.HostColorizer`: the
         same colours, 3x faster there)."""

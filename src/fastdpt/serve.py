@@ -53,13 +53,14 @@ from starlette.requests import ClientDisconnect
 
 from .errors import ConfigError, FastDPTError, ImageError, ImageTooLargeError
 from .io import MAX_PIXELS, OUTPUTS, decode_image
+from .options import MAX_CONNECTIONS, MAX_UPLOAD_MB
 from .predict import Predictor
 from .presets import list_models
 from .stabilize import MODES
 
 log = logging.getLogger("fastdpt.serve")
 
-MAX_BYTES = 20 * 2**20
+MAX_BYTES = MAX_UPLOAD_MB * 2**20
 MULTIPART_OVERHEAD = 64 * 1024  # boundaries and part headers allowed on top of the image's bytes
 BODY_TYPES = ("image/png", "image/jpeg", "image/webp", "image/bmp", "image/tiff", "image/x-portable-pixmap",
               "application/octet-stream")
@@ -542,7 +543,7 @@ def _protocol(max_connections: int, first_request_s: float):
     return Guarded
 
 
-def server_config(app, host: str = "127.0.0.1", port: int = 8000, max_connections: int = 64,
+def server_config(app, host: str = "127.0.0.1", port: int = 8000, max_connections: int = MAX_CONNECTIONS,
                   first_request_s: float = 10.0, keep_alive_s: float = 5.0, log_level: str = "info"):
     """The uvicorn configuration :func:`serve` runs (tests start real servers with it too)."""
     import uvicorn
@@ -554,7 +555,7 @@ def server_config(app, host: str = "127.0.0.1", port: int = 8000, max_connection
 
 def serve(predictor: Predictor, host: str = "127.0.0.1", port: int = 8000, token: str | None = None,
           max_bytes: int = MAX_BYTES, limits: Limits | None = None, allow_no_token: bool = False,
-          max_connections: int = 64) -> None:
+          max_connections: int = MAX_CONNECTIONS) -> None:
     """Run the service. Listening beyond this machine (any host but loopback) needs a token, unless
     ``allow_no_token`` says the exposure is intended."""
     import uvicorn

@@ -37,6 +37,7 @@ import cv2
 import numpy as np
 
 from .errors import FastDPTError, ImageError, ImageTooLargeError, StreamError
+from .options import DEFAULT_CMAP
 from .io import (IMAGE_EXTS, MAX_PIXELS, atomic_write, check_output_dir, check_size, looks_like_video, new_temp_file,
                  read_image, same_file)
 from .predict import Predictor
@@ -228,7 +229,7 @@ class VideoSink:
     ``<stem>.partial<suffix>``. A frame of another size than the first is resized to the video's
     size (``resized`` counts them)."""
 
-    def __init__(self, path: str | os.PathLike, fps: float, side_by_side: bool = True, cmap: str = "Spectral_r",
+    def __init__(self, path: str | os.PathLike, fps: float, side_by_side: bool = True, cmap: str = DEFAULT_CMAP,
                  overwrite: bool = False, codec: str = "auto"):
         self.path, self.fps, self.side_by_side, self.cmap = Path(path), fps, side_by_side, cmap
         if self.path.suffix.lower() not in VIDEO_EXTS:

@@ -13,6 +13,7 @@ import cv2
 import numpy as np
 
 from .errors import ImageError
+from .options import DEFAULT_CMAP
 
 CMAPS_CV2 = {"inferno": cv2.COLORMAP_INFERNO, "magma": cv2.COLORMAP_MAGMA, "turbo": cv2.COLORMAP_TURBO,
              "viridis": cv2.COLORMAP_VIRIDIS}
@@ -86,7 +87,7 @@ def normalized(depth: np.ndarray, kind: str, limits: tuple[float, float] | None 
     return np.clip(d, 0, 1, out=d)
 
 
-def colorize(depth: np.ndarray, kind: str, cmap: str = "Spectral_r",
+def colorize(depth: np.ndarray, kind: str, cmap: str = DEFAULT_CMAP,
              limits: tuple[float, float] | None = None) -> np.ndarray:
     """H x W x 3 uint8 RGB visualisation of a depth map (``kind``: ``metric`` or ``relative``), over its
     own range or over ``limits`` (see :func:`normalized`)."""
@@ -102,7 +103,7 @@ class HostColorizer:
     (H, W) or (B, H, W) array or CPU tensor -> (..., H, W, 3) uint8 tensor. On a CPU it is the faster
     of the two (2.5 vs 8 ms a 375x1242 frame on one thread) with the same colours."""
 
-    def __init__(self, cmap: str = "Spectral_r") -> None:
+    def __init__(self, cmap: str = DEFAULT_CMAP) -> None:
         lookup_table(cmap)  # an unknown map fails here, not at the first frame
         self.cmap = cmap
 
@@ -129,7 +130,7 @@ class DeviceColorizer:
     equals :func:`colorize` exactly; another ``dtype`` may move a pixel on a table boundary to the
     neighbouring entry."""
 
-    def __init__(self, cmap: str = "Spectral_r", device="cpu", dtype=None) -> None:
+    def __init__(self, cmap: str = DEFAULT_CMAP, device="cpu", dtype=None) -> None:
         import torch
 
         self.device = torch.device(device)

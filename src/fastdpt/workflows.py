@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from .data.synthetic import sample_frames
+from .options import DEFAULT_CMAP
 from .runtime import compare, export_onnx, quantize_int8
 from .runtime.quantize import CALIBRATION_FRAMES
 from .transforms import Transforms
@@ -102,7 +103,7 @@ class FileOutcome:
 
 
 def predict_files(predictor, files: list[Path], outdir: str | os.PathLike, formats: tuple[str, ...] = ("color",),
-                  cmap: str = "Spectral_r", side_by_side: bool = True, focal: float | None = None,
+                  cmap: str = DEFAULT_CMAP, side_by_side: bool = True, focal: float | None = None,
                   overwrite: bool = False, on_file=None) -> list[FileOutcome]:
     """Predict each file and write its outputs under ``outdir`` (relative paths kept, see
     :func:`fastdpt.io.output_stems`). Never writes over an input; existing outputs are kept unless

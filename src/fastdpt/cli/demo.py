@@ -7,13 +7,14 @@ from pathlib import Path
 import typer
 
 from .common import ThreadsOpt, interrupted, one_line_errors, out, set_threads
+from ..options import DEMO_PRESET
 
 
 @one_line_errors
 def demo(
     out_dir: Path = typer.Option(Path("demo"), "--out", help="folder for data, run, video and summary"),
     steps: int = typer.Option(120, "--steps", help="training steps (batch 4); the default takes ~3 min on 2 CPU cores"),
-    preset: str = typer.Option("fast-effb0-f64-128x416", "--preset"),
+    preset: str = typer.Option(DEMO_PRESET, "--preset"),
     drives: int = typer.Option(4, "--drives"),
     frames: int = typer.Option(40, "--frames"),
     threads: ThreadsOpt = None,

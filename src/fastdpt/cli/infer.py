@@ -10,6 +10,7 @@ import typer
 
 from ..errors import ConfigError, FastDPTError
 from ..io import MAX_PIXELS, check_output_dir
+from ..options import DEFAULT_CMAP, MAX_CONNECTIONS, MAX_UPLOAD_MB
 from .common import (BackendOpt, CmapOpt, DeviceOpt, ModelOpt, PrecisionOpt, StatsOpt, ThreadsOpt, WeightsOpt,
                      build_predictor, check_model, console, fail, one_line_errors, out)
 
@@ -22,7 +23,7 @@ def predict(
     outdir: Path = typer.Option(Path("out"), "--outdir", "-o"),
     formats: List[str] = typer.Option(["color"], "--format", "-f", help="color | png16 | npy | pfm | ply (repeatable)"),
     save_npy: bool = typer.Option(False, "--save-npy", help="also write <stem>.npy (float32, image size)"),
-    cmap: CmapOpt = "Spectral_r",
+    cmap: CmapOpt = DEFAULT_CMAP,
     pred_only: bool = typer.Option(False, "--pred-only", help="colour map alone instead of beside the input"),
     focal: Optional[float] = typer.Option(None, "--focal", help="focal length in pixels, for .ply"),
     calib: Optional[Path] = typer.Option(None, "--calib", help="KITTI calib_cam_to_cam.txt, for .ply (P_rect_02)"),
@@ -163,7 +164,7 @@ def video(
     threads: ThreadsOpt = None,
     realtime: bool = typer.Option(False, "--realtime", help="keep the source rate; drop frames when behind"),
     pred_only: bool = typer.Option(False, "--pred-only", help="depth only instead of side by side"),
-    cmap: CmapOpt = "Spectral_r",
+    cmap: CmapOpt = DEFAULT_CMAP,
     stats: StatsOpt = None,
     strict: bool = StrictOpt,
     overwrite: bool = OverwriteVideoOpt,
@@ -190,7 +191,7 @@ def camera(
     threads: ThreadsOpt = None,
     frames: Optional[int] = typer.Option(None, "--frames", help="stop after N frames"),
     pred_only: bool = typer.Option(False, "--pred-only"),
-    cmap: CmapOpt = "Spectral_r",
+    cmap: CmapOpt = DEFAULT_CMAP,
     stats: StatsOpt = None,
     overwrite: bool = OverwriteVideoOpt,
     codec: str = CodecOpt,
@@ -215,7 +216,7 @@ def stream(
     threads: ThreadsOpt = None,
     realtime: bool = typer.Option(False, "--realtime"),
     pred_only: bool = typer.Option(False, "--pred-only"),
-    cmap: CmapOpt = "Spectral_r",
+    cmap: CmapOpt = DEFAULT_CMAP,
     stats: StatsOpt = None,
     strict: bool = StrictOpt,
     overwrite: bool = OverwriteVideoOpt,
@@ -242,11 +243,11 @@ def serve(
     token_file: Optional[Path] = typer.Option(None, "--token-file", help="read the token from a file, e.g. a Docker "
                                               "secret (or $FASTDPT_TOKEN_FILE)"),
     allow_no_token: bool = typer.Option(False, "--allow-no-token", help="serve beyond loopback without a token"),
-    max_mb: float = typer.Option(20.0, "--max-mb", help="upload size limit, MB"),
+    max_mb: float = typer.Option(float(MAX_UPLOAD_MB), "--max-mb", help="upload size limit, MB"),
     max_pixels: int = typer.Option(MAX_PIXELS, "--max-pixels", help="decoded image size limit"),
     workers: int = typer.Option(1, "--workers", help="threads that decode, infer and encode"),
     queue: int = typer.Option(8, "--queue", help="requests that may wait for a worker; more get 503"),
-    max_connections: int = typer.Option(64, "--max-connections", help="open connections at most"),
+    max_connections: int = typer.Option(MAX_CONNECTIONS, "--max-connections", help="open connections at most"),
     backend: BackendOpt = "auto",
     precision: PrecisionOpt = "auto",
     device: DeviceOpt = "cpu",
