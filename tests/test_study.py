@@ -386,3 +386,37 @@ def test_a_study_stopped_by_ctrl_c_says_how_to_resume(tmp_path, monkeypatch):
     monkeypatch.setattr(sweep, "run_study", ctrl_c)
     r = CliRunner().invoke(app, ["study", "run", "fast-effb0-f64-128x416", "--out", str(tmp_path / "t")])
     assert r.exit_code == 130 and "--resume" in r.output and "Traceback" not in r.output, r.output
+
+
+def test_study_run_takes_every_shared_setting_by_its_field_name(tmp_path, monkeypatch):
+    """``study run``'s flags are StudySettings' fields (derived, not a second list): every value given on the
+    command line reaches run_study under the field's name, converted as the field's type says."""
+    from dataclasses import fields
+
+    import fastdpt.study.sweep as sweep
+    from fastdpt.study.settings import StudySettings
+
+    seen = {}
+
+    def capture(grid, out, data_root=None, **kw):
+        seen.update(grid=grid, out=out, data_root=data_root, **kw)
+        StudySettings.new(out, grid).save()
+        (Path(out) / "trials.json").write_text("[]")
+        return []
+
+    monkeypatch.setattr(sweep, "run_study", capture)
+    out = tmp_path / "s"
+    r = CliRunner().invoke(app, ["study", "run", "g.yaml", "--out", str(out), "--data-root", "d", "--raw-root", "r",
+                                 "--gt-root", "g", "--train-split", "a", "--val-split", "b", "--test-split", "c",
+                                 "--init", "w", "--backbone-weights", "hub", "--bench-frame", "64x192", "--bench-runs", "2",
+                                 "--bench-warmup", "0", "--train-baseline", "--tracking-uri", "http://t", "--baseline",
+                                 "none", "--bench-size", "64x192", "--bench-size", "32x96", "--max-steps", "7"])
+    assert r.exit_code == 0, r.output
+    assert seen == {"grid": "g.yaml", "out": str(out), "data_root": "d", "raw_root": "r", "gt_root": "g",
+                    "train_split": "a", "val_split": "b", "test_split": "c", "init": "w", "backbone_weights": "hub",
+                    "bench_frame": (64, 192), "bench_runs": 2, "bench_warmup": 0, "train_baseline": True,
+                    "tracking_uri": "http://t", "baseline": "none", "bench_sizes": [(64, 192), (32, 96)],
+                    "epochs": None, "max_steps": 7, "address": None, "resources": None, "max_failures": 2,
+                    "resume": False, "max_trials": seen["max_trials"], "timing_rounds": 3}
+    shared = {f.name for f in fields(StudySettings)} - {"train", "parent_run_id", "grid", "out", "data_root"}
+    assert shared <= set(seen)  # every setting the trials share has its flag

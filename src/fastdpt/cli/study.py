@@ -2,68 +2,37 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 from pathlib import Path
-from typing import List, Optional
+from typing import Annotated, List, Optional
 
 import typer
 
 from ..errors import ConfigError
 from ..study.grid import MAX_TRIALS
-from .common import console, interrupted, one_line_errors, out, parse_size, print_table
+from ..study.settings import StudySettings
+from .common import console, dataclass_command, interrupted, one_line_errors, out, parse_size, print_table
 
 study_app = typer.Typer(no_args_is_help=True, help="The study: a grid of variants trained, scored and timed on Ray Tune.")
 
 
-@study_app.command("run")
-@one_line_errors
-def run(
-    grid: List[str] = typer.Argument(..., help="a preset group (study@192x640), names, or a YAML/JSON file of axes"),
-    out_dir: Path = typer.Option(..., "--out", help="the study folder (shared storage for a cluster)"),
-    data_root: Optional[Path] = typer.Option(None, "--data-root", help="KITTI-format root (raw/, data_depth_annotated/, splits/)"),
-    raw_root: Optional[Path] = typer.Option(None, "--raw-root"),
-    gt_root: Optional[Path] = typer.Option(None, "--gt-root"),
-    train_split: Optional[Path] = typer.Option(None, "--train-split"),
-    val_split: Optional[Path] = typer.Option(None, "--val-split"),
-    test_split: Optional[Path] = typer.Option(None, "--test-split"),
-    epochs: Optional[int] = typer.Option(None, "--epochs"),
-    max_steps: Optional[int] = typer.Option(None, "--max-steps", help="a step budget per trial"),
-    init: Optional[Path] = typer.Option(None, "--init", help="warm-start weights for every trial (e.g. the official KITTI file)"),
-    backbone_weights: Optional[str] = typer.Option(None, "--backbone-weights"),
-    baseline: Optional[str] = typer.Option(None, "--baseline", help="reference variant (default: DPT-Hybrid at the grid's size; 'none')"),
-    train_baseline: bool = typer.Option(False, "--train-baseline", help="also train the baseline (otherwise only timed)"),
-    address: Optional[str] = typer.Option(None, "--address", help="a Ray cluster: auto | host:port | ray://host:10001"),
-    resources: Optional[str] = typer.Option(None, "--resources", help="per trial, e.g. cpu=8,gpu=1"),
-    max_failures: int = typer.Option(2, "--max-failures", help="retries of a failing trial (from its last checkpoint)"),
-    bench_sizes: Optional[List[str]] = typer.Option(None, "--bench-size", help="also time every variant at this network size (repeatable)"),
-    bench_runs: int = typer.Option(5, "--bench-runs"),
-    tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help="MLflow server (default: SQLite in the study)"),
-    resume: bool = typer.Option(False, "--resume", help="continue an interrupted study (finished trials are kept)"),
-    max_trials: int = typer.Option(MAX_TRIALS, "--max-trials", min=1, help="refuse a grid with more trials than this"),
-    timing_rounds: int = typer.Option(3, "--timing-rounds", min=0, help="after training, time every variant again in "
-                                      "this many interleaved rounds (speed-ups with their spread; < 2: off)"),
-) -> None:
-    """Run a grid of variants: each trial warm-starts, trains, is scored on the test split and timed."""
+def _run(values: dict) -> None:
+    """``study run``: the run's own options, then the study's settings by their own names (StudySettings'
+    fields, from which this command's flags are derived); run_study resolves them once."""
     from ..study.sweep import run_study
 
-    if max_failures < 0:
+    grid, out_dir = values.pop("grid"), values["out"]
+    run = {k: values.pop(k) for k in ("address", "resources", "max_failures", "resume", "max_trials", "timing_rounds")}
+    if run["max_failures"] < 0:
         raise ConfigError("--max-failures must be >= 0")
-    def path(p: Path | None) -> str | None:
-        return str(p) if p else None
-
-    # the study's settings by their own names (StudySettings' fields); run_study resolves them once
+    values["bench_sizes"] = [parse_size(s) for s in values.pop("bench_sizes") or []]
     resume_line = "continue it with the same command and --resume (finished trials are kept)"
     try:
-        rows = run_study(grid if len(grid) > 1 else grid[0], out_dir, data_root, address=address, resources=resources,
-                         max_failures=max_failures, resume=resume, max_trials=max_trials, timing_rounds=timing_rounds,
-                         epochs=epochs, max_steps=max_steps, init=path(init), backbone_weights=backbone_weights,
-                         baseline=baseline, train_baseline=train_baseline, tracking_uri=tracking_uri,
-                         bench_sizes=[parse_size(s) for s in bench_sizes or []], bench_runs=bench_runs,
-                         raw_root=path(raw_root), gt_root=path(gt_root), train_split=path(train_split),
-                         val_split=path(val_split), test_split=path(test_split))
+        rows = run_study(grid if len(grid) > 1 else grid[0], values.pop("out"), values.pop("data_root"), **run, **values)
     except KeyboardInterrupt:
         interrupted(f"the study in {out_dir} stopped; {resume_line}")
-    st = _print_status(out_dir)
+    st = _print_status(Path(out_dir))
     unfinished = len(st["running"]) + len(st["waiting"])
     if unfinished:  # Ray Tune stops its trials on Ctrl-C and returns: the study did not end, it was stopped
         interrupted(f"{unfinished} trial(s) of the study in {out_dir} unfinished; {resume_line}")
@@ -74,6 +43,35 @@ def run(
         failed = [r for r in trained if r.get("status") == "failed"]
         why = f": {failed[0]['name']}: {failed[0].get('error')}" if failed else ""
         raise ConfigError(f"no trial succeeded ({len(failed)} of {len(trained)} failed{why})")
+
+
+def _param(name: str, annotation, default=None) -> inspect.Parameter:
+    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation)
+
+
+# every setting the trials share is a StudySettings field (its flag derived from it); the run's own options here
+run = one_line_errors(dataclass_command(StudySettings, _run, exclude=("train", "bench_sizes", "parent_run_id", "grid"), extra=[
+    _param("grid", Annotated[List[str], typer.Argument(help="a preset group (study@192x640), names, or a YAML/JSON "
+                                                       "file of axes")], ...),
+    _param("epochs", Annotated[Optional[int], typer.Option("--epochs", help="epochs of every trial")]),
+    _param("max_steps", Annotated[Optional[int], typer.Option("--max-steps", help="a step budget per trial")]),
+    _param("address", Annotated[Optional[str], typer.Option("--address", help="a Ray cluster: auto | host:port | "
+                                                            "ray://host:10001")]),
+    _param("resources", Annotated[Optional[str], typer.Option("--resources", help="per trial, e.g. cpu=8,gpu=1")]),
+    _param("max_failures", Annotated[int, typer.Option("--max-failures", help="retries of a failing trial (from its "
+                                                        "last checkpoint)")], 2),
+    _param("bench_sizes", Annotated[Optional[List[str]], typer.Option("--bench-size", help="also time every variant "
+                                                                     "at this network size, HxW (repeatable)")]),
+    _param("resume", Annotated[bool, typer.Option("--resume", help="continue an interrupted study (finished trials are "
+                                                  "kept)")], False),
+    _param("max_trials", Annotated[int, typer.Option("--max-trials", min=1, help="refuse a grid with more trials than "
+                                                     "this")], MAX_TRIALS),
+    _param("timing_rounds", Annotated[int, typer.Option("--timing-rounds", min=0, help="after training, time every "
+                                                        "variant again in this many interleaved rounds (speed-ups "
+                                                        "with their spread; < 2: off)")], 3),
+]))
+run.__doc__ = "Run a grid of variants: each trial warm-starts, trains, is scored on the test split and timed."
+study_app.command("run")(run)
 
 
 def _print_status(study: Path) -> dict:

@@ -12,98 +12,17 @@ import math
 import os
 import socket
 import time
-from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Callable
 
 import torch
 
-from ..errors import ConfigError, FastDPTError, NonFiniteLossError
-from ..io import write_text
+from ..errors import FastDPTError, NonFiniteLossError
 from .grid import TrialSpec
+from .settings import StudySettings  # noqa: F401 - the settings' home before they moved
 from .results import read_row, write_row
 
 Reporter = Callable[[dict], None]
-
-
-@dataclass
-class StudySettings:
-    """What every trial of a study shares; stored as ``STUDY/study.json``."""
-
-    out: str
-    data_root: str | None = None
-    raw_root: str | None = None
-    gt_root: str | None = None
-    train_split: str | None = None
-    val_split: str | None = None
-    test_split: str | None = None
-    init: str | None = None
-    backbone_weights: str | None = None
-    train: dict = field(default_factory=dict)  # TrainConfig options for every trial (the grid's override these)
-    bench_frame: tuple[int, int] = (352, 1216)  # frames fed to the benchmark (KITTI after the KB crop)
-    bench_sizes: list = field(default_factory=list)  # network sizes each variant is timed at ([]: its own)
-    bench_runs: int = 5
-    bench_warmup: int = 1
-    train_baseline: bool = False
-    tracking_uri: str | None = None
-    parent_run_id: str | None = None
-    grid: str = ""
-    baseline: str | None = None
-
-    def save(self) -> None:
-        Path(self.out).mkdir(parents=True, exist_ok=True)
-        write_text(Path(self.out) / "study.json", json.dumps(asdict(self), indent=1, default=str))
-
-    @classmethod
-    def new(cls, out: str | os.PathLike, grid: str = "", epochs: int | None = None, max_steps: int | None = None,
-            **options) -> "StudySettings":
-        """A new study's settings from options named as the fields are (``epochs`` / ``max_steps`` go
-        into ``train``); the data paths, and weights given as existing files, become absolute (Ray's
-        workers run in other folders). An unknown option is refused in one line."""
-        names = {f.name for f in fields(cls)} - {"out", "grid", "parent_run_id"}
-        unknown = sorted(set(options) - names)
-        if unknown:
-            raise ConfigError(f"unknown study option {', '.join(unknown)} (known: {', '.join(sorted(names))})")
-        train = dict(options.pop("train", None) or {})
-        train.update({k: v for k, v in (("epochs", epochs), ("max_steps", max_steps)) if v is not None})
-        s = cls(out=str(Path(out).resolve()), grid=str(grid), train=train, **options)
-        for name in ("data_root", "raw_root", "gt_root", "train_split", "val_split", "test_split"):
-            value = getattr(s, name)
-            setattr(s, name, str(Path(value).resolve()) if value else None)
-        for name in ("init", "backbone_weights"):  # a file, or a name resolved by the hub
-            value = getattr(s, name)
-            if value and Path(value).exists():
-                setattr(s, name, str(Path(value).resolve()))
-        s.bench_frame, s.bench_sizes = tuple(s.bench_frame), [tuple(v) for v in s.bench_sizes]
-        return s
-
-    @classmethod
-    def load(cls, study: str | os.PathLike) -> "StudySettings":
-        path = Path(study) / "study.json"
-        if not path.is_file():
-            raise FastDPTError(f"{study} is not a study folder (no study.json)")
-        data = json.loads(path.read_text())
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:  # written by another fastdpt version: what this one knows is read, the rest named once
-            import warnings
-
-            warnings.warn(f"{path}: ignoring settings this fastdpt does not know ({', '.join(unknown)}); "
-                          "the study was made by another version", stacklevel=2)
-            data = {k: v for k, v in data.items() if k in known}
-        data["bench_frame"] = tuple(data.get("bench_frame", (352, 1216)))
-        data["bench_sizes"] = [tuple(s) for s in data.get("bench_sizes", [])]
-        return cls(**data)
-
-    @property
-    def tracking(self) -> str:
-        return self.tracking_uri or f"sqlite:///{(Path(self.out) / 'mlflow.db').resolve()}"
-
-    def paths(self):
-        from ..data.kitti import DataPaths
-
-        return DataPaths.resolve(self.data_root, self.raw_root, self.gt_root, train_split=self.train_split,
-                                 val_split=self.val_split, test_split=self.test_split)
 
 
 def trial_dir(settings: StudySettings, spec: TrialSpec) -> Path:
