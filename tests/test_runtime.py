@@ -452,3 +452,20 @@ def test_a_backend_is_its_class_alone(tmp_path, monkeypatch, model, reference):
     exported = tmp_path / "m.toy"
     exported.write_text("")
     assert readers(exported) == ("toy",)
+
+
+def test_an_openvino_file_whose_weights_changed_is_refused(tmp_path, model, reference):
+    """save_ir records the sha256 of the .bin in the .xml; a flipped weight byte is one line when the file is
+    opened (it ran silently with other depths), and an unchanged export runs as before."""
+    pytest.importorskip("openvino")
+    from fastdpt.errors import ExportError
+    from fastdpt.runtime import openvino as ovrt
+
+    xml = ovrt.save_ir(model, tmp_path / "m.xml")
+    depth = fastdpt.Predictor(str(xml), backend="openvino").predict(FRAMES[0]).depth
+    assert _median_rel(depth, reference[0]) < 1e-4
+    data = bytearray((tmp_path / "m.bin").read_bytes())
+    data[len(data) // 2] ^= 0x40
+    (tmp_path / "m.bin").write_bytes(bytes(data))
+    with pytest.raises(ExportError, match="not the ones it was exported with"):
+        fastdpt.Predictor(str(xml), backend="openvino")

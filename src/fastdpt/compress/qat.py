@@ -45,7 +45,7 @@ def qat_int8(model: torch.nn.Module, frames: list[np.ndarray], path: str | os.Pa
     """Fine-tune a fake-quantised copy of ``model`` on ``frames`` and write it as an int8 OpenVINO model
     at ``path`` (.xml). Returns what was done (calibration frames, steps, first and last loss)."""
     from ..losses import make_loss
-    from ..runtime.openvino import stamp
+    from ..runtime.openvino import save, stamp
     from ..transforms import Transforms
 
     nncf, ov = _libraries()
@@ -108,7 +108,7 @@ def qat_int8(model: torch.nn.Module, frames: list[np.ndarray], path: str | os.Pa
     _store_int8_weights(om)
     stamp(om, model)  # the canonical name and the pruned structure
     path.parent.mkdir(parents=True, exist_ok=True)
-    ov.save_model(om, str(path), compress_to_fp16=False)
+    save(om, path)  # with the digest of its weights, checked when opened
     return {"calibration_frames": len(calib), "frames": len(xs), "validation_frames": n_val, "steps": steps, "lr": lr,
             "kept_step": best[0], "validation_abs_rel": {str(s): round(v, 6) for s, v in history},
             "loss_first": round(losses[0], 6) if losses else None, "loss_last": round(losses[-1], 6) if losses else None,

@@ -27,6 +27,7 @@ from .backends import Backend, Calibration, register
 
 RT_INFO = ["fastdpt", CONFIG_KEY.replace(".", "_")]  # where the canonical name travels in an IR file
 STRUCTURE_RT_INFO = ["fastdpt", STRUCTURE_KEY.replace(".", "_")]  # and a pruned model's shapes (JSON)
+WEIGHTS_RT_INFO = ["fastdpt", "weights_sha256"]  # and the sha256 of its .bin, checked when the file is opened
 
 
 def _ov():
@@ -94,14 +95,16 @@ def ir_config(path: str | os.PathLike) -> ModelConfig:
     return ModelConfig.from_name(name)
 
 
-def _identity(path: Path) -> tuple[str, int, int]:
-    """A file as the cache below knows it: rewritten in place (new mtime or size), it is read again."""
+def _identity(path: Path) -> tuple[str, int, int, int, int]:
+    """A file (and its .bin) as the cache below knows it: rewritten in place (new mtime or size), it is read again."""
     st = path.stat()
-    return str(path.resolve()), st.st_mtime_ns, st.st_size
+    binary = path.with_suffix(".bin")
+    sb = binary.stat() if binary.is_file() else None
+    return str(path.resolve()), st.st_mtime_ns, st.st_size, sb.st_mtime_ns if sb else 0, sb.st_size if sb else 0
 
 
 @functools.lru_cache(maxsize=32)
-def _ir_info(path: str, mtime_ns: int, size: int) -> tuple[str | None, str | None, bool]:
+def _ir_info(path: str, mtime_ns: int, size: int, bin_mtime_ns: int = 0, bin_size: int = 0) -> tuple[str | None, str | None, bool]:
     """One read of an IR file for what fastdpt asks of it: its variant's name, its pruned structure's
     JSON, whether it is int8 (``bench`` of an ``.xml`` asked all three, each a full read of the
     graph: about a second each for a DPT-Hybrid IR). Only these small values are kept, not the graph."""
@@ -109,6 +112,12 @@ def _ir_info(path: str, mtime_ns: int, size: int) -> tuple[str | None, str | Non
         om = core().read_model(path)
     except RuntimeError as e:
         raise ExportError(f"{path} is not an OpenVINO model exported by fastdpt ({str(e).splitlines()[0][:120]})") from None
+    if om.has_rt_info(WEIGHTS_RT_INFO):  # an export recorded its weights' digest: they must still be those
+        import hashlib
+
+        if hashlib.sha256(Path(path).with_suffix(".bin").read_bytes()).hexdigest() != om.get_rt_info(WEIGHTS_RT_INFO).astype(str):
+            raise ExportError(f"{path}: its weights (.bin) are not the ones it was exported with (damaged or changed "
+                              "since); export it again with `fastdpt export`")
     name = om.get_rt_info(RT_INFO).astype(str) if om.has_rt_info(RT_INFO) else None
     structure = om.get_rt_info(STRUCTURE_RT_INFO).astype(str) if om.has_rt_info(STRUCTURE_RT_INFO) else None
     quantised = any(op.get_type_name() in ("FakeQuantize", "FakeConvert") or
@@ -149,7 +158,29 @@ def save_ir(model: torch.nn.Module, path: str | os.PathLike, size: tuple[int, in
     if path.suffix != ".xml":
         raise ExportError(f"an OpenVINO model is written as .xml (+ .bin), got {path.name}")
     path.parent.mkdir(parents=True, exist_ok=True)
-    _ov().save_model(convert(model, size or model.config.input_size), str(path), compress_to_fp16=False)
+    return save(convert(model, size or model.config.input_size), path)
+
+
+def save(om, path: str | os.PathLike) -> Path:
+    """Write an OpenVINO model (``.xml`` + ``.bin``, weights as they are) with the sha256 of its ``.bin``
+    in the ``.xml``'s runtime info, where :func:`ir_config` checks it on every open."""
+    import hashlib
+    import xml.etree.ElementTree as ET
+
+    from ..io import atomic_write
+
+    path = Path(path)
+    _ov().save_model(om, str(path), compress_to_fp16=False)
+    digest = hashlib.sha256(path.with_suffix(".bin").read_bytes()).hexdigest()
+    tree = ET.parse(path)
+    info = tree.getroot().find("rt_info")
+    if info is None:
+        info = ET.SubElement(tree.getroot(), "rt_info")
+    group = info.find(WEIGHTS_RT_INFO[0])
+    if group is None:
+        group = ET.SubElement(info, WEIGHTS_RT_INFO[0])
+    ET.SubElement(group, WEIGHTS_RT_INFO[1], value=digest)
+    atomic_write(path, lambda p: tree.write(p, encoding="utf-8", xml_declaration=True))
     return path
 
 
