@@ -1,50 +1,26 @@
-"""Online depth on frame streams: a source -> bounded queues -> stages -> sinks pipeline.
-
-Three threads run side by side: the reader decodes the source (:class:`VideoSource`,
-:class:`ImageSequence`), the worker runs the stages over each batch of frames (:class:`Infer` on the
-predictor's device, :class:`Stabilise`, stages of your own, :class:`Colour` on the device), and the
-caller's thread hands every frame, in source order, to the sinks (:class:`VideoOut`,
-:class:`FlickerOut`, :class:`CallbackOut`, sinks of your own). A new step (a filter, a second output, a
-point-cloud writer) is one :class:`Stage` or :class:`Sink` subclass passed to :func:`run_stream`.
-
-Queues are bounded, so memory stays flat. Without ``realtime`` every frame is processed (the reader
-waits when the worker is busy). With ``realtime`` the reader keeps the source's pace and drops a frame
-whenever the worker is still busy; the output then pairs every input frame with the most recent
-depth, so the output video keeps the source frame rate, and the drops are counted.
-
-Nothing is lost silently: frames that cannot be decoded, that are larger than the pixel limit, or a
-video that ends before the frame count its container declares are counted as ``problems`` (with
-``strict=True`` the first one stops the stream); frames of another size than the first are processed
-and resized for the output video, and counted as ``resized``. Ctrl-C stops within about a second:
-the video written so far is kept under ``<name>.partial<ext>`` and :class:`StreamInterrupted` says so.
-"""
+"""The stream's pipeline: a reader thread, a worker running the stages, the caller delivering to the sinks
+(see the package's docstring)."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import queue
-import signal
 import threading
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Sequence
 
-import cv2
 import numpy as np
 
-from .errors import FastDPTError, ImageError, ImageTooLargeError, StreamError
-from .options import DEFAULT_CMAP
-from .io import (IMAGE_EXTS, MAX_PIXELS, atomic_write, check_output_dir, check_size, looks_like_video, new_temp_file,
-                 read_image, same_file)
-from .predict import Predictor
-from .viz import beside
+from ..errors import FastDPTError, StreamError
+from ..io import (atomic_write, same_file)
+from ..predict import Predictor
 
-_END = object()
-VIDEO_EXTS = (".mp4", ".m4v", ".mov", ".avi", ".mkv")
+from .sinks import VideoSink, _sigint_deferred
+from .sources import _END, Problem
 
 
 class StreamInterrupted(StreamError):
@@ -53,236 +29,6 @@ class StreamInterrupted(StreamError):
     def __init__(self, message: str, stats: "StreamStats", partial: Path | None):
         super().__init__(message)
         self.stats, self.partial = stats, partial
-
-
-@dataclass
-class Problem:
-    """A frame the source could not deliver: ``kind`` (``unreadable``, ``too_large``, ``truncated``)."""
-
-    kind: str
-    message: str
-    count: int = 1
-
-
-# -- sources ---------------------------------------------------------------------------------------
-class VideoSource:
-    """Frames of a video file (RGB), or of a camera when ``path`` is an int index. Frames over
-    ``max_pixels`` are refused up front; a file that ends before its declared frame count yields a
-    ``truncated`` problem at the end."""
-
-    def __init__(self, path: str | int, fps: float | None = None, max_pixels: int = MAX_PIXELS) -> None:
-        if isinstance(path, int) and path < 0:
-            raise StreamError(f"camera index must be 0 or more, got {path}")
-        self.name = str(path)
-        self.path = None if isinstance(path, int) else Path(path)
-        if self.path is not None and not self.path.is_file():
-            raise StreamError(f"video not found: {path}")
-        if self.path is not None and not looks_like_video(self.path):
-            raise StreamError(f"{path} is not a video file (by its content: no known container signature)")
-        self.cap = cv2.VideoCapture(path)
-        if not self.cap.isOpened():
-            raise StreamError(f"cannot open {'camera' if isinstance(path, int) else 'video'} {path}")
-        self.fps = fps or self.cap.get(cv2.CAP_PROP_FPS) or 30.0
-        self.live = isinstance(path, int)
-        self.declared = 0 if self.live else max(0, int(self.cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0))
-        w, h = int(self.cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(self.cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
-        try:
-            check_size(w, h, max_pixels, self.name)
-        except ImageError as e:
-            self.cap.release()
-            raise StreamError(str(e)) from None
-        ok, first = self.cap.read()
-        if not ok or first is None:
-            self.cap.release()
-            raise StreamError(f"{path}: no frame could be decoded (empty, truncated or not a video)")
-        self._first = first
-
-    def __iter__(self) -> Iterator[np.ndarray | Problem]:
-        frame, n = self._first, 0
-        try:
-            while frame is not None:
-                n += 1
-                yield cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
-                ok, frame = self.cap.read()
-                if not ok:
-                    frame = None
-        finally:
-            self.cap.release()
-        if self.declared and n < self.declared:
-            yield Problem("truncated", f"{self.name}: the video ends after {n} of its {self.declared} frames "
-                                       "(truncated or damaged)", self.declared - n)
-
-
-class ImageSequence:
-    """Sorted image files of a folder (e.g. a KITTI drive's ``image_02/data``) replayed at ``fps``.
-    Unreadable or oversized files become problems; the sequence goes on."""
-
-    def __init__(self, folder: str | os.PathLike, fps: float = 10.0, max_pixels: int = MAX_PIXELS) -> None:
-        folder = Path(folder)
-        if not folder.is_dir():
-            raise StreamError(f"image folder not found: {folder}")
-        self.files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTS)
-        if not self.files:
-            raise StreamError(f"no images in {folder}")
-        if not fps > 0:
-            raise StreamError(f"--fps must be positive, got {fps:g}")
-        self.fps, self.live, self.name, self.max_pixels = fps, False, str(folder), max_pixels
-        self.path = folder
-
-    def __iter__(self) -> Iterator[np.ndarray | Problem]:
-        for p in self.files:
-            try:
-                yield read_image(p, self.max_pixels)
-            except ImageTooLargeError as e:
-                yield Problem("too_large", str(e))
-            except ImageError as e:
-                yield Problem("unreadable", str(e))
-
-
-# -- sinks -----------------------------------------------------------------------------------------
-CODECS = ("auto", "h264", "mp4v")
-
-
-def h264_available() -> bool:
-    """Whether PyAV (``pip install av``, or ``.[video]``) with an H.264 encoder is installed."""
-    try:
-        import av
-
-        av.codec.Codec("libx264", "w")
-        return True
-    except Exception:  # noqa: BLE001 - missing module or encoder
-        return False
-
-
-class _Mp4vWriter:
-    """OpenCV's mp4v (MPEG-4 part 2): always available, but browsers do not play it."""
-
-    def __init__(self, path: str, fps: float, size: tuple[int, int]):
-        self.writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*"mp4v"), fps, size)
-        if not self.writer.isOpened():
-            raise StreamError(f"cannot write video {path}")
-
-    def write(self, rgb: np.ndarray) -> None:
-        self.writer.write(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
-
-    def close(self) -> None:
-        self.writer.release()
-
-
-class _H264Writer:
-    """H.264 (yuv420p) through PyAV's FFmpeg: what browsers and phones play. Odd sides are padded by
-    one pixel (4:2:0 needs even ones)."""
-
-    def __init__(self, path: str, fps: float, size: tuple[int, int]):
-        import av
-        from fractions import Fraction
-
-        self.container = av.open(path, mode="w")
-        self.stream = self.container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
-        self.stream.width, self.stream.height = size[0] + size[0] % 2, size[1] + size[1] % 2
-        self.stream.pix_fmt = "yuv420p"
-        self.stream.options = {"crf": "20", "preset": "veryfast"}
-        self.av = av
-
-    def write(self, rgb: np.ndarray) -> None:
-        h, w = rgb.shape[:2]
-        if (w, h) != (self.stream.width, self.stream.height):
-            rgb = np.pad(rgb, ((0, self.stream.height - h), (0, self.stream.width - w), (0, 0)), mode="edge")
-        frame = self.av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
-        for packet in self.stream.encode(frame):
-            self.container.mux(packet)
-
-    def close(self) -> None:
-        for packet in self.stream.encode(None):
-            self.container.mux(packet)
-        self.container.close()
-
-
-@contextlib.contextmanager
-def _sigint_deferred():
-    """Ctrl-C waits until the block is done (main thread only): a frame is muxed whole or not at all,
-    so a partial video never loses the packet it starts with (a first packet that is not a key frame
-    left a .partial.mp4 that decoded to 0 frames). Only Python's own Ctrl-C handler is deferred: a
-    process started with SIGINT ignored (a background job of a script) keeps ignoring it, and a
-    handler of the caller's is left alone."""
-    if threading.current_thread() is not threading.main_thread() or \
-            signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
-        yield
-        return
-    got: list[int] = []
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: got.append(signum))
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-    if got:
-        raise KeyboardInterrupt
-
-
-class VideoSink:
-    """Writes side-by-side (input | depth) or depth-only frames to a video at the source rate.
-
-    ``codec``: ``h264`` (PyAV; browsers play it), ``mp4v`` (OpenCV, always there) or ``auto``
-    (H.264 when PyAV is installed). The path is checked at construction (a known video suffix, a
-    writable folder, not an existing file unless ``overwrite``). Frames go to a private temporary
-    file beside it; ``close()`` renames it to the final name, ``close(partial=True)`` to
-    ``<stem>.partial<suffix>``. A frame of another size than the first is resized to the video's
-    size (``resized`` counts them)."""
-
-    def __init__(self, path: str | os.PathLike, fps: float, side_by_side: bool = True, cmap: str = DEFAULT_CMAP,
-                 overwrite: bool = False, codec: str = "auto"):
-        self.path, self.fps, self.side_by_side, self.cmap = Path(path), fps, side_by_side, cmap
-        if self.path.suffix.lower() not in VIDEO_EXTS:
-            raise StreamError(f"{self.path}: the output must be a video file ({', '.join(VIDEO_EXTS)})")
-        if self.path.exists() and not overwrite:
-            raise StreamError(f"{self.path} exists; pass --overwrite to replace it or choose another output")
-        if codec not in CODECS:
-            raise StreamError(f"codec must be one of {', '.join(CODECS)}, got {codec!r}")
-        if codec == "h264" and not h264_available():
-            raise StreamError("H.264 output needs PyAV: pip install av (or -e '.[video]'), or use --codec mp4v")
-        self.codec = ("h264" if h264_available() else "mp4v") if codec == "auto" else codec
-        try:
-            check_output_dir(self.path.parent)
-        except ImageError as e:
-            raise StreamError(str(e)) from None
-        from .viz import lookup_table
-
-        lookup_table(cmap)
-        self.tmp: Path | None = None
-        self.writer = None
-        self.size: tuple[int, int] | None = None
-        self.frames = 0
-        self.resized = 0
-
-    @property
-    def partial_path(self) -> Path:
-        return self.path.with_name(self.path.stem + ".partial" + self.path.suffix)
-
-    def write(self, frame: np.ndarray, vis: np.ndarray) -> None:
-        """One output frame: the input frame and its colour-mapped depth (H x W x 3 uint8)."""
-        out = beside(frame, vis) if self.side_by_side else vis
-        if self.writer is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.tmp = tmp = new_temp_file(self.path.parent, f".{self.path.stem}.", self.path.suffix)
-            self.size = (out.shape[1], out.shape[0])
-            self.writer = (_H264Writer if self.codec == "h264" else _Mp4vWriter)(str(tmp), self.fps, self.size)
-        if (out.shape[1], out.shape[0]) != self.size:
-            out = cv2.resize(out, self.size, interpolation=cv2.INTER_AREA)
-            self.resized += 1
-        with _sigint_deferred():
-            self.writer.write(out)
-            self.frames += 1
-
-    def close(self, partial: bool = False) -> Path | None:
-        """Finish the file; returns where it is (None when no frame was written)."""
-        if self.writer is None:
-            return None
-        with _sigint_deferred():  # a second Ctrl-C cuts neither the encoder's flush nor the rename
-            self.writer.close()
-            self.writer = None
-            target = self.partial_path if partial else self.path
-            os.replace(self.tmp, target)
-        return target
 
 
 # -- the pipeline ----------------------------------------------------------------------------------
@@ -363,7 +109,7 @@ class Stabilise(Stage):
     stabilised past; ``ms`` holds its time per frame of each run."""
 
     def __init__(self, mode: str, kind: str) -> None:
-        from .stabilize import Stabilizer
+        from ..stabilize import Stabilizer
 
         self.stabilizer, self.ms = Stabilizer(mode, kind), []
 
@@ -422,7 +168,7 @@ class FlickerOut(Sink):
     inferred frames in the order the stabiliser saw them."""
 
     def __init__(self) -> None:
-        from .evaluation.temporal import FlickerMeter
+        from ..evaluation.temporal import FlickerMeter
 
         self.meter = FlickerMeter()
 
