@@ -138,3 +138,24 @@ def test_checkpoint_metadata_cannot_declare_a_huge_model(tmp_path):
         save_file({"x": torch.zeros(1)}, str(path), metadata={CONFIG_KEY: name, "format": "pt"})
         with pytest.raises(FastDPTError, match="at most|must be in 2..1024"):
             load(path)
+
+
+def test_one_parser_each_for_metric_heads_sizes_and_resume_differences():
+    """The metric head of a name and of a grid's output axis, the CLI's HxW and compress's --frame-size, and
+    what train/distill --resume may not change are each parsed or computed in one place."""
+    from fastdpt.config import METRIC_HEADS, parse_metric_head
+    from fastdpt.options import parse_hw, resume_differences
+    from fastdpt.study.grid import _output
+
+    for text in ("kitti", "nyu", "m0.01_0.0125", "m1e-3_-2.5", "relative", None):
+        assert parse_metric_head(text) == _output(text)
+    assert parse_metric_head("kitti") == METRIC_HEADS["kitti"] and parse_metric_head("m1e-3_-2.5") == (1e-3, -2.5)
+    assert ModelConfig.from_name("effb0.h0-1.m1e-3_-2.5@64x96").metric == (1e-3, -2.5)
+    for bad in ("m0.01", "mx_y", "kitty"):
+        with pytest.raises(ConfigError):
+            parse_metric_head(bad)
+    assert parse_hw("352x1216") == (352, 1216) and parse_hw(" 8X9 ") == (8, 9)
+    for bad, minimum in (("12", 1), ("0x5", 1), ("31x64", 32), ("axb", 1)):
+        with pytest.raises(ConfigError, match="HxW"):
+            parse_hw(bad, minimum)
+    assert resume_differences({"lr": 1, "epochs": 2}, {"lr": 2, "epochs": 3}, {"epochs"}) == ["lr 1 (run) vs 2 (given)"]

@@ -260,14 +260,7 @@ class ModelConfig:
             raise ConfigError(f"{name!r} is neither a preset nor a variant name: {diagnose_name(name)}; "
                               "`fastdpt models` lists the presets")
         g = m.groupdict()
-        metric = None
-        if g["out"] in METRIC_HEADS:
-            metric = METRIC_HEADS[g["out"]]
-        elif g["out"]:
-            try:
-                metric = (float(g["ms"]), float(g["mt"]))
-            except (TypeError, ValueError):
-                raise ConfigError(f"cannot read the metric head in {name!r}") from None
+        metric = parse_metric_head(g["out"]) if g["out"] else None
         default = cls()
         return cls(
             backbone=g["backbone"],
@@ -281,6 +274,19 @@ class ModelConfig:
             metric=metric,
             norm=g["norm"] or default.norm,
         )
+
+
+def parse_metric_head(text: str | None) -> tuple[float, float] | None:
+    """An output field as names and grids write it -> (scale, shift): ``kitti``, ``nyu`` (the official
+    heads), ``m<scale>_<shift>``; ``None`` or ``relative``: no metric head (relative inverse depth)."""
+    if text in (None, "relative"):
+        return None
+    if text in METRIC_HEADS:
+        return METRIC_HEADS[text]
+    m = re.fullmatch(rf"m({_FLOAT})_({_FLOAT})", str(text))
+    if not m:
+        raise ConfigError(f"an output is kitti, nyu, relative or m<scale>_<shift>, got {text!r}")
+    return float(m[1]), float(m[2])
 
 
 NAME_GRAMMAR = ("<backbone>.h<a>-<b>.heads<n>.<attention[M]>.f<F>[.<kitti|nyu|m<s>_<t>>][.imagenet]"

@@ -65,3 +65,20 @@ def usable_threads(threads: int | None, cpus: int | None = None) -> int | None:
         warnings.warn(f"--threads {threads} is more than this machine's {cpus} CPUs: using {cpus}", stacklevel=3)
         return cpus
     return threads
+
+
+def resume_differences(stored: dict, given: dict, may_change: set[str] | frozenset[str]) -> list[str]:
+    """The options a resume gives otherwise than its run was started with, outside ``may_change``, each as
+    ``name <run's> (run) vs <given> (given)`` (``train --resume``, ``distill --resume``)."""
+    return [f"{k} {stored.get(k)!r} (run) vs {given[k]!r} (given)" for k in given
+            if k not in may_change and stored.get(k) != given[k]]
+
+
+def parse_hw(text: str, minimum: int = 1, what: str = "size") -> tuple[int, int]:
+    """``HxW`` text -> (H, W), each side at least ``minimum`` (one parser: the CLI's sizes, compress's
+    --frame-size)."""
+    h, x, w = str(text).strip().lower().partition("x")
+    if not (x and h.isdigit() and w.isdigit() and int(h) >= minimum and int(w) >= minimum):
+        raise ConfigError(f"{what} must be HxW (at least {minimum}x{minimum}), e.g. 352x1216, got {text!r}")
+    return int(h), int(w)
+

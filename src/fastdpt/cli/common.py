@@ -136,12 +136,12 @@ def interrupted(what: str) -> typing.NoReturn:
 
 
 def parse_size(text: str) -> tuple[int, int]:
+    from ..errors import ConfigError
+    from ..options import parse_hw
+
     try:
-        h, w = (int(v) for v in text.lower().split("x"))
-        if h < 1 or w < 1:
-            raise ValueError
-        return h, w
-    except ValueError:
+        return parse_hw(text)
+    except ConfigError:
         raise typer.BadParameter(f"expected HxW, e.g. 352x1216, got {text!r}") from None
 
 

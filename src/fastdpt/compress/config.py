@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from ..errors import ConfigError
-from ..options import at_least, option, positive, usable_threads
+from ..options import at_least, option, parse_hw, positive, usable_threads
 
 RECOVERY = ("none", "distill", "train")
 
@@ -73,10 +73,7 @@ class CompressConfig:
         self.frame_hw()
 
     def frame_hw(self) -> tuple[int, int]:
-        h, x, w = self.frame_size.lower().partition("x")
-        if not (x and h.isdigit() and w.isdigit() and int(h) >= 32 and int(w) >= 32):
-            raise ConfigError(f"--frame-size must be HxW (at least 32x32), got {self.frame_size!r}")
-        return int(h), int(w)
+        return parse_hw(self.frame_size, minimum=32, what="--frame-size")
 
     def as_dict(self) -> dict:
         d = asdict(self)

@@ -23,6 +23,7 @@ from typing import Callable
 from ..errors import DistillError, LabelError
 from ..evaluation.metrics import Protocol
 from ..io import atomic_write
+from ..options import resume_differences
 from ..training.run import LOCK
 from .config import RESUME_MAY_CHANGE, DistillConfig, stored_options
 from .sources import MIN_SIDE
@@ -57,8 +58,7 @@ def _check_out(out: Path, cfg: DistillConfig, resume: bool) -> bool:
                 return True
             raise DistillError(f"{out} already holds a distillation; pass --resume to continue it or choose another --out")
         given = cfg.as_dict()
-        diff = [f"{k} {stored.get(k)!r} (run) vs {given[k]!r} (given)" for k in given
-                if k not in RESUME_MAY_CHANGE and stored.get(k) != given[k]]
+        diff = resume_differences(stored, given, RESUME_MAY_CHANGE)
         if diff:
             raise DistillError("--resume with other options than the run was started with: " + "; ".join(diff[:3]))
     elif out.exists() and any(p.name != LOCK for p in out.iterdir()):  # LOCK: a run that stopped early held it

@@ -32,7 +32,7 @@ from dataclasses import asdict, dataclass, field, fields
 from itertools import product
 from pathlib import Path
 
-from ..config import METRIC_HEADS, ModelConfig
+from ..config import ModelConfig, parse_metric_head
 from ..errors import ConfigError
 from ..presets import get_config, list_models, resolve_names
 from ..training.config import TrainConfig
@@ -89,18 +89,7 @@ def compress_levels(value) -> list[str]:
 
 
 def _output(value) -> tuple[float, float] | None:
-    if value in (None, "relative"):
-        return None
-    if value in METRIC_HEADS:
-        return METRIC_HEADS[value]
-    text = str(value)
-    if text.startswith("m") and "_" in text:
-        try:
-            a, b = text[1:].split("_")
-            return float(a), float(b)
-        except ValueError:
-            pass
-    raise ConfigError(f"output must be kitti, nyu, relative or m<scale>_<shift>, got {value!r}")
+    return parse_metric_head(None if value is None else str(value))
 
 
 def _levels(key: str, value) -> list:

@@ -26,6 +26,7 @@ import torch
 
 from ..errors import TrainingError
 from ..io import write_text
+from ..options import resume_differences
 from ..presets import get_config
 from .config import TrainConfig
 
@@ -129,7 +130,7 @@ def resume_config(run: str | os.PathLike, **changes) -> TrainConfig:
 def _differences(stored: TrainConfig, given: TrainConfig) -> list[str]:
     a, b = stored.as_dict(), given.as_dict()
     a["model"], b["model"] = get_config(a["model"]).name, get_config(b["model"]).name
-    return [f"{k} {a[k]!r} (run) vs {b[k]!r} (given)" for k in a if k not in RESUME_MAY_CHANGE and a[k] != b[k]]
+    return resume_differences(a, b, RESUME_MAY_CHANGE)
 
 
 def prepare_run(cfg: TrainConfig, resume: bool, overwrite: bool, delete: bool = True) -> None:
