@@ -62,7 +62,8 @@ def _expected(signum, frame) -> None:
 def main() -> None:
     """The command (the ``fastdpt`` script and ``python -m fastdpt.cli``). SIGTERM (what ``timeout``,
     ``docker stop`` and systemd send) takes Ctrl-C's path: the command keeps what it wrote and says so in
-    one line (data-loader processes, which inherit the handler, end quietly as they do on Ctrl-C). After
+    one line (the data-loader processes a process group's SIGTERM also ends are expected to die: torch's
+    SIGCHLD handler is silenced; during training, see ``training.run._stop_on_sigterm``). After
     Ctrl-C (exit 130), once the command has kept what it wrote and said where, the process ends at once:
     tearing down the interpreter (torch, OpenVINO, a worker thread left in the middle of an inference)
     took 4-5 s more with a DPT-Hybrid model (README: about a second)."""
