@@ -408,3 +408,22 @@ def test_sessions_expire_on_a_timer_hold_bounded_memory_and_refuse_tiny_frames(p
             assert not app.state.sessions.items
             assert c.post(f"/v1/depth?session={sid}", content=tiny.getvalue()).status_code == 404
 
+
+
+def test_the_uvicorn_internals_the_guarded_protocol_relies_on_are_there():
+    """serve.py's protocol subclasses uvicorn's private H11Protocol (pyproject bounds uvicorn for it): the
+    hooks it overrides, with the arguments it passes, and the attributes it reads must still be there; a
+    uvicorn that renames any of them fails here by name before the functional tests fail by symptom."""
+    import inspect
+
+    import h11
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    hooks = {"connection_made": ["transport"], "data_received": ["data"], "on_response_complete": [],
+             "connection_lost": ["exc"]}
+    for name, args in hooks.items():
+        assert list(inspect.signature(getattr(H11Protocol, name)).parameters)[1:] == args, name
+    source = inspect.getsource(H11Protocol)
+    for attribute in ("self.connections", "self.conn ", "self.loop", "self.cycle", "self.transport"):
+        assert attribute in source, attribute
+    assert hasattr(h11.Connection, "their_state") and hasattr(h11.Connection, "trailing_data")
