@@ -269,10 +269,6 @@ def pfm_bytes(data: np.ndarray) -> bytes:
     return f"Pf\n{data.shape[1]} {data.shape[0]}\n-1\n".encode() + np.ascontiguousarray(data[::-1]).tobytes()
 
 
-def write_pfm(path: str | os.PathLike, data: np.ndarray) -> None:
-    Path(path).write_bytes(pfm_bytes(data))
-
-
 def read_pfm(path: str | os.PathLike) -> np.ndarray:
     with open(path, "rb") as f:
         header = f.readline().strip()
@@ -286,18 +282,10 @@ def read_pfm(path: str | os.PathLike) -> np.ndarray:
     return data.reshape(shape)[::-1].astype(np.float32)
 
 
-def write_ply(path: str | os.PathLike, depth: np.ndarray, image: np.ndarray, focal: float,
-              center: tuple[float, float] | None = None, max_depth: float = 80.0) -> int:
-    """Binary coloured point cloud from metric depth and a pinhole focal length (pixels); the
-    principal point defaults to the image centre. Returns the number of points."""
-    data, n = ply_bytes(depth, image, focal, center, max_depth)
-    Path(path).write_bytes(data)
-    return n
-
-
 def ply_bytes(depth: np.ndarray, image: np.ndarray, focal: float, center: tuple[float, float] | None = None,
               max_depth: float = 80.0) -> tuple[bytes, int]:
-    """The bytes of :func:`write_ply`'s file, and the number of points."""
+    """A binary coloured point cloud (PLY bytes) from metric depth and a pinhole focal length (pixels), the
+    principal point at the image centre unless given; and the number of points."""
     h, w = depth.shape
     cx, cy = center if center is not None else ((w - 1) / 2, (h - 1) / 2)
     v, u = np.mgrid[0:h, 0:w]
