@@ -196,7 +196,9 @@ def distill(cfg: DistillConfig, resume: bool = False, log: Callable[[str], None]
     loss = check_pair(teacher, cfg.student)
     if start_over or not (out / "distill.json").is_file():  # a new run: unusable weights fail before any work
         teacher_params = check_teacher(teacher)
-        student_params = _params(cfg.student)
+        from ..bench import config_params
+
+        student_params = config_params(get_config(cfg.student))
         if teacher_params and student_params >= teacher_params:  # said before minutes of labelling and training
             warnings.warn(f"the student {get_config(cfg.student).name} has {student_params / 1e6:.1f} M parameters, "
                           f"the teacher {teacher_params / 1e6:.1f} M: it will hardly be faster; pick a smaller "
@@ -205,16 +207,6 @@ def distill(cfg: DistillConfig, resume: bool = False, log: Callable[[str], None]
         if start_over:
             _start_over(out, log)
         return _run(cfg, teacher, loss, resume, log, label_progress)
-
-
-def _params(name: str) -> int:
-    """Parameters of a variant (built on the meta device: no memory, no time)."""
-    import torch
-
-    from ..api import create_model
-
-    with torch.device("meta"):
-        return sum(p.numel() for p in create_model(name).parameters())
 
 
 def _start_over(out: Path, log: Callable[[str], None]) -> None:
